@@ -1,0 +1,27 @@
+"""scoresde_diffrax: score-based generative modelling with SDEs on JAX + Diffrax.
+
+The public API. Everything here is a stable name; private modules may change.
+"""
+
+from . import metrics as metrics
+from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
+from ._exact import GaussianMixture as GaussianMixture, MixtureScore as MixtureScore
+from ._sample import sample as sample, SampleResult as SampleResult
+from ._score import EpsScore as EpsScore, X0Score as X0Score
+from ._sde import (
+    AbstractSDE as AbstractSDE,
+    SubVPSDE as SubVPSDE,
+    VESDE as VESDE,
+    VPSDE as VPSDE,
+)
+from ._term import (
+    Diffusion as Diffusion,
+    forward_sde_terms as forward_sde_terms,
+    ForwardDrift as ForwardDrift,
+    probability_flow_term as probability_flow_term,
+    reverse_sde_terms as reverse_sde_terms,
+    ScoreDrift as ScoreDrift,
+)
+
+
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+"""Counting score evaluations (diffrax reports steps, not vector-field evaluations).
+
+A solver's evaluations per step are a fixed property of its structure (stages, FSAL),
+so they are measured once per solver on a one-element problem whose score counts its
+calls through a host callback. The real solve never leaves the device: its count is
+`first + per_step * num_steps (+ extras)`, computed from diffrax's step statistics.
+"""
+
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+
+
+_cache: dict = {}
+_lock = threading.Lock()
+
+
+class _Counter:
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self):
+        self.n += 1
+
+
+class SolverProbe(NamedTuple):
+    """What one probe of a solver found.
+
+    - `first`: score evaluations made by `solver.init` plus the first step (-1 if not
+      constant, e.g. an implicit solver).
+    - `per_step`: score evaluations made by every later step (-1 likewise).
+    - `has_error_estimate`: whether `solver.step` returns an error estimate, i.e. whether
+      the solver can take adaptive steps.
+    """
+
+    first: int
+    per_step: int
+    has_error_estimate: bool
+
+
+def probe_solver(solver: dfx.AbstractSolver, make_terms: Callable, key) -> SolverProbe:
+    """Probe `solver` on the terms `make_terms(score)` builds: a one-example problem of
+    shape `(1, 1)` (batched) around the given score. `key` names the term structure
+    for caching.
+    """
+    try:
+        cache_key = (solver, key)
+        hash(cache_key)
+    except TypeError:
+        cache_key = None
+    if cache_key is not None and cache_key in _cache:
+        return _cache[cache_key]
+
+    counter = _Counter()
+    found = {}
+
+    def score(t, x):
+        jax.debug.callback(counter)
+        return jnp.zeros_like(x)
+
+    terms = make_terms(score)
+    y0 = jnp.zeros((1, 1))
+    ts = (-0.9, -0.8, -0.7)  # inside [-T, -eps] of the reversed clock
+
+    @jax.jit
+    def first(y0):
+        state = solver.init(terms, ts[0], ts[1], y0, None)
+        y1, y_err, _, state, _ = solver.step(
+            terms, ts[0], ts[1], y0, None, state, False
+        )
+        found["has_error_estimate"] = y_err is not None
+        return y1, state
+
+    @jax.jit
+    def later(y1, state):
+        return solver.step(terms, ts[1], ts[2], y1, None, state, False)[0]
+
+    try:
+        y1, state = first(y0)
+        jax.effects_barrier()
+        n_first = counter.n
+        later(y1, state)
+        jax.effects_barrier()
+        n_later = counter.n - n_first
+        out = SolverProbe(n_first, n_later, found["has_error_estimate"])
+    except Exception:  # noqa: BLE001 - e.g. implicit solvers: count not constant
+        out = SolverProbe(-1, -1, isinstance(solver, dfx.AbstractAdaptiveSolver))
+    if cache_key is not None:
+        with _lock:
+            _cache[cache_key] = out
+    return out

@@ -1,0 +1,48 @@
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._custom_types import ScalarLike
+from ._sde import AbstractSDE
+
+
+class EpsScore(eqx.Module):
+    r"""Turns a noise-predicting model into a score: $s(t, x) = -\hat\epsilon(t, x) / s(t)$.
+
+    **Arguments:**
+
+    - `model`: called as `model(t, x)` on one example; predicts the standard normal
+        noise $\epsilon$ in $x_t = a(t) x_0 + s(t) \epsilon$.
+    - `sde`: the forward SDE the model was trained for (gives $s(t)$).
+    """
+
+    model: Callable
+    sde: AbstractSDE
+
+    def __call__(
+        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        return -jnp.asarray(self.model(t, x)) / self.sde.std(t)
+
+
+class X0Score(eqx.Module):
+    r"""Turns a data-predicting (denoising) model into a score:
+    $s(t, x) = (a(t)\,\hat x_0(t, x) - x) / s(t)^2$.
+
+    **Arguments:**
+
+    - `model`: called as `model(t, x)` on one example; predicts $\mathbb{E}[x_0 | x_t]$.
+    - `sde`: the forward SDE the model was trained for.
+    """
+
+    model: Callable
+    sde: AbstractSDE
+
+    def __call__(
+        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        x = jnp.asarray(x)
+        x0 = jnp.asarray(self.model(t, x))
+        return (self.sde.mean_coeff(t) * x0 - x) / self.sde.std(t) ** 2

@@ -1,0 +1,55 @@
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._custom_types import Scalar, ScalarLike
+from .base import AbstractSDE, check_positive_finite
+
+
+class AbstractBetaSDE(AbstractSDE):
+    r"""An SDE driven by the linear schedule
+    $\beta(t) = \beta_\min + \tfrac{t}{T}(\beta_\max - \beta_\min)$ with drift
+    $-\tfrac12\beta(t)\,x$, so $a(t) = e^{-B(t)/2}$ where $B(t) = \int_0^t \beta$.
+    Shared by [`VPSDE`][] and [`SubVPSDE`][], which differ in the diffusion.
+    """
+
+    beta_min: eqx.AbstractVar[float]
+    beta_max: eqx.AbstractVar[float]
+
+    def __check_init__(self):
+        name = type(self).__name__
+        check_positive_finite("beta_min", self.beta_min, name)
+        check_positive_finite("beta_max", self.beta_max, name)
+        check_positive_finite("T", self.T, name)
+        try:
+            bad = float(self.beta_max) < float(self.beta_min)
+        except TypeError:
+            bad = False
+        if bad:
+            raise ValueError(
+                f"{name}: `beta_max` must be >= `beta_min`, got "
+                f"beta_min={self.beta_min}, beta_max={self.beta_max}."
+            )
+
+    def beta(self, t: ScalarLike) -> Scalar:
+        r"""$\beta(t) = \beta_\min + \tfrac{t}{T}(\beta_\max - \beta_\min)$."""
+        t = jnp.asarray(t)
+        return self.beta_min + (t / self.T) * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t: ScalarLike) -> Scalar:
+        r"""$B(t) = \int_0^t \beta(u)\,\mathrm{d}u$."""
+        t = jnp.asarray(t)
+        return self.beta_min * t + 0.5 * t**2 / self.T * (self.beta_max - self.beta_min)
+
+    def drift_coeff(self, t: ScalarLike) -> Scalar:
+        return -0.5 * self.beta(t)
+
+    def mean_coeff(self, t: ScalarLike) -> Scalar:
+        return jnp.exp(-0.5 * self.integrated_beta(t))
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    @property
+    def default_eps(self) -> float:
+        return 1e-3
