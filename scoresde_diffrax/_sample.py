@@ -35,7 +35,7 @@ class SampleResult(eqx.Module):
     - `result`: the diffrax `RESULTS` of the solve.
     """
 
-    samples: Float[Array, "batch *shape"]
+    samples: Float[Array, " batch *shape"]
     stats: dict[str, Int[Array, ""]]
     ts: PyTree | None
     trajectory: PyTree | None
@@ -145,7 +145,7 @@ def sample(
     adjoint: dfx.AbstractAdjoint | None = None,
     brownian_tol: float | None = None,
     max_steps: int | None = 4096,
-    progress_meter: dfx.AbstractProgressMeter = dfx.NoProgressMeter(),
+    progress_meter: dfx.AbstractProgressMeter | None = None,
     throw: bool = True,
 ) -> SampleResult:
     r"""Draw samples by integrating the reverse-time SDE or the probability-flow ODE
@@ -196,7 +196,8 @@ def sample(
         SDE solves. Default `(T - eps) * 2**-12`.
     - `max_steps`: maximum number of steps of an adaptive solve (fixed solves take
         exactly `num_steps`).
-    - `progress_meter`: a diffrax progress meter (e.g. `diffrax.TqdmProgressMeter()`).
+    - `progress_meter`: a diffrax progress meter (e.g. `diffrax.TqdmProgressMeter()`);
+        default none. A progress meter reports to the host during the solve.
     - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite samples always
         raise.
 
@@ -300,6 +301,8 @@ def sample(
         dt0 = abs(dt0)  # the solve runs forward on the reversed clock r = -t
     if brownian_tol is None:
         brownian_tol = (T - eps) * 2.0**-12
+    if progress_meter is None:
+        progress_meter = dfx.NoProgressMeter()
     if adjoint is None:
         adjoint = dfx.RecursiveCheckpointAdjoint() if adaptive else dfx.ForwardMode()
 

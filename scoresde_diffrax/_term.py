@@ -12,8 +12,8 @@ from ._sde import AbstractSDE
 
 
 def batched_score(
-    score: Callable, t: ScalarLike, y: Float[Array, "batch *shape"]
-) -> Float[Array, "batch *shape"]:
+    score: Callable, t: ScalarLike, y: Float[Array, " batch *shape"]
+) -> Float[Array, " batch *shape"]:
     """Apply a per-example score to a batch (the one place the batch is vmapped)."""
     return jax.vmap(score, in_axes=(None, 0))(t, y)
 
