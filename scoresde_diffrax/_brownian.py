@@ -2,7 +2,7 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.random as jr
-from jaxtyping import PRNGKeyArray, PyTree
+from jaxtyping import Array, Key, PRNGKeyArray, PyTree, UInt32
 
 
 class PerSampleBrownianPath(dfx.AbstractBrownianPath):
@@ -22,7 +22,7 @@ class PerSampleBrownianPath(dfx.AbstractBrownianPath):
     """
 
     path: dfx.AbstractBrownianPath
-    keys: PRNGKeyArray
+    keys: Key[Array, " batch"] | UInt32[Array, "batch 2"]
 
     @property
     def levy_area(self):
@@ -46,6 +46,8 @@ class PerSampleBrownianPath(dfx.AbstractBrownianPath):
         return jax.vmap(one)(self.keys)
 
 
-def per_sample_keys(key: PRNGKeyArray, n: int) -> PRNGKeyArray:
+def per_sample_keys(
+    key: PRNGKeyArray, n: int
+) -> Key[Array, " n"] | UInt32[Array, "n 2"]:
     """`n` keys, key `i` being `fold_in(key, i)`: independent of `n`."""
     return jax.vmap(lambda i: jr.fold_in(key, i))(jax.numpy.arange(n))

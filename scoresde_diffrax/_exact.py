@@ -49,9 +49,9 @@ class GaussianMixture(eqx.Module):
 
     def __init__(
         self,
-        means: Float[ArrayLike, "K D"],
-        stds: Float[ArrayLike, " K"] | Float[ArrayLike, "K D"],
-        weights: Float[ArrayLike, " K"] | None = None,
+        means: ArrayLike,
+        stds: ArrayLike,
+        weights: ArrayLike | None = None,
     ):
         means = jnp.asarray(means)
         if not jnp.issubdtype(means.dtype, jnp.floating):
@@ -119,7 +119,7 @@ class GaussianMixture(eqx.Module):
     def component_log_probs(self, x: Float[ArrayLike, " D"]) -> Float[Array, " K"]:
         """$\\log w_k + \\log \\mathcal{N}(x; \\mu_k, \\sigma_k^2)$ for every $k$."""
         x = jnp.asarray(x, dtype=self.means.dtype)
-        z = (x - self.means) / self.stds
+        z = (x[None, :] - self.means) / self.stds
         log_norm = jnp.sum(jnp.log(self.stds), axis=-1) + 0.5 * self.dim * math.log(
             2 * math.pi
         )
@@ -141,7 +141,7 @@ class GaussianMixture(eqx.Module):
         """Exact $\\nabla_x \\log p(x)$ at one point, in closed form."""
         x = jnp.asarray(x, dtype=self.means.dtype)
         r = self.responsibilities(x)
-        per_component = (self.means - x) / self.stds**2
+        per_component = (self.means - x[None, :]) / self.stds**2
         return jnp.einsum("k,kd->d", r, per_component)
 
     def marginal(self, sde: AbstractSDE, t: ScalarLike) -> "GaussianMixture":

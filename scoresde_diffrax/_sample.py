@@ -293,8 +293,6 @@ def sample(
     if adaptive and (max_steps is None or max_steps < 1):
         raise ValueError(f"`max_steps` must be an int >= 1, got {max_steps!r}.")
 
-    check_score_shape(score, shape[1:], dtype)
-
     if dt0 is None and (adaptive and method == "sde"):
         dt0 = (T - eps) / 64
     if dt0 is not None:
@@ -335,8 +333,6 @@ def sample(
         nfe = jnp.asarray(-1)
     else:
         nfe = probe.first + probe.per_step * jnp.maximum(n - 1, 0)
-        if adaptive and dt0 is None:
-            nfe = nfe + 2  # diffrax's initial step-size selection evaluates twice
         if denoise:
             nfe = nfe + 1
     stats = dict(stats, num_score_evals=jnp.asarray(nfe))
@@ -402,6 +398,7 @@ def _sample_jit(
     prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     noise_key = jax.random.fold_in(key, 1)
     y0 = jax.vmap(lambda k: sde.prior_sample(k, shape[1:]))(prior_keys).astype(dtype)
+    check_score_shape(score, shape[1:], dtype)  # at trace time only
     terms = _terms(sde, score, method, adaptive, shape, noise_key, eps, T, brownian_tol)
     subs = [dfx.SubSaveAt(t1=True)]
     if saveat is not None:

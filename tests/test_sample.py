@@ -1,0 +1,307 @@
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from conftest import MIXTURES, SDES
+from scipy import stats as scipy_stats
+
+import scoresde_diffrax as sd
+
+
+PID = dfx.PIDController(rtol=1e-5, atol=1e-5)
+SOLVERS = {
+    "euler_maruyama": dict(solver=dfx.Euler(), method="sde", num_steps=1000),
+    "tsit5_ode": dict(solver=dfx.Tsit5(), stepsize_controller=PID),
+}
+
+
+def _check_reproduces(mix, x, key):
+    """Generated samples vs the mixture, with tolerances from the sampling noise."""
+    n = x.shape[0]
+    gen = sd.metrics.mixture_report(mix, x)
+    true = sd.metrics.mixture_report(mix, mix.sample(key, n))
+    # Within-mode variance ratio within 3 standard errors of 1.
+    assert abs(gen.variance_ratio - 1) < 3 * gen.variance_ratio_se, gen
+    # Mode weights: chi-square goodness of fit of the counts.
+    counts = np.round(gen.mode_weights * n)
+    p = scipy_stats.chisquare(counts, np.asarray(mix.weights) * n).pvalue
+    assert p > 1e-3, (gen.mode_weights, mix.weights)
+    # Mean exact log p_0 within noise of as many true samples.
+    se = np.hypot(gen.mean_log_prob_se, true.mean_log_prob_se)
+    assert abs(gen.mean_log_prob - true.mean_log_prob) < 3 * se, (gen, true)
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+@pytest.mark.parametrize("mix_name", list(MIXTURES))
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_sampler_reproduces_mixture(sde_name, mix_name, solver_name):
+    sde, mix = SDES[sde_name], MIXTURES[mix_name]()
+    n = 4000 if mix_name == "2d" else 2000
+    out = sd.sample(
+        jr.key(7),
+        sde,
+        mix.score(sde),
+        (n, mix.dim),
+        denoise=True,
+        **SOLVERS[solver_name],
+    )
+    assert out.samples.shape == (n, mix.dim)
+    _check_reproduces(mix, out.samples, jr.key(99))
+
+
+def _gaussian_case(sde):
+    """Gaussian data N(mu, s0^2 I): the probability-flow ODE map is affine, in closed
+    form: x_eps = a(eps) mu + (sig_eps / sig_T) (x_T - a(T) mu), sig_t^2 = a^2 s0^2 + s^2.
+    """
+    mu, s0 = jnp.array([1.0, -2.0, 0.5]), 0.7
+    mix = sd.GaussianMixture(mu[None], jnp.array([s0]))
+
+    def exact(x_T, eps):
+        def sig(t):
+            return jnp.sqrt((sde.mean_coeff(t) * s0) ** 2 + sde.std(t) ** 2)
+
+        ratio = sig(eps) / sig(sde.T)
+        m_eps, m_T = sde.mean_coeff(eps) * mu, sde.mean_coeff(sde.T) * mu
+        return m_eps[None] + ratio * (x_T - m_T[None])
+
+    return mix, exact
+
+
+def test_probability_flow_maps_prior_to_gaussian_exactly(sde):
+    mix, exact = _gaussian_case(sde)
+    eps = sde.default_eps
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        mix.score(sde),
+        (64, 3),
+        solver=dfx.Tsit5(),
+        stepsize_controller=dfx.PIDController(rtol=1e-6, atol=1e-6),
+        saveat=dfx.SaveAt(t0=True),
+    )
+    x_T = out.trajectory[0]
+    np.testing.assert_allclose(out.ts, [sde.T])
+    np.testing.assert_allclose(out.samples, exact(x_T, eps), atol=2e-4)
+    # A sign error in the reversed clock would send samples away from the data.
+
+
+@pytest.mark.parametrize(
+    "solver, order", [(dfx.Euler(), 1.0), (dfx.Heun(), 2.0), (dfx.Midpoint(), 2.0)]
+)
+def test_convergence_order_on_probability_flow(solver, order):
+    sde = SDES["vp"]
+    mix, exact = _gaussian_case(sde)
+    steps = np.array([16, 32, 64, 128])
+    errs = []
+    for n in steps:
+        out = sd.sample(
+            jr.key(1),
+            sde,
+            mix.score(sde),
+            (32, 3),
+            solver=solver,
+            method="ode",
+            num_steps=int(n),
+            saveat=dfx.SaveAt(t0=True),
+        )
+        errs.append(
+            float(jnp.max(jnp.abs(out.samples - exact(out.trajectory[0], 1e-3))))
+        )
+    slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert abs(slope - order) < 0.4, (errs, slope)
+
+
+def test_same_key_same_samples_and_prefix_independence():
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    kw = dict(solver=dfx.Euler(), method="sde", num_steps=50)
+    a = sd.sample(jr.key(3), sde, mix.score(sde), (40, 2), **kw).samples
+    b = sd.sample(jr.key(3), sde, mix.score(sde), (40, 2), **kw).samples
+    c = sd.sample(jr.key(3), sde, mix.score(sde), (10, 2), **kw).samples
+    d = sd.sample(jr.key(4), sde, mix.score(sde), (10, 2), **kw).samples
+    np.testing.assert_array_equal(a, b)
+    # Example i depends on fold_in(key, i) only, not on the batch size.
+    np.testing.assert_allclose(a[:10], c, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(c, d)
+
+
+class _CountingTraces(eqx.Module):
+    """Exact mixture score that counts how often it is traced."""
+
+    inner: sd.MixtureScore
+    log: list = eqx.field(static=True)
+
+    def __call__(self, t, x):
+        self.log.append(1)
+        return self.inner(t, x)
+
+
+def test_no_retrace_on_repeated_calls():
+    sde, mix = SDES["subvp"], MIXTURES["2d"]()
+    score = _CountingTraces(mix.score(sde), [])
+    kw = dict(solver=dfx.Euler(), method="sde", num_steps=20)
+    sd.sample(jr.key(0), sde, score, (8, 2), **kw)
+    traced = len(score.log)
+    for seed in range(1, 4):
+        sd.sample(jr.key(seed), sde, score, (8, 2), **kw)
+    # A new mixture of the same shapes is new data, not a new program.
+    other = eqx.tree_at(lambda s: s.inner.mixture.means, score, mix.means + 1.0)
+    sd.sample(jr.key(0), sde, other, (8, 2), **kw)
+    assert len(score.log) == traced
+
+
+class _CountingCalls(eqx.Module):
+    inner: sd.MixtureScore
+    counter: list = eqx.field(static=True)
+
+    def __call__(self, t, x):
+        jax.debug.callback(lambda: self.counter.append(1))
+        return self.inner(t, x)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(solver=dfx.Euler(), method="sde", num_steps=13),
+        dict(solver=dfx.Heun(), method="ode", num_steps=9),
+        dict(solver=dfx.Tsit5(), stepsize_controller=PID),
+        dict(solver=dfx.Dopri5(), stepsize_controller=PID, denoise=True),
+        dict(
+            solver=dfx.ShARK(),
+            stepsize_controller=dfx.PIDController(rtol=1e-2, atol=1e-2),
+        ),
+        dict(solver=dfx.ReversibleHeun(), method="ode", num_steps=7),
+    ],
+    ids=["em", "heun", "tsit5", "dopri5-denoise", "shark-adaptive", "revheun"],
+)
+def test_num_score_evals_is_exact(kw):
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    counter = []
+    out = sd.sample(
+        jr.key(0), sde, _CountingCalls(mix.score(sde), counter), (1, 2), **kw
+    )
+    jax.effects_barrier()
+    assert int(out.stats["num_score_evals"]) == len(counter), out.stats
+
+
+def test_sde_solvers_with_levy_area_on_reversed_clock():
+    # diffrax's SRK solvers fail under t1 < t0; on our reversed clock they are right.
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    out = sd.sample(
+        jr.key(5),
+        sde,
+        mix.score(sde),
+        (4000, 2),
+        solver=dfx.ShARK(),
+        stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3),
+    )
+    _check_reproduces(mix, out.samples, jr.key(98))
+
+
+def test_reversed_clock_terms_sign():
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    score = mix.score(sde)
+    x = mix.sample(jr.key(0), 5)
+    t = 0.37
+    natural = sd.probability_flow_term(sde, score).vector_field(t, x, None)
+    reversed_ = sd.probability_flow_term(sde, score, reverse_time=True).vector_field(
+        -t, x, None
+    )
+    np.testing.assert_allclose(reversed_, -natural, rtol=1e-6)
+    manual = sde.drift_coeff(t) * x - 0.5 * sde.diffusion(t) ** 2 * jax.vmap(
+        lambda y: score(t, y)
+    )(x)
+    np.testing.assert_allclose(natural, manual, rtol=1e-5, atol=1e-6)
+
+
+def test_saveat_trajectory_times_in_t():
+    sde, mix = SDES["ve"], MIXTURES["2d"]()
+    ts = jnp.array([1.0, 0.5, 0.1, 1e-5])
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        mix.score(sde),
+        (16, 2),
+        solver=dfx.Euler(),
+        method="ode",
+        num_steps=100,
+        saveat=dfx.SaveAt(ts=ts),
+    )
+    np.testing.assert_allclose(out.ts, ts, rtol=1e-6)
+    assert out.trajectory.shape == (4, 16, 2)
+    np.testing.assert_allclose(out.trajectory[-1], out.samples, rtol=1e-6)
+    # The spread shrinks from about sigma_max = 50 to the data's (about 2).
+    spreads = jnp.std(out.trajectory, axis=(1, 2))
+    assert spreads[0] > 20 and spreads[-1] < 4, spreads
+
+
+def test_step_to_grid():
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    grid = jnp.array([1.0, 0.6, 0.3, 0.1, 0.03, 1e-3])
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        mix.score(sde),
+        (4, 2),
+        solver=dfx.Heun(),
+        method="ode",
+        stepsize_controller=dfx.StepTo(grid),
+    )
+    assert int(out.stats["num_steps"]) == 5
+    assert int(out.stats["num_score_evals"]) == 10
+
+
+def test_nan_score_is_reported():
+    sde = SDES["vp"]
+
+    def bad(t, x):
+        return jnp.where(t < 0.5, jnp.nan, -x)
+
+    with pytest.raises(Exception, match="non-finite"):
+        sd.sample(
+            jr.key(0), sde, bad, (4, 2), solver=dfx.Euler(), method="sde", num_steps=10
+        ).samples.block_until_ready()
+
+
+def test_bad_inputs_name_the_argument():
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    score = mix.score(sde)
+    em = dict(solver=dfx.Euler(), method="sde")
+    key = jr.key(0)
+    with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)|shape"):
+        sd.sample(key, sde, score, (8, 3), num_steps=10, **em)
+    with pytest.raises(ValueError, match="returned shape"):
+        sd.sample(key, sde, lambda t, x: x[:1], (8, 2), num_steps=10, **em)
+    with pytest.raises(ValueError, match="eps"):
+        sd.sample(key, sde, score, (8, 2), num_steps=10, eps=0.0, **em)
+    with pytest.raises(ValueError, match="eps"):
+        sd.sample(key, sde, score, (8, 2), num_steps=10, eps=1.5, **em)
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.sample(key, sde, score, (8, 2), num_steps=0, **em)
+    with pytest.raises(ValueError, match="exactly one"):
+        sd.sample(key, sde, score, (8, 2), **em)
+    with pytest.raises(ValueError, match="exactly one"):
+        sd.sample(key, sde, score, (8, 2), num_steps=5, stepsize_controller=PID, **em)
+    with pytest.raises(ValueError, match="method"):
+        sd.sample(key, sde, score, (8, 2), solver=dfx.Euler(), num_steps=5)
+    with pytest.raises(ValueError, match="ODE solver"):
+        sd.sample(
+            key, sde, score, (8, 2), solver=dfx.Tsit5(), method="sde", num_steps=5
+        )
+    with pytest.raises(ValueError, match="SDE-only"):
+        sd.sample(key, sde, score, (8, 2), solver=dfx.SRA1(), method="ode", num_steps=5)
+    with pytest.raises(ValueError, match="adaptive"):
+        sd.sample(key, sde, score, (8, 2), stepsize_controller=PID, **em)
+    with pytest.raises(ValueError, match="shape"):
+        sd.sample(key, sde, score, (8,), num_steps=5, **em)
+    with pytest.raises(ValueError, match="stepsize_controller"):
+        sd.sample(
+            key,
+            sde,
+            score,
+            (8, 2),
+            stepsize_controller=dfx.StepTo(jnp.array([1e-3, 0.5, 1.0])),
+            **em,
+        )
