@@ -230,7 +230,6 @@ def sample(
         raise TypeError(f"`solver` must be a diffrax solver, got {type(solver)}.")
     shape = _check_shape(shape)
     method = _resolve_method(solver, method)
-    dtype = jnp.result_type(float)
     T = float(sde.T)
     eps = sde.default_eps if eps is None else eps
     eps_f = _concrete_float(eps, "eps")

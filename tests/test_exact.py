@@ -17,7 +17,7 @@ def test_score_is_gradient_of_marginal_log_prob(sde, name):
         marg = mix.marginal(sde, t)
         xt = sde.mean_coeff(t) * x + sde.std(t) * jr.normal(jr.key(1), x.shape)
         auto = jax.vmap(jax.grad(marg.log_prob))(xt)
-        exact = jax.vmap(lambda y: score(jnp.asarray(t), y))(xt)
+        exact = jax.vmap(score, in_axes=(None, 0))(jnp.asarray(t), xt)
         np.testing.assert_allclose(exact, auto, rtol=2e-4, atol=2e-4)
 
 
