@@ -247,7 +247,15 @@ def sample(
             raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
         if num_steps < 1:
             raise ValueError(f"`num_steps` must be >= 1, got {num_steps}.")
-        stepsize_controller = dfx.StepTo(ts=jnp.linspace(T, eps, int(num_steps) + 1))
+        if eps_f is None:  # traced eps
+            grid = jnp.linspace(T, eps, int(num_steps) + 1)
+        else:
+            # Built in NumPy so the grid (and the noise keyed on its exact bits) is the
+            # same with and without an outer `jax.jit`.
+            grid = np.linspace(T, eps_f, int(num_steps) + 1).astype(
+                jnp.result_type(float)
+            )
+        stepsize_controller = dfx.StepTo(ts=grid)
     adaptive = isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController)
 
     def make_terms(s):
@@ -305,7 +313,9 @@ def sample(
 
     if isinstance(stepsize_controller, dfx.StepTo):
         # The solve runs on the reversed clock r = -t, from -T up to -eps.
-        stepsize_controller = dfx.StepTo(ts=-jnp.asarray(stepsize_controller.ts))
+        ts = stepsize_controller.ts
+        neg = -ts if isinstance(ts, (np.ndarray, jax.Array)) else -np.asarray(ts)
+        stepsize_controller = dfx.StepTo(ts=neg)
     out = _sample_jit(
         key,
         sde,

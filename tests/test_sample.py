@@ -127,6 +127,16 @@ def test_same_key_same_samples_and_prefix_independence():
     assert not np.allclose(c, d)
 
 
+def test_same_samples_with_and_without_outer_jit():
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    kw = dict(solver=dfx.Euler(), method="sde", num_steps=1000)
+
+    def run(key):
+        return sd.sample(key, sde, mix.score(sde), (8, 2), **kw).samples
+
+    np.testing.assert_array_equal(run(jr.key(2)), jax.jit(run)(jr.key(2)))
+
+
 class _CountingTraces(eqx.Module):
     """Exact mixture score that counts how often it is traced."""
 
