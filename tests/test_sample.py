@@ -315,3 +315,44 @@ def test_bad_inputs_name_the_argument():
             stepsize_controller=dfx.StepTo(jnp.array([1e-3, 0.5, 1.0])),
             **em,
         )
+
+
+def test_eps_and_x0_adapters_recover_the_score(sde):
+    mix = MIXTURES["2d"]()
+    score = mix.score(sde)
+
+    def eps_model(t, x):  # the exact noise predictor
+        return -sde.std(t) * score(t, x)
+
+    def x0_model(t, x):  # the exact denoiser (Tweedie)
+        return (x + sde.std(t) ** 2 * score(t, x)) / sde.mean_coeff(t)
+
+    x = mix.sample(jr.key(0), 8)
+    for t in [0.01, 0.4, 0.9]:
+        t = jnp.asarray(t)
+        want = jax.vmap(score, in_axes=(None, 0))(t, x)
+        for adapter in (sd.EpsScore(eps_model, sde), sd.X0Score(x0_model, sde)):
+            got = jax.vmap(adapter, in_axes=(None, 0))(t, x)
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+class _MLPScore(eqx.Module):
+    mlp: eqx.nn.MLP
+    log: list = eqx.field(static=True)
+
+    def __call__(self, t, x):
+        self.log.append(1)
+        return self.mlp(jnp.concatenate([x, jnp.reshape(t, (1,))]))
+
+
+def test_equinox_network_as_score_not_retraced_for_new_weights():
+    sde = SDES["vp"]
+    log = []
+    net = _MLPScore(eqx.nn.MLP(3, 2, 16, 2, key=jr.key(0)), log)
+    kw = dict(solver=dfx.Heun(), method="ode", num_steps=10)
+    a = sd.sample(jr.key(0), sde, net, (4, 2), **kw).samples
+    traced = len(log)
+    net2 = eqx.tree_at(lambda n: n.mlp, net, eqx.nn.MLP(3, 2, 16, 2, key=jr.key(1)))
+    b = sd.sample(jr.key(0), sde, net2, (4, 2), **kw).samples
+    assert len(log) == traced
+    assert not np.allclose(a, b)
