@@ -1,6 +1,5 @@
 import abc
 from collections.abc import Callable
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -82,9 +81,9 @@ class Hutchinson(AbstractDivergence):
     - Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud, *FFJORD*, ICLR 2019.
     """
 
-    distribution: Literal["rademacher", "gaussian"] = eqx.field(
-        static=True, default="rademacher"
-    )
+    # `str`, not a Literal, so that a wrong name gets the ValueError below (also under
+    # run-time type checking).
+    distribution: str = eqx.field(static=True, default="rademacher")
     num_probes: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Real
 
 from ._brownian import per_sample_keys
 from ._divergence import AbstractDivergence, Hutchinson
@@ -97,8 +97,8 @@ def _check_eps(eps, sde: AbstractSDE) -> None:
         raise ValueError(f"`eps` must satisfy 0 < eps < T = {sde.T}, got {eps!r}.")
 
 
-def _check_batch(name: str, x, score: Callable) -> Array:
-    """`x` as a floating array of shape (batch, *data_shape) that the score accepts."""
+def _check_batch(name: str, x) -> Array:
+    """`x` as a finite floating array of shape (batch, *data_shape)."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(
@@ -117,6 +117,12 @@ def _check_batch(name: str, x, score: Callable) -> Array:
             f"`{name}` must be finite; it has {bad} NaN or inf entries (shape "
             f"{x.shape})."
         )
+    return x
+
+
+def _check_fits_score(name: str, x, score: Callable) -> None:
+    """Trace-time check (called inside the jitted functions, so it runs once per
+    compilation) that the score maps one example of `x` to its shape."""
     try:
         check_score_shape(score, tuple(x.shape[1:]), x.dtype)
     except ValueError as e:
@@ -124,7 +130,6 @@ def _check_batch(name: str, x, score: Callable) -> Array:
             f"`{name}` of shape {x.shape} does not fit the score: one example has "
             f"shape {tuple(x.shape[1:])}. {e}"
         ) from e
-    return x
 
 
 def _check_common(sde, score, solver, divergence=None):
@@ -300,7 +305,7 @@ def log_likelihood(
     key: PRNGKeyArray,
     sde: AbstractSDE,
     score: Callable,
-    x: Float[ArrayLike, " batch *shape"],
+    x: Real[ArrayLike, " batch *shape"],
     *,
     divergence: AbstractDivergence = _HUTCHINSON,
     solver: dfx.AbstractSolver = _TSIT5,
@@ -402,7 +407,7 @@ def log_likelihood(
       Equations*, NeurIPS 2018; Grathwohl et al., *FFJORD*, ICLR 2019.
     """
     _check_common(sde, score, solver, divergence)
-    x = _check_batch("x", x, score)
+    x = _check_batch("x", x)
     _check_eps(eps, sde)
     T = float(sde.T)
     controller, adaptive = _controller(
@@ -460,6 +465,7 @@ def _log_likelihood_jit(
     prior_log_prob,
     throw,
 ):
+    _check_fits_score("x", x, score)
     x = eqx.error_if(
         x, ~jnp.all(jnp.isfinite(x)), "log_likelihood: `x` must be finite."
     )
@@ -513,6 +519,7 @@ def _flow_jit(
     per_example,
     throw,
 ):
+    _check_fits_score("z" if reverse_time else "x", y, score)
     terms = probability_flow_term(sde, score, reverse_time=reverse_time)
     y1, stats, _ = _solve_batch(
         per_example,
@@ -556,7 +563,7 @@ def _flow(
     throw,
 ):
     _check_common(sde, score, solver)
-    y = _check_batch(name, y, score)
+    y = _check_batch(name, y)
     _check_eps(eps, sde)
     T = float(sde.T)
     if decode and isinstance(stepsize_controller, dfx.StepTo):
