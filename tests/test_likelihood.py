@@ -144,8 +144,9 @@ class _CountingCalls(eqx.Module):
         dict(),
         dict(solver=dfx.Heun(), num_steps=7),
         dict(divergence=sd.Hutchinson("gaussian", num_probes=3)),
+        dict(divergence=EXACT, solver=dfx.Dopri5()),
     ],
-    ids=["tsit5-adaptive", "heun-fixed", "hutchinson-3probes"],
+    ids=["tsit5-adaptive", "heun-fixed", "hutchinson-3probes", "exact-dopri5"],
 )
 def test_num_score_evals_is_exact(kw):
     sde, mix = SDES["vp"], MIXTURES["2d"]()
