@@ -5,7 +5,22 @@ The public API. Everything here is a stable name; private modules may change.
 
 from . import metrics as metrics
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
+from ._divergence import (
+    AbstractDivergence as AbstractDivergence,
+    ExactDivergence as ExactDivergence,
+    Hutchinson as Hutchinson,
+)
 from ._exact import GaussianMixture as GaussianMixture, MixtureScore as MixtureScore
+from ._likelihood import (
+    batch_max_rms_norm as batch_max_rms_norm,
+    bits_per_dim as bits_per_dim,
+    decode as decode,
+    dequantize as dequantize,
+    encode as encode,
+    interpolate_latents as interpolate_latents,
+    LikelihoodResult as LikelihoodResult,
+    log_likelihood as log_likelihood,
+)
 from ._sample import sample as sample, SampleResult as SampleResult
 from ._score import EpsScore as EpsScore, X0Score as X0Score
 from ._sde import (
