@@ -1,3 +1,5 @@
+import abc
+
 import equinox as eqx
 import jax.numpy as jnp
 
@@ -39,6 +41,17 @@ class AbstractBetaSDE(AbstractSDE):
         r"""$B(t) = \int_0^t \beta(u)\,\mathrm{d}u$."""
         t = jnp.asarray(t)
         return self.beta_min * t + 0.5 * t**2 / self.T * (self.beta_max - self.beta_min)
+
+    @abc.abstractmethod
+    def integrated_beta_from_log_snr(self, log_snr: ScalarLike) -> Scalar:
+        r"""$B$ as a function of the log-SNR (the inverse of $\lambda(B)$)."""
+
+    def t_from_log_snr(self, log_snr: ScalarLike) -> Scalar:
+        # Solve B(t) = beta_min t + (beta_max - beta_min) t^2 / (2T) = B for t >= 0, in
+        # the form that stays accurate for small B and for beta_max == beta_min.
+        b = self.integrated_beta_from_log_snr(log_snr)
+        slope = (self.beta_max - self.beta_min) / self.T
+        return 2 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2 * slope * b))
 
     def drift_coeff(self, t: ScalarLike) -> Scalar:
         return -0.5 * self.beta(t)

@@ -65,6 +65,11 @@ class VESDE(AbstractSDE):
         t = jnp.asarray(t)
         return self.sigma_min * jnp.sqrt(jnp.expm1(2 * self._log_ratio * t / self.T))
 
+    def t_from_log_snr(self, log_snr: ScalarLike) -> Scalar:
+        # log_snr = -log(sigma_min^2 expm1(2 L t / T))
+        x = jnp.exp(-jnp.asarray(log_snr)) / self.sigma_min**2
+        return self.T * jnp.log1p(x) / (2 * self._log_ratio)
+
     @property
     def prior_std(self) -> float:
         return self.sigma_max

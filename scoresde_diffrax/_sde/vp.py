@@ -32,3 +32,7 @@ class VPSDE(AbstractBetaSDE):
 
     def std(self, t: ScalarLike) -> Scalar:
         return jnp.sqrt(-jnp.expm1(-self.integrated_beta(t)))
+
+    def integrated_beta_from_log_snr(self, log_snr: ScalarLike) -> Scalar:
+        # log_snr = -log(e^B - 1)  =>  B = log(1 + e^{-log_snr})
+        return jnp.logaddexp(0.0, -jnp.asarray(log_snr))
