@@ -57,7 +57,9 @@ class AbstractSDE(eqx.Module):
         """$s(t)$: the standard deviation of $x_t$ given $x_0$."""
 
     @abc.abstractmethod
-    def t_from_log_snr(self, log_snr: ScalarLike) -> Scalar:
+    def t_from_log_snr(
+        self, log_snr: Float[ArrayLike, "*batch"]
+    ) -> Float[Array, "*batch"]:
         """The time $t$ at which `self.log_snr(t)` equals `log_snr`: the inverse of the
         (decreasing) log-SNR, in closed form. Used for time grids uniform in log-SNR or
         in noise level, and by solvers that step in noise level (EDM)."""

@@ -87,16 +87,24 @@ class Problem(eqx.Module):
 
     def normals(self, t0, t1, y: Array, k: int) -> Array:
         """`k` standard normals of `y`'s shape, independent of each other AND of the
-        increment over `[t0, t1]` (which a predictor uses): the Helmert contrasts of
-        the increments over `k + 1` equal sub-intervals. With a
+        increment over `[t0, t1]` (which a predictor uses): Helmert contrasts of the
+        increments over `2^m >= k + 1` equal (dyadic) sub-intervals. With a
         `diffrax.VirtualBrownianTree` the sub-increments sum to the increment over
         `[t0, t1]`, and contrasts are orthogonal to that sum; with
         `diffrax.UnsafeBrownianPath` every interval is a fresh draw anyway."""
         assert self.noise is not None
-        edges = [t0 + (t1 - t0) * (j / (k + 1)) for j in range(1, k + 1)]
-        edges = [t0, *edges, t1]
-        std = jnp.sqrt(jnp.abs(t1 - t0) / (k + 1))
-        u = [self.noise.contr(edges[j], edges[j + 1]) / std for j in range(k + 1)]
+        # Dyadic midpoints (a + b) * 0.5 round the same in every program: the fast
+        # Brownian path keys its draws on the endpoints' bits, and `t0 + h * c` may be
+        # fused into an FMA under jit but not eagerly, which would change the noise.
+        edges = [t0, t1]
+        while len(edges) - 1 < k + 1:
+            mids = [(a + b) * 0.5 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+            edges = [e for pair in zip(edges[:-1], mids, strict=True) for e in pair] + [
+                t1
+            ]
+        n = len(edges) - 1
+        std = jnp.sqrt(jnp.abs(t1 - t0) / n)
+        u = [self.noise.contr(edges[j], edges[j + 1]) / std for j in range(n)]
         out, total = [], u[0]
         for j in range(1, k + 1):
             out.append((total - j * u[j]) / math.sqrt(j * (j + 1)))

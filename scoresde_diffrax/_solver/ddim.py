@@ -40,10 +40,10 @@ class DDIM(dfx.AbstractSolver):
     def __check_init__(self):
         try:
             eta = float(self.eta)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as e:
             raise ValueError(
                 f"DDIM: `eta` must be a number in [0, 1], got {self.eta!r}."
-            )
+            ) from e
         if not (0.0 <= eta <= 1.0) or math.isnan(eta):
             raise ValueError(f"DDIM: `eta` must be in [0, 1], got {self.eta!r}.")
 

@@ -50,8 +50,8 @@ class EDMHeun(dfx.AbstractSolver):
         try:
             churn = float(self.churn)
             s_noise = float(self.s_noise)
-        except (TypeError, ValueError):
-            raise ValueError("EDMHeun: `churn` and `s_noise` must be numbers.")
+        except (TypeError, ValueError) as e:
+            raise ValueError("EDMHeun: `churn` and `s_noise` must be numbers.") from e
         if not (0.0 <= churn <= math.sqrt(2) - 1 + 1e-12):
             raise ValueError(
                 f"EDMHeun: `churn` must be in [0, sqrt(2) - 1], got {self.churn!r}."

@@ -1,5 +1,4 @@
 import math
-from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
@@ -8,16 +7,13 @@ from jaxtyping import Array, Float
 from .._sde import AbstractSDE
 
 
-GridKind = Literal["uniform", "logsnr", "edm"]
-
-
 def time_grid(
     sde: AbstractSDE,
     num_steps: int,
-    kind: GridKind = "uniform",
+    kind: str = "uniform",
     eps: float | None = None,
     rho: float = 7.0,
-) -> Float[Array, " num_steps+1"]:
+) -> Float[Array, " n"]:
     r"""Times for a fixed-step sampler, decreasing from `sde.T` to `eps` (both
     included exactly), for `diffrax.StepTo(ts)` in [`sample`][].
 
