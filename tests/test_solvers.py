@@ -23,8 +23,8 @@ def _steps(n):
 
 # Step counts a user would pick for 2,000 samples of these mixtures.
 SAMPLERS = {
-    "reverse_diffusion": (sd.ReverseDiffusion(), _steps(500)),
-    "ancestral": (sd.AncestralSampling(), _steps(500)),
+    "reverse_diffusion": (sd.ReverseDiffusion(), _steps(1000)),
+    "ancestral": (sd.AncestralSampling(), _steps(1000)),
     "pc_langevin": (
         sd.PredictorCorrector(
             sd.ReverseDiffusion(), sd.Langevin(snr=0.05, batch_norm=True)
