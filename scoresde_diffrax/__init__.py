@@ -29,6 +29,19 @@ from ._sde import (
     VESDE as VESDE,
     VPSDE as VPSDE,
 )
+from ._solver import (
+    AbstractCorrector as AbstractCorrector,
+    AncestralSampling as AncestralSampling,
+    AnnealedLangevin as AnnealedLangevin,
+    DDIM as DDIM,
+    DPMSolverPP2M as DPMSolverPP2M,
+    DPMSolverState as DPMSolverState,
+    EDMHeun as EDMHeun,
+    Langevin as Langevin,
+    PredictorCorrector as PredictorCorrector,
+    ReverseDiffusion as ReverseDiffusion,
+    time_grid as time_grid,
+)
 from ._term import (
     Diffusion as Diffusion,
     forward_sde_terms as forward_sde_terms,

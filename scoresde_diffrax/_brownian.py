@@ -19,10 +19,23 @@ class PerSampleBrownianPath(dfx.AbstractBrownianPath):
 
     - `path`: a diffrax Brownian path for one example (its own key is ignored).
     - `keys`: one key per example, shape `(batch,)`.
+    - `t0`, `t1`: the interval the path is used on, reported as its `t0`/`t1`
+        (default: the wrapped path's; `diffrax.UnsafeBrownianPath` reports
+        `(-inf, inf)`). Samplers that drop the noise of their final step (the paper's
+        noise removal, e.g. [`PredictorCorrector`][]) recognise that step as the one
+        ending at `t1`; [`sample`][] sets it to the end of the solve.
     """
 
     path: dfx.AbstractBrownianPath
     keys: Key[Array, " batch"] | UInt32[Array, "batch 2"]
+    start: float | None = None
+    end: float | None = None
+
+    def __init__(self, path, keys, t0=None, t1=None):
+        self.path = path
+        self.keys = keys
+        self.start = t0
+        self.end = t1
 
     @property
     def levy_area(self):
@@ -30,11 +43,11 @@ class PerSampleBrownianPath(dfx.AbstractBrownianPath):
 
     @property
     def t0(self):
-        return self.path.t0
+        return self.path.t0 if self.start is None else self.start
 
     @property
     def t1(self):
-        return self.path.t1
+        return self.path.t1 if self.end is None else self.end
 
     def evaluate(
         self, t0, t1=None, left: bool = True, use_levy: bool = False

@@ -364,7 +364,9 @@ def _terms(sde, score, method, adaptive, shape, key, eps, T, tol):
         template = dfx.UnsafeBrownianPath(
             shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
         )
-    return reverse_sde_terms(sde, score, PerSampleBrownianPath(template, keys))
+    # The path reports the solve's interval, so samplers can recognise the last step.
+    path = PerSampleBrownianPath(template, keys, -T, -eps)
+    return reverse_sde_terms(sde, score, path)
 
 
 def _to_reversed_clock(subs: PyTree) -> PyTree:

@@ -56,6 +56,14 @@ class AbstractSDE(eqx.Module):
     def std(self, t: ScalarLike) -> Scalar:
         """$s(t)$: the standard deviation of $x_t$ given $x_0$."""
 
+    @abc.abstractmethod
+    def t_from_log_snr(
+        self, log_snr: Float[ArrayLike, "*batch"]
+    ) -> Float[Array, "*batch"]:
+        """The time $t$ at which `self.log_snr(t)` equals `log_snr`: the inverse of the
+        (decreasing) log-SNR, in closed form. Used for time grids uniform in log-SNR or
+        in noise level, and by solvers that step in noise level (EDM)."""
+
     @property
     @abc.abstractmethod
     def prior_std(self) -> float:
@@ -81,6 +89,23 @@ class AbstractSDE(eqx.Module):
     def log_snr(self, t: ScalarLike) -> Scalar:
         """$\\lambda(t) = \\log(a(t)^2 / s(t)^2)$, decreasing in $t$."""
         return 2 * (jnp.log(self.mean_coeff(t)) - jnp.log(self.std(t)))
+
+    def transition(self, t_from: ScalarLike, t_to: ScalarLike) -> tuple[Scalar, Scalar]:
+        r"""The Gaussian transition of the forward SDE over $[t_\text{from}, t_\text{to}]$
+        ($t_\text{from} < t_\text{to}$): $x_{t_\text{to}} \mid x_{t_\text{from}}
+        \sim \mathcal{N}(r\, x_{t_\text{from}}, v\, I)$ with
+        $r = a(t_\text{to}) / a(t_\text{from})$ and
+        $v = s(t_\text{to})^2 - r^2 s(t_\text{from})^2$.
+
+        These are the discrete coefficients of the SDE over an actual step (for VP,
+        $r = \sqrt{1 - \beta_i}$ and $v = \beta_i$ of DDPM), so samplers built on them
+        work for any step grid.
+
+        **Returns:** `(r, v)`.
+        """
+        r = self.mean_coeff(t_to) / self.mean_coeff(t_from)
+        v = self.std(t_to) ** 2 - (r * self.std(t_from)) ** 2
+        return r, v
 
     def prior_sample(
         self, key: PRNGKeyArray, shape: tuple[int, ...]

@@ -1,5 +1,8 @@
+import abc
+
 import equinox as eqx
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Scalar, ScalarLike
 from .base import AbstractSDE, check_positive_finite
@@ -39,6 +42,21 @@ class AbstractBetaSDE(AbstractSDE):
         r"""$B(t) = \int_0^t \beta(u)\,\mathrm{d}u$."""
         t = jnp.asarray(t)
         return self.beta_min * t + 0.5 * t**2 / self.T * (self.beta_max - self.beta_min)
+
+    @abc.abstractmethod
+    def integrated_beta_from_log_snr(
+        self, log_snr: Float[ArrayLike, "*batch"]
+    ) -> Float[Array, "*batch"]:
+        r"""$B$ as a function of the log-SNR (the inverse of $\lambda(B)$)."""
+
+    def t_from_log_snr(
+        self, log_snr: Float[ArrayLike, "*batch"]
+    ) -> Float[Array, "*batch"]:
+        # Solve B(t) = beta_min t + (beta_max - beta_min) t^2 / (2T) = B for t >= 0, in
+        # the form that stays accurate for small B and for beta_max == beta_min.
+        b = self.integrated_beta_from_log_snr(log_snr)
+        slope = (self.beta_max - self.beta_min) / self.T
+        return 2 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2 * slope * b))
 
     def drift_coeff(self, t: ScalarLike) -> Scalar:
         return -0.5 * self.beta(t)

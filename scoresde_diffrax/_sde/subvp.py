@@ -1,4 +1,5 @@
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Scalar, ScalarLike
 from .beta import AbstractBetaSDE
@@ -32,3 +33,10 @@ class SubVPSDE(AbstractBetaSDE):
 
     def std(self, t: ScalarLike) -> Scalar:
         return -jnp.expm1(-self.integrated_beta(t))
+
+    def integrated_beta_from_log_snr(
+        self, log_snr: Float[ArrayLike, "*batch"]
+    ) -> Float[Array, "*batch"]:
+        # With u = e^{-B/2}: e^{log_snr/2} = u / (1 - u^2), so u = 2q / (1 + sqrt(1 + 4q^2))
+        # (q = e^{log_snr/2}) and B = -2 log u = 2 asinh(e^{-log_snr/2} / 2).
+        return 2 * jnp.arcsinh(0.5 * jnp.exp(-0.5 * jnp.asarray(log_snr)))

@@ -1,6 +1,7 @@
 import math
 
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Scalar, ScalarLike
 from .base import AbstractSDE, check_positive_finite
@@ -64,6 +65,13 @@ class VESDE(AbstractSDE):
         # sigma(t)^2 - sigma_min^2 = sigma_min^2 expm1(2 log(ratio) t / T)
         t = jnp.asarray(t)
         return self.sigma_min * jnp.sqrt(jnp.expm1(2 * self._log_ratio * t / self.T))
+
+    def t_from_log_snr(
+        self, log_snr: Float[ArrayLike, "*batch"]
+    ) -> Float[Array, "*batch"]:
+        # log_snr = -log(sigma_min^2 expm1(2 L t / T))
+        x = jnp.exp(-jnp.asarray(log_snr)) / self.sigma_min**2
+        return self.T * jnp.log1p(x) / (2 * self._log_ratio)
 
     @property
     def prior_std(self) -> float:

@@ -1,4 +1,5 @@
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Scalar, ScalarLike
 from .beta import AbstractBetaSDE
@@ -32,3 +33,9 @@ class VPSDE(AbstractBetaSDE):
 
     def std(self, t: ScalarLike) -> Scalar:
         return jnp.sqrt(-jnp.expm1(-self.integrated_beta(t)))
+
+    def integrated_beta_from_log_snr(
+        self, log_snr: Float[ArrayLike, "*batch"]
+    ) -> Float[Array, "*batch"]:
+        # log_snr = -log(e^B - 1)  =>  B = log(1 + e^{-log_snr})
+        return jnp.logaddexp(0.0, -jnp.asarray(log_snr))

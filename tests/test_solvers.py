@@ -1,0 +1,421 @@
+"""The samplers of issue #4 against exact truth (Gaussian mixtures, Gaussian data)."""
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from conftest import MIXTURES, SDES
+from test_sample import _check_reproduces, _CountingCalls, _gaussian_case
+
+import scoresde_diffrax as sd
+from scoresde_diffrax._sample import _terms
+
+
+def _grid(kind, n):
+    return lambda sde: dict(stepsize_controller=dfx.StepTo(sd.time_grid(sde, n, kind)))
+
+
+def _steps(n):
+    return lambda sde: dict(num_steps=n)
+
+
+# Step counts a user would pick for 2,000 samples of these mixtures.
+SAMPLERS = {
+    "reverse_diffusion": (sd.ReverseDiffusion(), _steps(1000)),
+    "ancestral": (sd.AncestralSampling(), _steps(1000)),
+    "pc_langevin": (
+        sd.PredictorCorrector(
+            sd.ReverseDiffusion(), sd.Langevin(snr=0.05, batch_norm=True)
+        ),
+        _steps(300),
+    ),
+    "pc_euler_annealed": (
+        sd.PredictorCorrector(dfx.Euler(), sd.AnnealedLangevin(snr=0.1)),
+        _steps(300),
+    ),
+    "ddim": (sd.DDIM(), _steps(150)),
+    "dpm_solver_pp_2m": (sd.DPMSolverPP2M(), _grid("logsnr", 80)),
+    "edm_heun": (sd.EDMHeun(), _grid("edm", 50)),
+    "edm_heun_churn": (sd.EDMHeun(churn=0.1), _grid("edm", 60)),
+}
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("mix_name", list(MIXTURES))
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_sampler_reproduces_mixture(sde_name, mix_name, sampler):
+    sde, mix = SDES[sde_name], MIXTURES[mix_name]()
+    solver, kw = SAMPLERS[sampler]
+    out = sd.sample(
+        jr.key(7), sde, mix.score(sde), (2000, mix.dim), solver=solver, **kw(sde)
+    )
+    _check_reproduces(mix, out.samples, jr.key(99))
+
+
+def _langevin_chain(corrector, sde, mix, t, n, iters, key):
+    pt = mix.marginal(sde, t)
+    x = pt.sample(jr.key(1), n)
+    score = mix.score(sde)
+
+    @jax.jit
+    def run(x, key):
+        def body(x, k):
+            z = jr.normal(k, (corrector.num_steps,) + x.shape)
+            return corrector.correct(sde, score, t, t - 0.01, x, z), None
+
+        return jax.lax.scan(body, x, jr.split(key, iters))[0]
+
+    return pt, x, run(x, key)
+
+
+@pytest.mark.parametrize("mix_name", list(MIXTURES))
+def test_langevin_leaves_p_t_invariant(mix_name):
+    sde, mix, t = SDES["vp"], MIXTURES[mix_name](), 0.1
+    for corrector in [
+        sd.Langevin(snr=0.05, batch_norm=True),
+        sd.AnnealedLangevin(snr=0.1, num_steps=2),
+    ]:
+        pt, x0, x = _langevin_chain(corrector, sde, mix, t, 4000, 100, jr.key(2))
+        _check_reproduces(pt, x, jr.key(3))
+        # ... and the chain moved: it is not invariant by standing still.
+        moved = jnp.mean(jnp.sum((x - x0) ** 2, axis=1)) / jnp.mean(pt.stds**2)
+        assert moved > 0.5 * mix.dim, moved
+
+
+def test_langevin_per_example_norms_bias_matches_theory():
+    # With per-example norms the step size depends on the example's own x and z:
+    # for Gaussian data in d dimensions the stationary variance is ((d + 2) / d)^2
+    # times the true one (one factor from the step's dependence on |z|, one from its
+    # dependence on |s(x)|), up to O(step) terms. The batch-averaged norm is unbiased.
+    d = 16
+    sde = SDES["ve"]
+    gauss = sd.GaussianMixture(jnp.zeros((1, d)), jnp.ones((1,)))
+    ratios = {}
+    for batch_norm in (False, True):
+        corr = sd.Langevin(snr=0.1, batch_norm=batch_norm)
+        pt, _, x = _langevin_chain(corr, sde, gauss, 0.5, 4000, 300, jr.key(4))
+        ratios[batch_norm] = sd.metrics.mixture_report(pt, x).variance_ratio
+    assert abs(ratios[False] - ((d + 2) / d) ** 2) < 0.03, ratios
+    assert abs(ratios[True] - 1) < 0.02, ratios
+
+
+@pytest.mark.parametrize(
+    "solver, kind, order",
+    [
+        (sd.DPMSolverPP2M(), "logsnr", 2.0),
+        (sd.EDMHeun(), "edm", 2.0),
+        (sd.DDIM(), "logsnr", 1.0),
+    ],
+    ids=["dpm_solver_pp_2m", "edm_heun", "ddim"],
+)
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
+    sde = SDES[sde_name]
+    mix, exact = _gaussian_case(sde)
+    steps = np.array([16, 32, 64, 128])
+    errs = []
+    for n in steps:
+        out = sd.sample(
+            jr.key(1),
+            sde,
+            mix.score(sde),
+            (32, 3),
+            solver=solver,
+            stepsize_controller=dfx.StepTo(sd.time_grid(sde, int(n), kind)),
+            saveat=dfx.SaveAt(t0=True),
+        )
+        ref = exact(out.trajectory[0], sde.default_eps)
+        errs.append(float(jnp.max(jnp.abs(out.samples - ref))))
+    slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert abs(slope - order) < 0.4, (errs, slope)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        sd.PredictorCorrector(),
+        sd.PredictorCorrector(sd.AncestralSampling(), sd.AnnealedLangevin()),
+        sd.DDIM(eta=0.5),
+        sd.EDMHeun(churn=0.2),
+    ],
+    ids=["pc", "pc_ancestral", "ddim_eta", "edm_churn"],
+)
+def test_same_key_same_samples_under_jit_and_vmap(solver):
+    sde, mix = SDES["subvp"], MIXTURES["2d"]()
+    score = mix.score(sde)
+
+    def draw(key, n):
+        return sd.sample(key, sde, score, (n, 2), solver=solver, num_steps=20).samples
+
+    a, b = draw(jr.key(3), 40), draw(jr.key(3), 40)
+    np.testing.assert_array_equal(a, b)
+    # Example i depends on fold_in(key, i) only: not on the batch size or the others.
+    np.testing.assert_allclose(a[:10], draw(jr.key(3), 10), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a[:10], draw(jr.key(4), 10))
+    keys = jnp.stack([jr.key(3), jr.key(5)])
+    v = jax.vmap(lambda k: draw(k, 10))(keys)
+    np.testing.assert_allclose(v[0], a[:10], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v[1], draw(jr.key(5), 10), rtol=1e-5, atol=1e-5)
+
+
+def test_pc_default_on_subvp_is_finite_and_near_the_data():
+    # The paper's code fails on sub-VP with a corrector; here alpha comes from a(t).
+    sde, mix = SDES["subvp"], MIXTURES["16d"]()
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        mix.score(sde),
+        (500, 16),
+        solver=sd.PredictorCorrector(),
+        num_steps=100,
+    )
+    assert np.all(np.isfinite(out.samples))
+    rep = sd.metrics.mixture_report(mix, out.samples)
+    # Per-example norms in 16-D inflate the variance by about ((16+2)/16)^2 = 1.27.
+    assert 1.0 < rep.variance_ratio < 1.5, rep
+
+
+ALL_SOLVERS = {
+    "reverse_diffusion": (sd.ReverseDiffusion(), "sde"),
+    "ancestral": (sd.AncestralSampling(upper_variance=True), "sde"),
+    "pc": (sd.PredictorCorrector(corrector=sd.Langevin(num_steps=2)), "sde"),
+    "pc_euler": (sd.PredictorCorrector(dfx.Euler(), sd.AnnealedLangevin()), "sde"),
+    "ddim": (sd.DDIM(), "ode"),
+    "ddim_eta": (sd.DDIM(eta=1.0), "sde"),
+    "dpm": (sd.DPMSolverPP2M(), "ode"),
+    "edm": (sd.EDMHeun(), "ode"),
+    "edm_churn": (sd.EDMHeun(churn=0.1), "sde"),
+}
+
+
+@pytest.mark.parametrize("name", list(ALL_SOLVERS))
+def test_manual_stepping_matches_sample(name):
+    solver, method = ALL_SOLVERS[name]
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    score = mix.score(sde)
+    key, shape, eps = jr.key(11), (6, 2), 1e-3
+    ts = sd.time_grid(sde, 5, "logsnr")
+    out = sd.sample(
+        key,
+        sde,
+        score,
+        shape,
+        solver=solver,
+        stepsize_controller=dfx.StepTo(ts),
+        saveat=dfx.SaveAt(t0=True),
+    )
+    terms = _terms(sde, score, method, False, shape, jr.fold_in(key, 1), eps, 1.0, 1e-3)
+    rs = -ts
+    y = out.trajectory[0]
+    state = solver.init(terms, rs[0], rs[1], y, None)
+    for i in range(len(rs) - 1):
+        y, err, dense, state, res = solver.step(
+            terms, rs[i], rs[i + 1], y, None, state, False
+        )
+        assert err is None and res == dfx.RESULTS.successful
+    np.testing.assert_allclose(y, out.samples, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", [sd.DDIM(), sd.DPMSolverPP2M(), sd.EDMHeun()])
+def test_deterministic_solvers_correct_on_natural_clock(solver):
+    # diffeqsolve from T down to eps on the natural clock (diffrax wraps the terms and
+    # negates time) gives what `sample` gives on the reversed clock.
+    sde, mix = SDES["ve"], MIXTURES["2d"]()
+    score = mix.score(sde)
+    ts = sd.time_grid(sde, 12, "edm")
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        score,
+        (8, 2),
+        solver=solver,
+        stepsize_controller=dfx.StepTo(ts),
+        saveat=dfx.SaveAt(t0=True),
+    )
+    sol = dfx.diffeqsolve(
+        sd.probability_flow_term(sde, score),
+        solver,
+        t0=sde.T,
+        t1=ts[-1],
+        dt0=None,
+        y0=out.trajectory[0],
+        stepsize_controller=dfx.StepTo(ts),
+    )
+    np.testing.assert_allclose(sol.ys[-1], out.samples, rtol=1e-4, atol=1e-4)
+
+
+def test_pc_on_natural_clock_with_virtual_tree():
+    # The reverse SDE on the natural clock, T down to eps, with a VirtualBrownianTree:
+    # Gaussian data come out with the right mean and variance.
+    sde = SDES["vp"]
+    mix, _ = _gaussian_case(sde)
+    score = mix.score(sde)
+    n, eps = 2000, 1e-3
+    keys = jax.vmap(lambda i: jr.fold_in(jr.key(0), i))(jnp.arange(n))
+    template = dfx.VirtualBrownianTree(
+        eps, sde.T, tol=1e-3, shape=jax.ShapeDtypeStruct((3,), jnp.float32), key=keys[0]
+    )
+    terms = dfx.MultiTerm(
+        dfx.ODETerm(sd.ScoreDrift(sde, score, 1.0)),
+        dfx.ControlTerm(sd.Diffusion(sde), sd.PerSampleBrownianPath(template, keys)),
+    )
+    y0 = jr.normal(jr.key(1), (n, 3))
+    solver = sd.PredictorCorrector(
+        sd.AncestralSampling(), sd.Langevin(0.05, batch_norm=True)
+    )
+    sol = dfx.diffeqsolve(terms, solver, sde.T, eps, -(sde.T - eps) / 200, y0)
+    x = sol.ys[-1]
+    np.testing.assert_allclose(jnp.mean(x, 0), mix.means[0], atol=4 * 0.7 / n**0.5)
+    np.testing.assert_allclose(jnp.std(x, 0), 0.7, rtol=0.06)
+
+
+def test_ddim_eta_one_is_ancestral_sampling():
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    kw = dict(num_steps=30)
+    a = sd.sample(jr.key(2), sde, mix.score(sde), (16, 2), solver=sd.DDIM(1.0), **kw)
+    b = sd.sample(
+        jr.key(2),
+        sde,
+        mix.score(sde),
+        (16, 2),
+        solver=sd.AncestralSampling(denoise=False),
+        **kw,
+    )
+    np.testing.assert_allclose(a.samples, b.samples, rtol=1e-4, atol=1e-4)
+
+
+def test_saveat_ts_with_new_solvers():
+    sde, mix = SDES["subvp"], MIXTURES["2d"]()
+    ts = jnp.array([1.0, 0.5, 0.1, 1e-3])
+    for solver in [sd.DPMSolverPP2M(), sd.PredictorCorrector()]:
+        out = sd.sample(
+            jr.key(0),
+            sde,
+            mix.score(sde),
+            (16, 2),
+            solver=solver,
+            num_steps=40,
+            saveat=dfx.SaveAt(ts=ts),
+        )
+        np.testing.assert_allclose(out.ts, ts, rtol=1e-6)
+        assert out.trajectory.shape == (4, 16, 2)
+        np.testing.assert_allclose(out.trajectory[-1], out.samples, rtol=1e-6)
+        assert jnp.std(out.trajectory[0]) > 0.8  # the prior's spread
+
+
+@pytest.mark.parametrize(
+    "solver, per_step",
+    [
+        (sd.PredictorCorrector(corrector=sd.Langevin(num_steps=2)), 3),
+        (sd.PredictorCorrector(corrector=None), 1),
+        (sd.EDMHeun(), 2),
+        (sd.EDMHeun(churn=0.1), 2),
+        (sd.DPMSolverPP2M(), 1),
+        (sd.DDIM(0.3), 1),
+    ],
+    ids=["pc2", "p", "edm", "edm_churn", "dpm", "ddim"],
+)
+def test_num_score_evals_is_exact(solver, per_step):
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    counter = []
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        _CountingCalls(mix.score(sde), counter),
+        (1, 2),
+        solver=solver,
+        num_steps=7,
+    )
+    jax.effects_barrier()
+    assert int(out.stats["num_score_evals"]) == len(counter) == 7 * per_step
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_time_grids(sde_name):
+    sde = SDES[sde_name]
+    eps = sde.default_eps
+    for kind in ("uniform", "logsnr", "edm"):
+        ts = sd.time_grid(sde, 10, kind)
+        assert ts.shape == (11,)
+        assert ts[0] == jnp.float32(sde.T) and ts[-1] == jnp.float32(eps)
+        assert np.all(np.diff(np.asarray(ts)) < 0), (kind, ts)
+    lam = jax.vmap(sde.log_snr)(sd.time_grid(sde, 10, "logsnr"))
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=2e-3)
+    sig = jnp.exp(-0.5 * jax.vmap(sde.log_snr)(sd.time_grid(sde, 10, "edm")))
+    root = sig ** (1 / 7)
+    np.testing.assert_allclose(np.diff(root), np.diff(root)[0], rtol=2e-3)
+
+
+def test_bad_input_names_the_argument():
+    sde, mix = SDES["vp"], MIXTURES["2d"]()
+    score = mix.score(sde)
+    with pytest.raises(ValueError, match="snr"):
+        sd.Langevin(snr=0.0)
+    with pytest.raises(ValueError, match="snr"):
+        sd.AnnealedLangevin(snr=-1.0)
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.Langevin(num_steps=0)
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.AnnealedLangevin(num_steps=0)
+    with pytest.raises(ValueError, match="predictor"):
+        sd.PredictorCorrector(dfx.Tsit5())
+    with pytest.raises((ValueError, TypeError), match="corrector"):
+        sd.PredictorCorrector(sd.ReverseDiffusion(), sd.ReverseDiffusion())
+    with pytest.raises(ValueError, match="eta"):
+        sd.DDIM(eta=1.5)
+    with pytest.raises(ValueError, match="churn"):
+        sd.EDMHeun(churn=0.5)
+    # Ancestral and PC solvers handed terms they cannot use.
+    with pytest.raises(ValueError, match="method|SDE-only"):
+        sd.sample(
+            jr.key(0),
+            sde,
+            score,
+            (4, 2),
+            solver=sd.AncestralSampling(),
+            method="ode",
+            num_steps=5,
+        )
+    ode = sd.probability_flow_term(sde, score, reverse_time=True)
+    y = jnp.zeros((4, 2))
+    for solver in (sd.AncestralSampling(), sd.PredictorCorrector()):
+        with pytest.raises(ValueError, match="terms"):
+            solver.step(ode, -1.0, -0.9, y, None, None, False)
+    with pytest.raises(ValueError, match="terms"):
+        plain = dfx.ODETerm(lambda t, y, args: -y)
+        sd.DPMSolverPP2M().step(plain, -1.0, -0.9, y, None, None, False)
+    # Time grids.
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.time_grid(sde, 0)
+    with pytest.raises(ValueError, match="kind"):
+        sd.time_grid(sde, 10, kind="cosine")
+    with pytest.raises(ValueError, match="eps"):
+        sd.time_grid(sde, 10, eps=2.0)
+    with pytest.raises(ValueError, match="rho"):
+        sd.time_grid(sde, 10, kind="edm", rho=0.0)
+    bad_grids = [
+        jnp.array([1.0, 0.3, 0.5, 1e-3]),
+        jnp.array([1.2, 0.5, 1e-3]),
+        jnp.array([1.0, 0.5, 1e-4]),
+    ]
+    for ts in bad_grids:
+        with pytest.raises(ValueError, match="stepsize_controller"):
+            sd.sample(
+                jr.key(0),
+                sde,
+                score,
+                (4, 2),
+                solver=sd.DPMSolverPP2M(),
+                stepsize_controller=dfx.StepTo(ts),
+            )
+    with pytest.raises(ValueError, match="adaptive"):
+        sd.sample(
+            jr.key(0),
+            sde,
+            score,
+            (4, 2),
+            solver=sd.DPMSolverPP2M(),
+            stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3),
+        )
