@@ -1,4 +1,5 @@
 import math
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -42,8 +43,9 @@ class SampleResult(eqx.Module):
     result: dfx.RESULTS
 
 
-def _solver_kinds(solver: dfx.AbstractSolver) -> tuple[bool, bool]:
-    """Whether `solver` can integrate (an ODE, the reverse SDE)."""
+def solver_kinds(solver: dfx.AbstractSolver) -> tuple[bool, bool]:
+    """Whether `solver` can integrate (an ODE, the reverse SDE): a solver taking one
+    term integrates ODEs; one marked Ito/Stratonovich, or taking several terms, SDEs."""
     ts = solver.term_structure
     takes_one_term = isinstance(ts, type) and issubclass(ts, dfx.AbstractTerm)
     is_sde = (
@@ -54,7 +56,7 @@ def _solver_kinds(solver: dfx.AbstractSolver) -> tuple[bool, bool]:
 
 
 def _resolve_method(solver: dfx.AbstractSolver, method: Method | None) -> Method:
-    can_ode, can_sde = _solver_kinds(solver)
+    can_ode, can_sde = solver_kinds(solver)
     name = type(solver).__name__
     if method is None:
         if can_ode and can_sde:
@@ -414,20 +416,31 @@ def _sample_jit(
     subs = [dfx.SubSaveAt(t1=True)]
     if saveat is not None:
         subs.append(_to_reversed_clock(saveat.subs))
-    sol = dfx.diffeqsolve(
-        terms,
-        solver,
-        t0=-T,
-        t1=-eps,
-        dt0=dt0,
-        y0=y0,
-        saveat=dfx.SaveAt(subs=subs, dense=False if saveat is None else saveat.dense),
-        stepsize_controller=controller,
-        adjoint=adjoint,
-        max_steps=max_steps,
-        progress_meter=progress_meter,
-        throw=throw,
-    )
+    with warnings.catch_warnings():
+        # DDIM(eta > 0) and EDMHeun(churn > 0) take the reverse-SDE terms only for their
+        # additive noise (Ito = Stratonovich) and serve the ODE without it, so they
+        # cannot carry diffrax's class marker; silence diffrax's warning about it here.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`(DDIM|EDMHeun)` is not marked as converging",
+            category=UserWarning,
+        )
+        sol = dfx.diffeqsolve(
+            terms,
+            solver,
+            t0=-T,
+            t1=-eps,
+            dt0=dt0,
+            y0=y0,
+            saveat=dfx.SaveAt(
+                subs=subs, dense=False if saveat is None else saveat.dense
+            ),
+            stepsize_controller=controller,
+            adjoint=adjoint,
+            max_steps=max_steps,
+            progress_meter=progress_meter,
+            throw=throw,
+        )
     samples = sol.ys[0][-1]
     if denoise:
         t = jnp.asarray(eps, dtype)

@@ -4,19 +4,13 @@ import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._sample import solver_kinds
 from ._common import check_decreasing, dense_info, NoiseGate, unpack_sde
 from .corrector import AbstractCorrector, Langevin
 from .reverse_diffusion import ReverseDiffusion
 
 
 _SDETerms = dfx.MultiTerm[tuple[dfx.AbstractTerm[Any, Any], dfx.AbstractTerm]]
-
-
-def _is_ode_only(solver: dfx.AbstractSolver) -> bool:
-    ts = solver.term_structure
-    one = isinstance(ts, type) and issubclass(ts, dfx.AbstractTerm)
-    sde = isinstance(solver, (dfx.AbstractItoSolver, dfx.AbstractStratonovichSolver))
-    return one and not sde
 
 
 class PredictorCorrector(dfx.AbstractItoSolver):
@@ -69,7 +63,7 @@ class PredictorCorrector(dfx.AbstractItoSolver):
                 "reverse-time SDE (sd.ReverseDiffusion(), sd.AncestralSampling(), "
                 f"diffrax.Euler(), ...), got {type(self.predictor).__name__}."
             )
-        if _is_ode_only(self.predictor):
+        if not solver_kinds(self.predictor)[1]:
             raise ValueError(
                 "PredictorCorrector: `predictor` must integrate the reverse-time SDE; "
                 f"{type(self.predictor).__name__} is an ODE-only solver. Use "
