@@ -3,9 +3,16 @@
 The public API. Everything here is a stable name; private modules may change.
 """
 
-from . import metrics as metrics
+from . import data as data, metrics as metrics, nn as nn
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
 from ._exact import GaussianMixture as GaussianMixture, MixtureScore as MixtureScore
+from ._loss import (
+    AbstractLoss as AbstractLoss,
+    DDPMLoss as DDPMLoss,
+    DSMLoss as DSMLoss,
+    SMLDLoss as SMLDLoss,
+    time_from_log_snr as time_from_log_snr,
+)
 from ._sample import sample as sample, SampleResult as SampleResult
 from ._score import EpsScore as EpsScore, X0Score as X0Score
 from ._sde import (
