@@ -21,6 +21,16 @@ from ._sde import (
     VESDE as VESDE,
     VPSDE as VPSDE,
 )
+from ._train import (
+    adam_with_warmup as adam_with_warmup,
+    ema_decay_at as ema_decay_at,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+    sde_from_description as sde_from_description,
+    train as train,
+    TrainResult as TrainResult,
+    TrainState as TrainState,
+)
 from ._term import (
     Diffusion as Diffusion,
     forward_sde_terms as forward_sde_terms,
