@@ -170,8 +170,10 @@ def sde_from_description(desc: dict) -> AbstractSDE:
         raise ValueError(f"checkpoint: unknown or invalid SDE description {desc!r}.") from e
 
 
-def model_from_description(desc: dict, sde: AbstractSDE):
-    """Build a fresh (randomly initialised) score model from its JSON description."""
+def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = False):
+    """Build a fresh (randomly initialised) score model from its JSON description; with
+    `abstract`, only its structure (`jax.ShapeDtypeStruct` leaves, nothing computed),
+    to deserialise weights into."""
     cls = _NETWORKS.get(desc.get("class"))
     if cls is None:
         raise ValueError(
@@ -180,7 +182,10 @@ def model_from_description(desc: dict, sde: AbstractSDE):
         )
     config = {k: _nn._config.freeze(v) for k, v in desc["config"].items()}
     try:
-        net = cls(**config, key=jr.key(0))
+        if abstract:
+            net = eqx.filter_eval_shape(lambda k: cls(**config, key=k), jr.key(0))
+        else:
+            net = cls(**config, key=jr.key(0))
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"checkpoint: cannot rebuild {desc['class']} from {desc['config']}: {e}"
@@ -329,7 +334,7 @@ def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True):
     directory = pathlib.Path(directory)
     meta, blob = _read_newest(directory)
     sde = sde_from_description(meta["sde"])
-    like = model_from_description(meta["model"], sde)
+    like = model_from_description(meta["model"], sde, abstract=True)
     try:
         ema_m, model = eqx.tree_deserialise_leaves(io.BytesIO(blob), (like, like))
     except Exception as e:  # noqa: BLE001

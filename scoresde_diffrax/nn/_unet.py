@@ -124,6 +124,66 @@ class UNetConfig:
                 raise ValueError(f"UNet: `{name}` must be an int >= 1, got {v!r}.")
 
 
+@eqx.filter_jit
+def _build_unet(cfg: "UNetConfig", key):
+    channels, groups, skip_rescale = cfg.channels, cfg.groups, cfg.skip_rescale
+    fourier_time, num_res_blocks = cfg.fourier_time, cfg.num_res_blocks
+    keys = iter(jr.split(key, 256))
+    ch = cfg.channels
+    tdim = 4 * ch
+    if fourier_time:
+        embed = GaussianFourierEmbedding(ch, key=next(keys))
+    else:
+        embed = SinusoidalEmbedding(ch)
+    temb1 = eqx.nn.Linear(ch, tdim, key=next(keys))
+    temb2 = eqx.nn.Linear(tdim, tdim, key=next(keys))
+    cin, res = cfg.data_shape[0], cfg.data_shape[1]
+    conv_in = eqx.nn.Conv2d(cin, ch, 3, padding=1, key=next(keys))
+
+    def res_block(a, b):
+        return ResBlock(a, b, tdim, groups, skip_rescale, key=next(keys))
+
+    def attn(c):
+        return AttnBlock(c, groups, skip_rescale, key=next(keys))
+
+    # Down path: each entry (res, attn | None) or a downsampling conv.
+    hs_ch = [ch]
+    cur = ch
+    down = []
+    n_levels = len(cfg.channel_mult)
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(num_res_blocks):
+            down.append(
+                (res_block(cur, ch * mult), attn(ch * mult) if res in cfg.attn_resolutions else None)
+            )
+            cur = ch * mult
+            hs_ch.append(cur)
+        if level != n_levels - 1:
+            down.append(eqx.nn.Conv2d(cur, cur, 3, stride=2, padding=1, key=next(keys)))
+            res //= 2
+            hs_ch.append(cur)
+    down = tuple(down)
+    mid = (res_block(cur, cur), attn(cur), res_block(cur, cur))
+    up = []
+    for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+        for _ in range(num_res_blocks + 1):
+            skip_ch = hs_ch.pop()
+            up.append(
+                (res_block(cur + skip_ch, ch * mult), attn(ch * mult) if res in cfg.attn_resolutions else None)
+            )
+            cur = ch * mult
+        if level != 0:
+            up.append(eqx.nn.Conv2d(cur, cur, 3, padding=1, key=next(keys)))
+            res *= 2
+    up = tuple(up)
+    norm_out = _norm(groups, cur)
+    conv_out = _scaled(
+        eqx.nn.Conv2d(cur, cin, 3, padding=1, key=next(keys)), 0.1
+    )
+
+    return (embed, temb1, temb2, conv_in, down, mid, up, norm_out, conv_out)
+
+
 class UNet(eqx.Module):
     r"""A small U-Net in the spirit of DDPM++/NCSN++ for images `(C, H, W)`, on one
     example: residual blocks with GroupNorm and a time projection, self-attention at
@@ -192,58 +252,19 @@ class UNet(eqx.Module):
             skip_rescale,
         )
         self.config = cfg
-        keys = iter(jr.split(key, 256))
-        ch = cfg.channels
-        tdim = 4 * ch
-        if fourier_time:
-            self.embed = GaussianFourierEmbedding(ch, key=next(keys))
-        else:
-            self.embed = SinusoidalEmbedding(ch)
-        self.temb1 = eqx.nn.Linear(ch, tdim, key=next(keys))
-        self.temb2 = eqx.nn.Linear(tdim, tdim, key=next(keys))
-        cin, res = cfg.data_shape[0], cfg.data_shape[1]
-        self.conv_in = eqx.nn.Conv2d(cin, ch, 3, padding=1, key=next(keys))
-
-        def res_block(a, b):
-            return ResBlock(a, b, tdim, groups, skip_rescale, key=next(keys))
-
-        def attn(c):
-            return AttnBlock(c, groups, skip_rescale, key=next(keys))
-
-        # Down path: each entry (res, attn | None) or a downsampling conv.
-        hs_ch = [ch]
-        cur = ch
-        down = []
-        n_levels = len(cfg.channel_mult)
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(num_res_blocks):
-                down.append(
-                    (res_block(cur, ch * mult), attn(ch * mult) if res in cfg.attn_resolutions else None)
-                )
-                cur = ch * mult
-                hs_ch.append(cur)
-            if level != n_levels - 1:
-                down.append(eqx.nn.Conv2d(cur, cur, 3, stride=2, padding=1, key=next(keys)))
-                res //= 2
-                hs_ch.append(cur)
-        self.down = tuple(down)
-        self.mid = (res_block(cur, cur), attn(cur), res_block(cur, cur))
-        up = []
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for _ in range(num_res_blocks + 1):
-                skip_ch = hs_ch.pop()
-                up.append(
-                    (res_block(cur + skip_ch, ch * mult), attn(ch * mult) if res in cfg.attn_resolutions else None)
-                )
-                cur = ch * mult
-            if level != 0:
-                up.append(eqx.nn.Conv2d(cur, cur, 3, padding=1, key=next(keys)))
-                res *= 2
-        self.up = tuple(up)
-        self.norm_out = _norm(groups, cur)
-        self.conv_out = _scaled(
-            eqx.nn.Conv2d(cur, cin, 3, padding=1, key=next(keys)), 0.1
-        )
+        # Built under jit: one compilation instead of hundreds of eager ops.
+        parts = _build_unet(cfg, key)
+        (
+            self.embed,
+            self.temb1,
+            self.temb2,
+            self.conv_in,
+            self.down,
+            self.mid,
+            self.up,
+            self.norm_out,
+            self.conv_out,
+        ) = parts
 
     def __call__(
         self, t: ScalarLike, x: Float[ArrayLike, "c h w"]
