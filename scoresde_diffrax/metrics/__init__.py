@@ -3,3 +3,13 @@ from ._mixture import (
     MixtureReport as MixtureReport,
 )
 from ._sliced import sliced_wasserstein as sliced_wasserstein
+from ._fd import (
+    cache_dir as cache_dir,
+    digits_accuracy as digits_accuracy,
+    digits_classifier as digits_classifier,
+    digits_features as digits_features,
+    DigitsClassifier as DigitsClassifier,
+    fd_digits as fd_digits,
+    fd_digits_floor as fd_digits_floor,
+    frechet_distance as frechet_distance,
+)

@@ -10,3 +10,4 @@ from ._embedding import (
 )
 from ._mlp import MLPConfig as MLPConfig, MLPScore as MLPScore
 from ._unet import UNet as UNet, UNetConfig as UNetConfig
+from ._conv import loop_friendly as loop_friendly, ShiftConv2d as ShiftConv2d
