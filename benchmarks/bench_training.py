@@ -43,8 +43,16 @@ def toy():
     data = sd.data.moons(jr.key(0), 20000)
     model = sd.EpsScore(sd.nn.MLPScore((2,), width=128, depth=3, key=jr.key(1)), sde)
     res = sd.train(
-        jr.key(2), model, sde, data, num_steps=12000, batch_size=512,
-        learning_rate=2e-3, warmup_steps=200, ema_decay=0.999, steps_per_call=500,
+        jr.key(2),
+        model,
+        sde,
+        data,
+        num_steps=12000,
+        batch_size=512,
+        learning_rate=2e-3,
+        warmup_steps=200,
+        ema_decay=0.999,
+        steps_per_call=500,
         progress=False,
     )
     n = 4000
@@ -55,15 +63,26 @@ def toy():
     rows = {}
     for name, kw in {
         "euler-maruyama 1000": dict(solver=dfx.Euler(), method="sde", num_steps=1000),
-        "ode-tsit5 1e-5": dict(solver=dfx.Tsit5(), stepsize_controller=dfx.PIDController(rtol=1e-5, atol=1e-5)),
+        "ode-tsit5 1e-5": dict(
+            solver=dfx.Tsit5(),
+            stepsize_controller=dfx.PIDController(rtol=1e-5, atol=1e-5),
+        ),
     }.items():
         t = time.perf_counter()
         out = sd.sample(jr.key(3), sde, res.ema_model, (n, 2), **kw)
         x = np.asarray(out.samples)
         sw = float(sd.metrics.sliced_wasserstein(kp, x, truth, num_projections=512))
-        rows[name] = {"sw2": sw, "ratio_to_floor": sw / floor, "sample_s": time.perf_counter() - t,
-                      "nfe": int(out.stats["num_score_evals"])}
-    prior = float(sd.metrics.sliced_wasserstein(kp, jr.normal(jr.key(4), (n, 2)), truth, num_projections=512))
+        rows[name] = {
+            "sw2": sw,
+            "ratio_to_floor": sw / floor,
+            "sample_s": time.perf_counter() - t,
+            "nfe": int(out.stats["num_score_evals"]),
+        }
+    prior = float(
+        sd.metrics.sliced_wasserstein(
+            kp, jr.normal(jr.key(4), (n, 2)), truth, num_projections=512
+        )
+    )
     out = {
         "what": "MLPScore (128x3, eps) on moons, VPSDE, DSM sigma^2, 12000 steps, batch 512, lr 2e-3",
         "train_s": res.wall_time,
@@ -84,10 +103,20 @@ def digits_train(num_steps: int = 6000):
     net = sd.nn.UNet((1, 8, 8), key=jr.key(1))
     model = sd.EpsScore(net, sde)
     res = sd.train(
-        jr.key(0), model, sde, data, num_steps=num_steps, batch_size=128,
-        learning_rate=1e-3, warmup_steps=200, ema_decay=0.999,
-        checkpoint_dir=CKPT, checkpoint_every=1000, keep_checkpoints=1,
-        resume=True, progress=True,
+        jr.key(0),
+        model,
+        sde,
+        data,
+        num_steps=num_steps,
+        batch_size=128,
+        learning_rate=1e-3,
+        warmup_steps=200,
+        ema_decay=0.999,
+        checkpoint_dir=CKPT,
+        checkpoint_every=1000,
+        keep_checkpoints=1,
+        resume=True,
+        progress=True,
     )
     out = {
         "what": f"UNet (defaults: channels 16, mult (1,2), attention at 4x4) on digits train split, VPSDE, eps, DSM, {num_steps} steps, batch 128, lr 1e-3, warmup 200, EMA 0.999",
@@ -107,15 +136,24 @@ def digits_eval(num_samples: int = 1437):
     floor = sd.metrics.fd_digits_floor()
     rows = {}
     for name, kw in {
-        "ode-tsit5 1e-3": dict(solver=dfx.Tsit5(), stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3)),
+        "ode-tsit5 1e-3": dict(
+            solver=dfx.Tsit5(),
+            stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3),
+        ),
         "euler-maruyama 200": dict(solver=dfx.Euler(), method="sde", num_steps=200),
     }.items():
         t = time.perf_counter()
-        out = sd.sample(jr.key(5), sde, sd.nn.loop_friendly(model), (num_samples, 1, 8, 8), **kw)
+        out = sd.sample(
+            jr.key(5), sde, sd.nn.loop_friendly(model), (num_samples, 1, 8, 8), **kw
+        )
         x = np.clip((np.asarray(out.samples) + 1) / 2, 0, 1)
         fd = sd.metrics.fd_digits(x)
-        rows[name] = {"fd_digits": fd, "ratio_to_floor": fd / floor, "sample_s": time.perf_counter() - t,
-                      "nfe": int(out.stats["num_score_evals"])}
+        rows[name] = {
+            "fd_digits": fd,
+            "ratio_to_floor": fd / floor,
+            "sample_s": time.perf_counter() - t,
+            "nfe": int(out.stats["num_score_evals"]),
+        }
         png = RESULTS / f"digits_samples_{name.split()[0]}.png"
         real = sd.data.digits_array("test")[0][:64]
         gap = np.full((64, 1, 8, 8), 0.5, np.float32)[:8]

@@ -21,6 +21,14 @@ from ._sde import (
     VESDE as VESDE,
     VPSDE as VPSDE,
 )
+from ._term import (
+    Diffusion as Diffusion,
+    forward_sde_terms as forward_sde_terms,
+    ForwardDrift as ForwardDrift,
+    probability_flow_term as probability_flow_term,
+    reverse_sde_terms as reverse_sde_terms,
+    ScoreDrift as ScoreDrift,
+)
 from ._train import (
     adam_with_warmup as adam_with_warmup,
     ema_decay_at as ema_decay_at,
@@ -30,14 +38,6 @@ from ._train import (
     train as train,
     TrainResult as TrainResult,
     TrainState as TrainState,
-)
-from ._term import (
-    Diffusion as Diffusion,
-    forward_sde_terms as forward_sde_terms,
-    ForwardDrift as ForwardDrift,
-    probability_flow_term as probability_flow_term,
-    reverse_sde_terms as reverse_sde_terms,
-    ScoreDrift as ScoreDrift,
 )
 
 

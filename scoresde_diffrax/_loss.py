@@ -64,7 +64,9 @@ class AbstractLoss(eqx.Module):
         """Mean of `per_example` over the batch `x0`."""
         x0 = jnp.asarray(x0)
         keys = jr.split(key, x0.shape[0])
-        per = jax.vmap(self.per_example, in_axes=(None, None, 0, 0))(score, sde, x0, keys)
+        per = jax.vmap(self.per_example, in_axes=(None, None, 0, 0))(
+            score, sde, x0, keys
+        )
         return jnp.mean(per)
 
 
@@ -159,7 +161,9 @@ class SMLDLoss(AbstractLoss):
 
     def __check_init__(self):
         if not isinstance(self.num_scales, int) or self.num_scales < 2:
-            raise ValueError(f"SMLDLoss: `num_scales` must be an int >= 2, got {self.num_scales!r}.")
+            raise ValueError(
+                f"SMLDLoss: `num_scales` must be an int >= 2, got {self.num_scales!r}."
+            )
 
     def per_example(self, score, sde, x0, key):
         if not isinstance(sde, VESDE):
@@ -205,7 +209,9 @@ class DDPMLoss(AbstractLoss):
 
     def __check_init__(self):
         if not isinstance(self.num_scales, int) or self.num_scales < 2:
-            raise ValueError(f"DDPMLoss: `num_scales` must be an int >= 2, got {self.num_scales!r}.")
+            raise ValueError(
+                f"DDPMLoss: `num_scales` must be an int >= 2, got {self.num_scales!r}."
+            )
 
     def per_example(self, score, sde, x0, key):
         if not isinstance(sde, VPSDE):

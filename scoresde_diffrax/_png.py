@@ -41,7 +41,9 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
         f.write(png)
 
 
-def image_grid(images: np.ndarray, *, ncols: int | None = None, zoom: int = 4, pad: int = 1) -> np.ndarray:
+def image_grid(
+    images: np.ndarray, *, ncols: int | None = None, zoom: int = 4, pad: int = 1
+) -> np.ndarray:
     """Tile images `(n, C, H, W)` in `[0, 1]` (C = 1 or 3) into one `(H', W')` or
     `(H', W', 3)` image, each enlarged `zoom` times (nearest), with `pad` pixels of
     mid-grey between them."""
@@ -51,7 +53,9 @@ def image_grid(images: np.ndarray, *, ncols: int | None = None, zoom: int = 4, p
     nrows = int(math.ceil(n / ncols))
     x = x.repeat(zoom, axis=2).repeat(zoom, axis=3)
     h, w = h * zoom, w * zoom
-    grid = np.full((c, nrows * (h + pad) + pad, ncols * (w + pad) + pad), 0.5, np.float32)
+    grid = np.full(
+        (c, nrows * (h + pad) + pad, ncols * (w + pad) + pad), 0.5, np.float32
+    )
     for i in range(n):
         r, q = divmod(i, ncols)
         y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
@@ -59,10 +63,14 @@ def image_grid(images: np.ndarray, *, ncols: int | None = None, zoom: int = 4, p
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def scatter_image(points: np.ndarray, *, size: int = 256, lim: float | None = None) -> np.ndarray:
+def scatter_image(
+    points: np.ndarray, *, size: int = 256, lim: float | None = None
+) -> np.ndarray:
     """A 2-D histogram of points `(n, 2)` as a grey image (dark = dense)."""
     p = np.asarray(points, np.float64)
     lim = lim or float(np.quantile(np.abs(p), 0.995)) * 1.1 or 1.0
-    hist, _, _ = np.histogram2d(p[:, 1], p[:, 0], bins=size, range=[[-lim, lim], [-lim, lim]])
+    hist, _, _ = np.histogram2d(
+        p[:, 1], p[:, 0], bins=size, range=[[-lim, lim], [-lim, lim]]
+    )
     hist = hist[::-1]
     return 1.0 - np.sqrt(hist / max(hist.max(), 1.0))

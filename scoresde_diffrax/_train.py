@@ -150,7 +150,9 @@ def describe_sde(sde: AbstractSDE) -> dict:
         )
     return {
         "class": name,
-        "params": {f.name: float(getattr(sde, f.name)) for f in dataclasses.fields(sde)},
+        "params": {
+            f.name: float(getattr(sde, f.name)) for f in dataclasses.fields(sde)
+        },
     }
 
 
@@ -167,7 +169,9 @@ def sde_from_description(desc: dict) -> AbstractSDE:
     try:
         return _SDES[desc["class"]](**desc["params"])
     except (KeyError, TypeError) as e:
-        raise ValueError(f"checkpoint: unknown or invalid SDE description {desc!r}.") from e
+        raise ValueError(
+            f"checkpoint: unknown or invalid SDE description {desc!r}."
+        ) from e
 
 
 def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = False):
@@ -284,7 +288,9 @@ def save_checkpoint(
 
 def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
     if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist.")
+        raise FileNotFoundError(
+            f"checkpoint directory {str(directory)!r} does not exist."
+        )
     steps = _list_checkpoints(directory)
     if not steps:
         raise FileNotFoundError(
@@ -294,7 +300,9 @@ def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
     try:
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"checkpoint metadata {str(json_path)!r} is corrupt: {e}.") from e
+        raise ValueError(
+            f"checkpoint metadata {str(json_path)!r} is corrupt: {e}."
+        ) from e
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(json_path)!r} is not a scoresde_diffrax checkpoint.")
     if meta.get("version") != CHECKPOINT_VERSION:
@@ -303,9 +311,10 @@ def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
             f"this version of scoresde_diffrax reads version {CHECKPOINT_VERSION}."
         )
     blob = (directory / meta["eqx_file"]).read_bytes()
-    if len(blob) != meta["eqx_bytes"] or hashlib.sha256(blob).hexdigest() != meta[
-        "eqx_sha256"
-    ]:
+    if (
+        len(blob) != meta["eqx_bytes"]
+        or hashlib.sha256(blob).hexdigest() != meta["eqx_sha256"]
+    ):
         raise ValueError(
             f"checkpoint file {str(directory / meta['eqx_file'])!r} is truncated or "
             f"corrupt ({len(blob)} bytes, expected {meta['eqx_bytes']}, or SHA-256 "
@@ -372,7 +381,17 @@ def _apply_masked(active, new, old):
 
 @eqx.filter_jit
 def _run_chunk(
-    state, stop, length, unroll, static, sde, data, loss, optimizer, batch_size, ema_decay
+    state,
+    stop,
+    length,
+    unroll,
+    static,
+    sde,
+    data,
+    loss,
+    optimizer,
+    batch_size,
+    ema_decay,
 ):
     """`length` training steps in one `lax.scan`; steps at or after `stop` leave the
     state unchanged (so every chunk runs the same compiled program)."""
@@ -410,7 +429,11 @@ def _run_chunk(
         "scaling, or use gradient clipping.",
     )
     new_state = TrainState(
-        eqx.combine(params, static), eqx.combine(ema, static), opt_state, step, state.key
+        eqx.combine(params, static),
+        eqx.combine(ema, static),
+        opt_state,
+        step,
+        state.key,
     )
     return new_state, losses
 
@@ -430,8 +453,7 @@ def _check_fits(model, data_shape, dtype) -> None:
     except Exception as e:  # noqa: BLE001
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
-            f"`model` does not fit the data: examples of shape {data_shape} "
-            f"({msg})."
+            f"`model` does not fit the data: examples of shape {data_shape} ({msg})."
         ) from e
     if getattr(out, "shape", None) != tuple(data_shape):
         raise ValueError(
@@ -448,7 +470,7 @@ def train(
     *,
     num_steps: int,
     batch_size: int = 128,
-    loss: AbstractLoss = DSMLoss(),
+    loss: AbstractLoss | None = None,
     learning_rate: float = 2e-4,
     warmup_steps: int = 5000,
     grad_clip: float | None = 1.0,
@@ -487,7 +509,7 @@ def train(
         `(n, *data_shape)` of examples in model units.
     - `num_steps`: total number of optimiser steps (counting resumed ones), >= 1.
     - `batch_size`: examples per step (drawn with replacement). Default 128.
-    - `loss`: an `AbstractLoss`. Default `sd.DSMLoss()` (sigma^2 weighting, eps=1e-5).
+    - `loss`: an `AbstractLoss`. Default (None) `sd.DSMLoss()` (sigma^2 weighting, eps=1e-5).
     - `learning_rate`, `warmup_steps`, `grad_clip`: of [`adam_with_warmup`][] (paper:
         2e-4, 5000, 1.0); ignored if `optimizer` is given.
     - `optimizer`: any optax transformation instead.
@@ -518,19 +540,30 @@ def train(
         unroll = _has_conv(model)
     if steps_per_call is None:
         steps_per_call = 2 if unroll else 50
-    for name, v in (("num_steps", num_steps), ("batch_size", batch_size), ("steps_per_call", steps_per_call), ("keep_checkpoints", keep_checkpoints)):
+    for name, v in (
+        ("num_steps", num_steps),
+        ("batch_size", batch_size),
+        ("steps_per_call", steps_per_call),
+        ("keep_checkpoints", keep_checkpoints),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"`{name}` must be an int >= 1, got {v!r}.")
     if checkpoint_every is not None and (
         not isinstance(checkpoint_every, int) or checkpoint_every < 1
     ):
-        raise ValueError(f"`checkpoint_every` must be an int >= 1 or None, got {checkpoint_every!r}.")
+        raise ValueError(
+            f"`checkpoint_every` must be an int >= 1 or None, got {checkpoint_every!r}."
+        )
     if not (0.0 <= ema_decay < 1.0):
         raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay!r}.")
     if not isinstance(sde, AbstractSDE):
         raise TypeError(f"`sde` must be an AbstractSDE, got {type(sde).__name__}.")
+    if loss is None:
+        loss = DSMLoss()
     if not isinstance(loss, AbstractLoss):
-        raise TypeError(f"`loss` must be an AbstractLoss (e.g. sd.DSMLoss()), got {type(loss).__name__}.")
+        raise TypeError(
+            f"`loss` must be an AbstractLoss (e.g. sd.DSMLoss()), got {type(loss).__name__}."
+        )
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
     if not isinstance(data, Dataset):
@@ -671,4 +704,3 @@ def _check_writable(directory: pathlib.Path) -> None:
         raise ValueError(
             f"`checkpoint_dir` {str(directory)!r} is not writable: {e.strerror}."
         ) from e
-

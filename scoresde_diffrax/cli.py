@@ -126,16 +126,54 @@ def _dfx(name: str) -> Callable:
 
 
 for _name, _entry in {
-    "euler-maruyama": SolverEntry(_dfx("Euler"), "sde", help="Euler-Maruyama on the reverse SDE, K steps (paper baseline)"),
-    "euler-heun-sde": SolverEntry(_dfx("EulerHeun"), "sde", help="Euler-Heun on the reverse SDE, K steps"),
-    "heun-sde": SolverEntry(_dfx("Heun"), "sde", help="Heun on the reverse SDE, K steps"),
-    "shark-adaptive": SolverEntry(_dfx("ShARK"), "sde", True, 1e-2, 1e-2, "ShARK on the reverse SDE, adaptive (rtol=atol=1e-2)"),
-    "sra1-adaptive": SolverEntry(_dfx("SRA1"), "sde", True, 1e-2, 1e-2, "SRA1 on the reverse SDE, adaptive (rtol=atol=1e-2)"),
-    "ode-euler": SolverEntry(_dfx("Euler"), "ode", help="Euler on the probability-flow ODE, K steps"),
-    "heun-ode": SolverEntry(_dfx("Heun"), "ode", help="Heun on the probability-flow ODE, K steps"),
-    "midpoint-ode": SolverEntry(_dfx("Midpoint"), "ode", help="midpoint on the probability-flow ODE, K steps"),
-    "ode-tsit5": SolverEntry(_dfx("Tsit5"), "ode", True, help="Tsit5 on the probability-flow ODE, adaptive (rtol=atol=1e-5)"),
-    "dopri5-ode": SolverEntry(_dfx("Dopri5"), "ode", True, help="Dopri5 (RK45) on the probability-flow ODE, adaptive (rtol=atol=1e-5)"),
+    "euler-maruyama": SolverEntry(
+        _dfx("Euler"),
+        "sde",
+        help="Euler-Maruyama on the reverse SDE, K steps (paper baseline)",
+    ),
+    "euler-heun-sde": SolverEntry(
+        _dfx("EulerHeun"), "sde", help="Euler-Heun on the reverse SDE, K steps"
+    ),
+    "heun-sde": SolverEntry(
+        _dfx("Heun"), "sde", help="Heun on the reverse SDE, K steps"
+    ),
+    "shark-adaptive": SolverEntry(
+        _dfx("ShARK"),
+        "sde",
+        True,
+        1e-2,
+        1e-2,
+        "ShARK on the reverse SDE, adaptive (rtol=atol=1e-2)",
+    ),
+    "sra1-adaptive": SolverEntry(
+        _dfx("SRA1"),
+        "sde",
+        True,
+        1e-2,
+        1e-2,
+        "SRA1 on the reverse SDE, adaptive (rtol=atol=1e-2)",
+    ),
+    "ode-euler": SolverEntry(
+        _dfx("Euler"), "ode", help="Euler on the probability-flow ODE, K steps"
+    ),
+    "heun-ode": SolverEntry(
+        _dfx("Heun"), "ode", help="Heun on the probability-flow ODE, K steps"
+    ),
+    "midpoint-ode": SolverEntry(
+        _dfx("Midpoint"), "ode", help="midpoint on the probability-flow ODE, K steps"
+    ),
+    "ode-tsit5": SolverEntry(
+        _dfx("Tsit5"),
+        "ode",
+        True,
+        help="Tsit5 on the probability-flow ODE, adaptive (rtol=atol=1e-5)",
+    ),
+    "dopri5-ode": SolverEntry(
+        _dfx("Dopri5"),
+        "ode",
+        True,
+        help="Dopri5 (RK45) on the probability-flow ODE, adaptive (rtol=atol=1e-5)",
+    ),
 }.items():
     register_solver(_name, _entry)
 
@@ -156,7 +194,9 @@ def _positive_int(s: str) -> int:
     try:
         v = int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {s!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1, got {s!r}"
+        ) from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
     return v
@@ -170,7 +210,9 @@ def _writable_dir(path: pathlib.Path, flag: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise UserError(f"{flag} {str(path)!r} is not a writable directory ({e.strerror})") from e
+        raise UserError(
+            f"{flag} {str(path)!r} is not a writable directory ({e.strerror})"
+        ) from e
 
 
 # --------------------------------------------------------------------------- commands
@@ -187,13 +229,15 @@ def cmd_train(args) -> int:
     sde = _make_sde(args.sde, dataset)
     try:
         model = _make_model(args.model, dataset.data_shape, sde, jr.key(args.seed + 1))
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise UserError(
             f"--model {args.model} does not fit --data {args.data} (examples of shape "
             f"{dataset.data_shape}): {e}"
         ) from e
     lr = args.lr if args.lr is not None else (2e-4 if args.model == "unet" else 1e-3)
-    warmup = args.warmup if args.warmup is not None else min(5000, max(1, args.steps // 10))
+    warmup = (
+        args.warmup if args.warmup is not None else min(5000, max(1, args.steps // 10))
+    )
     res = train(
         jr.key(args.seed),
         model,
@@ -209,10 +253,17 @@ def cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         progress=not args.quiet,
-        metadata={"cli": {"data": args.data, "sde": args.sde, "model": args.model, "seed": args.seed}},
+        metadata={
+            "cli": {
+                "data": args.data,
+                "sde": args.sde,
+                "model": args.model,
+                "seed": args.seed,
+            }
+        },
     )
     n = len(res.losses)
-    last = float(res.losses[-min(n, 100):].mean()) if n else float("nan")
+    last = float(res.losses[-min(n, 100) :].mean()) if n else float("nan")
     print(
         f"trained {args.model} on {args.data} ({args.sde}): {n} steps in "
         f"{res.wall_time:.1f} s, final loss {last:.4g}; checkpoint in {out}"
@@ -230,7 +281,9 @@ def cmd_sample(args) -> int:
     out = pathlib.Path(args.out)
     if out.suffix != ".npy":
         raise UserError(f"--out must name a .npy file, got {str(out)!r}")
-    _writable_dir(out.parent if str(out.parent) else pathlib.Path("."), "--out's directory")
+    _writable_dir(
+        out.parent if str(out.parent) else pathlib.Path("."), "--out's directory"
+    )
     if args.png is not None:
         if pathlib.Path(args.png).suffix != ".png":
             raise UserError(f"--png must name a .png file, got {args.png!r}")
@@ -282,7 +335,8 @@ def cmd_sample(args) -> int:
     nfe = int(res.stats["num_score_evals"])
     print(
         f"{args.num_samples} samples ({args.solver}, {int(res.stats['num_steps'])} steps, "
-        f"{nfe} score evaluations each) -> {out}" + (f", {args.png}" if args.png else "")
+        f"{nfe} score evaluations each) -> {out}"
+        + (f", {args.png}" if args.png else "")
     )
     return 0
 
@@ -300,55 +354,146 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     t = sub.add_parser("train", help="train a score model; writes checkpoints to --out")
-    t.add_argument("--data", required=True, choices=list(DATASETS), metavar="NAME",
-                   help=f"data set: {', '.join(DATASETS)}")
-    t.add_argument("--sde", required=True, choices=SDES,
-                   help="forward SDE: vp (VPSDE), subvp (SubVPSDE), ve (VESDE with "
-                   "sigma_max = largest distance between training examples)")
-    t.add_argument("--model", required=True, choices=MODELS,
-                   help="network: mlp (MLPScore, any data) or unet (UNet, images); both "
-                   "predict the noise (EpsScore)")
-    t.add_argument("--steps", required=True, type=_positive_int, metavar="N",
-                   help="total optimiser steps (with --resume: including those done)")
-    t.add_argument("--batch-size", type=_positive_int, default=128, metavar="B",
-                   help="examples per step (default 128)")
-    t.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of the initial weights, batches and noise (default 0)")
-    t.add_argument("--out", required=True, metavar="DIR",
-                   help="checkpoint directory (created; must be empty unless --resume)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in --out")
-    t.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 2e-4 for unet, 1e-3 for mlp)")
-    t.add_argument("--warmup", type=_positive_int, default=None,
-                   help="learning-rate warm-up steps (default min(5000, N/10))")
-    t.add_argument("--ema", type=float, default=0.999,
-                   help="EMA decay of the weights (default 0.999)")
-    t.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="K",
-                   help="steps between checkpoints (default 1000; also at the end)")
-    t.add_argument("--steps-per-call", type=_positive_int, default=100, metavar="K",
-                   help="steps per jit-compiled call (default 100)")
+    t.add_argument(
+        "--data",
+        required=True,
+        choices=list(DATASETS),
+        metavar="NAME",
+        help=f"data set: {', '.join(DATASETS)}",
+    )
+    t.add_argument(
+        "--sde",
+        required=True,
+        choices=SDES,
+        help="forward SDE: vp (VPSDE), subvp (SubVPSDE), ve (VESDE with "
+        "sigma_max = largest distance between training examples)",
+    )
+    t.add_argument(
+        "--model",
+        required=True,
+        choices=MODELS,
+        help="network: mlp (MLPScore, any data) or unet (UNet, images); both "
+        "predict the noise (EpsScore)",
+    )
+    t.add_argument(
+        "--steps",
+        required=True,
+        type=_positive_int,
+        metavar="N",
+        help="total optimiser steps (with --resume: including those done)",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=128,
+        metavar="B",
+        help="examples per step (default 128)",
+    )
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the initial weights, batches and noise (default 0)",
+    )
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory (created; must be empty unless --resume)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in --out",
+    )
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default 2e-4 for unet, 1e-3 for mlp)",
+    )
+    t.add_argument(
+        "--warmup",
+        type=_positive_int,
+        default=None,
+        help="learning-rate warm-up steps (default min(5000, N/10))",
+    )
+    t.add_argument(
+        "--ema",
+        type=float,
+        default=0.999,
+        help="EMA decay of the weights (default 0.999)",
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=1000,
+        metavar="K",
+        help="steps between checkpoints (default 1000; also at the end)",
+    )
+    t.add_argument(
+        "--steps-per-call",
+        type=_positive_int,
+        default=100,
+        metavar="K",
+        help="steps per jit-compiled call (default 100)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw samples from a trained checkpoint")
-    s.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="checkpoint directory written by `scoresde train`")
-    s.add_argument("--num-samples", required=True, type=_positive_int, metavar="N",
-                   help="number of samples")
-    s.add_argument("--solver", required=True, choices=list(SOLVERS), metavar="NAME",
-                   help="; ".join(f"{k}: {v.help}" for k, v in SOLVERS.items()))
-    s.add_argument("--steps", type=_positive_int, default=1000, metavar="K",
-                   help="fixed steps, or the maximum for adaptive solvers (default 1000)")
-    s.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
-    s.add_argument("--out", required=True, metavar="FILE.npy",
-                   help="samples in data units (images in [0, 1]), shape (N, *data_shape)")
-    s.add_argument("--png", default=None, metavar="FILE.png",
-                   help="also write a picture: an image grid (first 64) or a 2-D histogram")
-    s.add_argument("--eps", type=float, default=None,
-                   help="end time of sampling (default: the SDE's, 1e-3 VP / 1e-5 VE)")
-    s.add_argument("--denoise", action="store_true",
-                   help="finish with Tweedie's denoising step")
+    s.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory written by `scoresde train`",
+    )
+    s.add_argument(
+        "--num-samples",
+        required=True,
+        type=_positive_int,
+        metavar="N",
+        help="number of samples",
+    )
+    s.add_argument(
+        "--solver",
+        required=True,
+        choices=list(SOLVERS),
+        metavar="NAME",
+        help="; ".join(f"{k}: {v.help}" for k, v in SOLVERS.items()),
+    )
+    s.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=1000,
+        metavar="K",
+        help="fixed steps, or the maximum for adaptive solvers (default 1000)",
+    )
+    s.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"
+    )
+    s.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.npy",
+        help="samples in data units (images in [0, 1]), shape (N, *data_shape)",
+    )
+    s.add_argument(
+        "--png",
+        default=None,
+        metavar="FILE.png",
+        help="also write a picture: an image grid (first 64) or a 2-D histogram",
+    )
+    s.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="end time of sampling (default: the SDE's, 1e-3 VP / 1e-5 VE)",
+    )
+    s.add_argument(
+        "--denoise", action="store_true", help="finish with Tweedie's denoising step"
+    )
     s.set_defaults(func=cmd_sample)
     return p
 

@@ -44,7 +44,9 @@ def test_colored_digits():
     assert np.std(ratio[:, 0] - ratio[:, 1]) > 0.1  # real colours, not grey
 
 
-@pytest.mark.parametrize("name", ["moons", "swiss_roll", "checkerboard", "rings", "gaussian_mixture"])
+@pytest.mark.parametrize(
+    "name", ["moons", "swiss_roll", "checkerboard", "rings", "gaussian_mixture"]
+)
 def test_toys(name):
     x = getattr(sd.data, name)(jr.key(0), 500)
     assert x.shape == (500, 2) and np.all(np.isfinite(x))

@@ -7,11 +7,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from conftest import SDES
 from scipy import integrate
 
 import scoresde_diffrax as sd
-
-from conftest import SDES
 
 
 N = 8192
@@ -37,7 +36,9 @@ def expected_dsm(sde, loss):
             w = float(sde.diffusion(t)) ** 2 / float(sde.std(t)) ** 2
         return w * irreducible(sde, t) * t  # dt = t dlogt
 
-    val, _ = integrate.quad(f, math.log(loss.eps), math.log(sde.T), limit=200, epsrel=1e-6)
+    val, _ = integrate.quad(
+        f, math.log(loss.eps), math.log(sde.T), limit=200, epsrel=1e-6
+    )
     return val / (sde.T - loss.eps)
 
 

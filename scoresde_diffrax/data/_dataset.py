@@ -24,7 +24,7 @@ class Dataset(eqx.Module):
     - `name`: a name recorded in checkpoints.
     """
 
-    x: Float[Array, "n *shape"]
+    x: Float[Array, " n *shape"]
     labels: Int[Array, " n"] | None
     scale: float = eqx.field(static=True, default=1.0)
     shift: float = eqx.field(static=True, default=0.0)
@@ -42,7 +42,9 @@ class Dataset(eqx.Module):
                 f"{self.labels.shape}."
             )
         if self.levels is not None and self.levels < 2:
-            raise ValueError(f"Dataset: `levels` must be >= 2 or None, got {self.levels}.")
+            raise ValueError(
+                f"Dataset: `levels` must be >= 2 or None, got {self.levels}."
+            )
         if self.scale == 0:
             raise ValueError("Dataset: `scale` must be non-zero.")
 
@@ -62,7 +64,9 @@ class Dataset(eqx.Module):
         """Model units -> data units (e.g. samples back to `[0, 1]` images)."""
         return (jnp.asarray(x) - self.shift) / self.scale
 
-    def batch(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, " batch *shape"]:
+    def batch(
+        self, key: PRNGKeyArray, batch_size: int
+    ) -> Float[Array, " batch *shape"]:
         """A batch of `batch_size` examples drawn uniformly with replacement, dequantised
         if `levels` is set, in model units."""
         ki, ku = jr.split(key)
@@ -95,4 +99,3 @@ def dataset_from_array(x: ArrayLike, **kwargs) -> Dataset:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return Dataset(x, None, **kwargs)
-

@@ -25,7 +25,9 @@ def moons(key: PRNGKeyArray, n: int, *, noise: float = 0.1) -> Float[Array, "n 2
     return 1.5 * pts
 
 
-def swiss_roll(key: PRNGKeyArray, n: int, *, noise: float = 0.05) -> Float[Array, "n 2"]:
+def swiss_roll(
+    key: PRNGKeyArray, n: int, *, noise: float = 0.05
+) -> Float[Array, "n 2"]:
     """A 2-D Swiss roll (spiral), scaled to about [-1.5, 1.5]^2."""
     _check_n(n, "swiss_roll")
     ka, kn = jr.split(key)

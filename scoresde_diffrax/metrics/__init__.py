@@ -1,8 +1,3 @@
-from ._mixture import (
-    mixture_report as mixture_report,
-    MixtureReport as MixtureReport,
-)
-from ._sliced import sliced_wasserstein as sliced_wasserstein
 from ._fd import (
     cache_dir as cache_dir,
     digits_accuracy as digits_accuracy,
@@ -13,3 +8,8 @@ from ._fd import (
     fd_digits_floor as fd_digits_floor,
     frechet_distance as frechet_distance,
 )
+from ._mixture import (
+    mixture_report as mixture_report,
+    MixtureReport as MixtureReport,
+)
+from ._sliced import sliced_wasserstein as sliced_wasserstein

@@ -33,7 +33,8 @@ class DigitsClassifier(eqx.Module):
         sizes = (64, *_HIDDEN, 10)
         keys = jr.split(key, len(sizes) - 1)
         self.layers = tuple(
-            eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys)
+            eqx.nn.Linear(a, b, key=k)
+            for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
         )
 
     def features(self, x: Float[ArrayLike, "8 8"]) -> Float[Array, " 64"]:
@@ -95,7 +96,9 @@ def digits_classifier() -> DigitsClassifier:
 
     x, y = digits_array("train")
     x = x[:, 0]
-    path = cache_dir() / f"digits_classifier-v{CLASSIFIER_VERSION}-{_cache_key(x, y)}.eqx"
+    path = (
+        cache_dir() / f"digits_classifier-v{CLASSIFIER_VERSION}-{_cache_key(x, y)}.eqx"
+    )
     like = eqx.filter_eval_shape(lambda k: DigitsClassifier(key=k), jr.key(0))
     if path.exists():
         try:
@@ -112,7 +115,9 @@ def digits_classifier() -> DigitsClassifier:
             f.write(buf.getvalue())
         os.replace(tmp, path)
     except OSError as e:
-        warnings.warn(f"could not cache the digits classifier in {path}: {e}", stacklevel=2)
+        warnings.warn(
+            f"could not cache the digits classifier in {path}: {e}", stacklevel=2
+        )
     return model
 
 
@@ -151,7 +156,9 @@ def frechet_distance(a: Float[ArrayLike, "n d"], b: Float[ArrayLike, "m d"]) -> 
     - 2 (\Sigma_a^{1/2} \Sigma_b \Sigma_a^{1/2})^{1/2})$, in float64 (NumPy)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"`a`, `b` must be (n, d) and (m, d), got {a.shape}, {b.shape}.")
+        raise ValueError(
+            f"`a`, `b` must be (n, d) and (m, d), got {a.shape}, {b.shape}."
+        )
     mu = a.mean(0) - b.mean(0)
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     w, v = np.linalg.eigh(sa)
@@ -192,6 +199,8 @@ def digits_accuracy(
     x = _as_digits(images)
     labels = np.asarray(labels)
     if labels.shape != (x.shape[0],):
-        raise ValueError(f"`labels` must have shape ({x.shape[0]},), got {labels.shape}.")
+        raise ValueError(
+            f"`labels` must have shape ({x.shape[0]},), got {labels.shape}."
+        )
     logits = jax.vmap(digits_classifier())(x)
     return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == labels))

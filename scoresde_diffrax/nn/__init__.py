@@ -4,10 +4,10 @@ from ._classifier import (
     ClassifierConfig as ClassifierConfig,
     NoiseConditionalClassifier as NoiseConditionalClassifier,
 )
+from ._conv import loop_friendly as loop_friendly, ShiftConv2d as ShiftConv2d
 from ._embedding import (
     GaussianFourierEmbedding as GaussianFourierEmbedding,
     SinusoidalEmbedding as SinusoidalEmbedding,
 )
 from ._mlp import MLPConfig as MLPConfig, MLPScore as MLPScore
 from ._unet import UNet as UNet, UNetConfig as UNetConfig
-from ._conv import loop_friendly as loop_friendly, ShiftConv2d as ShiftConv2d

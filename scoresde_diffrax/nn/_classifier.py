@@ -17,7 +17,7 @@ from ._unet import _norm, ResBlock
 class ClassifierConfig:
     """Hyperparameters of a [`NoiseConditionalClassifier`][]."""
 
-    data_shape: tuple[int, int, int]
+    data_shape: tuple[int, ...]
     num_classes: int = 10
     channels: int = 32
     num_levels: int = 2
@@ -74,7 +74,7 @@ class NoiseConditionalClassifier(eqx.Module):
 
     def __init__(
         self,
-        data_shape: tuple[int, int, int],
+        data_shape: tuple[int, ...],
         *,
         num_classes: int = 10,
         channels: int = 32,
@@ -82,13 +82,17 @@ class NoiseConditionalClassifier(eqx.Module):
         groups: int = 8,
         key: PRNGKeyArray,
     ):
-        cfg = ClassifierConfig(tuple(data_shape), num_classes, channels, num_levels, groups)
+        cfg = ClassifierConfig(
+            tuple(data_shape), num_classes, channels, num_levels, groups
+        )
         self.config = cfg
         keys = iter(jr.split(key, 4 + 2 * num_levels))
         tdim = 4 * channels
         self.embed = SinusoidalEmbedding(channels)
         self.temb = eqx.nn.Linear(channels, tdim, key=next(keys))
-        self.conv_in = eqx.nn.Conv2d(cfg.data_shape[0], channels, 3, padding=1, key=next(keys))
+        self.conv_in = eqx.nn.Conv2d(
+            cfg.data_shape[0], channels, 3, padding=1, key=next(keys)
+        )
         blocks = []
         cur = channels
         for level in range(num_levels):
@@ -96,7 +100,9 @@ class NoiseConditionalClassifier(eqx.Module):
             down = None
             if level != num_levels - 1:
                 down = eqx.nn.Conv2d(out, out, 3, stride=2, padding=1, key=next(keys))
-            blocks.append((ResBlock(cur, out, tdim, groups, True, key=next(keys)), down))
+            blocks.append(
+                (ResBlock(cur, out, tdim, groups, True, key=next(keys)), down)
+            )
             cur = out
         self.blocks = tuple(blocks)
         self.norm = _norm(groups, cur)

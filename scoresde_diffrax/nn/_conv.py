@@ -24,7 +24,8 @@ class ShiftConv2d(eqx.Module):
         ho = xp.shape[1] - kh + 1
         wo = xp.shape[2] - kw + 1
         cols = jnp.stack(
-            [xp[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], axis=1
+            [xp[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)],
+            axis=1,
         )
         w = einops.rearrange(self.weight, "o c kh kw -> o c (kh kw)")
         out = jnp.einsum("ock,ckhw->ohw", w, cols)

@@ -25,7 +25,9 @@ class SinusoidalEmbedding(eqx.Module):
 
     def __init__(self, dim: int, scale: float = 1000.0):
         if dim < 4 or dim % 2:
-            raise ValueError(f"SinusoidalEmbedding: `dim` must be even and >= 4, got {dim}.")
+            raise ValueError(
+                f"SinusoidalEmbedding: `dim` must be even and >= 4, got {dim}."
+            )
         self.dim = dim
         self.scale = scale
 
@@ -60,4 +62,3 @@ class GaussianFourierEmbedding(eqx.Module):
     def __call__(self, t: ScalarLike) -> Float[Array, " dim"]:
         arg = 2 * jnp.pi * jnp.asarray(t) * jax.lax.stop_gradient(self.W)
         return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)])
-

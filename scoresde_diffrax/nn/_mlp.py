@@ -93,7 +93,9 @@ class MLPScore(eqx.Module):
         else:
             self.embed = SinusoidalEmbedding(time_dim)
         sizes = [d + time_dim] + [width + time_dim] * (depth - 1)
-        self.layers = tuple(eqx.nn.Linear(i, width, key=k) for i, k in zip(sizes, kl))
+        self.layers = tuple(
+            eqx.nn.Linear(i, width, key=k) for i, k in zip(sizes, kl, strict=True)
+        )
         out = eqx.nn.Linear(width, d, key=ko)
         # Small initial output, so a fresh model predicts roughly zero.
         self.out = eqx.tree_at(lambda m: m.weight, out, out.weight * 0.1)

@@ -85,7 +85,7 @@ class AttnBlock(eqx.Module):
 class UNetConfig:
     """Hyperparameters of a [`UNet`][] (enough to rebuild it from a checkpoint)."""
 
-    data_shape: tuple[int, int, int]
+    data_shape: tuple[int, ...]
     channels: int = 16
     channel_mult: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 1
@@ -126,7 +126,7 @@ class UNetConfig:
 
 @eqx.filter_jit
 def _build_unet(cfg: "UNetConfig", key):
-    channels, groups, skip_rescale = cfg.channels, cfg.groups, cfg.skip_rescale
+    groups, skip_rescale = cfg.groups, cfg.skip_rescale
     fourier_time, num_res_blocks = cfg.fourier_time, cfg.num_res_blocks
     keys = iter(jr.split(key, 256))
     ch = cfg.channels
@@ -154,7 +154,10 @@ def _build_unet(cfg: "UNetConfig", key):
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(num_res_blocks):
             down.append(
-                (res_block(cur, ch * mult), attn(ch * mult) if res in cfg.attn_resolutions else None)
+                (
+                    res_block(cur, ch * mult),
+                    attn(ch * mult) if res in cfg.attn_resolutions else None,
+                )
             )
             cur = ch * mult
             hs_ch.append(cur)
@@ -169,7 +172,10 @@ def _build_unet(cfg: "UNetConfig", key):
         for _ in range(num_res_blocks + 1):
             skip_ch = hs_ch.pop()
             up.append(
-                (res_block(cur + skip_ch, ch * mult), attn(ch * mult) if res in cfg.attn_resolutions else None)
+                (
+                    res_block(cur + skip_ch, ch * mult),
+                    attn(ch * mult) if res in cfg.attn_resolutions else None,
+                )
             )
             cur = ch * mult
         if level != 0:
@@ -177,9 +183,7 @@ def _build_unet(cfg: "UNetConfig", key):
             res *= 2
     up = tuple(up)
     norm_out = _norm(groups, cur)
-    conv_out = _scaled(
-        eqx.nn.Conv2d(cur, cin, 3, padding=1, key=next(keys)), 0.1
-    )
+    conv_out = _scaled(eqx.nn.Conv2d(cur, cin, 3, padding=1, key=next(keys)), 0.1)
 
     return (embed, temb1, temb2, conv_in, down, mid, up, norm_out, conv_out)
 
@@ -231,7 +235,7 @@ class UNet(eqx.Module):
 
     def __init__(
         self,
-        data_shape: tuple[int, int, int],
+        data_shape: tuple[int, ...],
         *,
         channels: int = 16,
         channel_mult: tuple[int, ...] = (1, 2),
