@@ -221,7 +221,12 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, flush it to disk, then rename it
     over `path` (atomic on POSIX): `path` is either the old or the new content."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(
+            fd, 0o666 & ~umask
+        )  # mkstemp makes 0600; a checkpoint is a normal file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -294,6 +294,9 @@ def cmd_sample(args) -> int:
         raise UserError(f"--checkpoint: {e}") from e
     except ValueError as e:
         raise UserError(f"--checkpoint: {e}") from e
+    from .nn import loop_friendly
+
+    model = loop_friendly(model)  # convolutions that stay fast inside the solver loop
     sde = sde_from_description(meta["sde"])
     data_meta = meta["data"]
     shape = (args.num_samples, *data_meta["data_shape"])
