@@ -13,6 +13,7 @@ import scoresde_diffrax as sd
 
 # One small U-Net for the whole module (building one compiles for seconds).
 UNET = sd.nn.UNet((1, 8, 8), channels=8, key=jr.key(0))
+BATCHED = eqx.filter_jit(lambda m, t, x: jax.vmap(m)(t, x))
 
 
 def test_mlp_shapes_and_time_dependence():
@@ -33,13 +34,13 @@ def test_mlp_shapes_and_time_dependence():
 def test_unet_shapes_batching_and_loop_friendly():
     x = jr.normal(jr.key(3), (4, 1, 8, 8))
     t = jnp.array([0.1, 0.4, 0.6, 0.9])
-    y = eqx.filter_jit(jax.vmap(UNET))(t, x)
+    y = BATCHED(UNET, t, x)
     assert y.shape == (4, 1, 8, 8) and np.all(np.isfinite(y))
     # Per example: batching changes nothing.
     one = eqx.filter_jit(lambda m, t, x: m(t, x))
     np.testing.assert_allclose(y[1], one(UNET, t[1], x[1]), rtol=1e-5, atol=1e-6)
     # The loop-friendly copy computes the same function.
-    y2 = eqx.filter_jit(jax.vmap(sd.nn.loop_friendly(UNET)))(t, x)
+    y2 = BATCHED(sd.nn.loop_friendly(UNET), t, x)
     np.testing.assert_allclose(y2, y, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="expected one image of shape"):
         UNET(0.5, jnp.zeros((3, 8, 8)))
