@@ -3,7 +3,7 @@
 The public API. Everything here is a stable name; private modules may change.
 """
 
-from . import metrics as metrics
+from . import data as data, metrics as metrics, nn as nn
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
 from ._divergence import (
     AbstractDivergence as AbstractDivergence,
@@ -20,6 +20,12 @@ from ._likelihood import (
     interpolate_latents as interpolate_latents,
     LikelihoodResult as LikelihoodResult,
     log_likelihood as log_likelihood,
+)
+from ._loss import (
+    AbstractLoss as AbstractLoss,
+    DDPMLoss as DDPMLoss,
+    DSMLoss as DSMLoss,
+    SMLDLoss as SMLDLoss,
 )
 from ._sample import sample as sample, SampleResult as SampleResult
 from ._score import EpsScore as EpsScore, X0Score as X0Score
@@ -49,6 +55,16 @@ from ._term import (
     probability_flow_term as probability_flow_term,
     reverse_sde_terms as reverse_sde_terms,
     ScoreDrift as ScoreDrift,
+)
+from ._train import (
+    adam_with_warmup as adam_with_warmup,
+    ema_decay_at as ema_decay_at,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+    sde_from_description as sde_from_description,
+    train as train,
+    TrainResult as TrainResult,
+    TrainState as TrainState,
 )
 
 

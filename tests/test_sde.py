@@ -117,3 +117,9 @@ def test_property_ve_std(sigma_min, ratio, t):
     sigma = sigma_min * ratio**t
     expected = np.sqrt(max(sigma**2 - sigma_min**2, 0.0))
     np.testing.assert_allclose(float(ve.std(t)), expected, rtol=2e-4, atol=1e-6)
+
+
+def test_t_from_log_snr_inverts_log_snr(sde):
+    ts = jnp.array([1e-5, 1e-3, 0.1, 0.5, 0.9, 1.0])
+    back = sde.t_from_log_snr(jax.vmap(sde.log_snr)(ts))
+    np.testing.assert_allclose(back, ts, rtol=2e-3)

@@ -1,0 +1,216 @@
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._custom_types import Scalar
+from ._sde import AbstractSDE, VESDE, VPSDE
+
+
+def _reduce(r: Array, reduce_mean: bool) -> Scalar:
+    return jnp.mean(r**2) if reduce_mean else jnp.sum(r**2)
+
+
+def _check_eps(eps, owner) -> None:
+    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise ValueError(f"{owner}: `eps` must be a float in (0, 1), got {eps!r}.")
+
+
+class AbstractLoss(eqx.Module):
+    """A denoising score-matching loss: `per_example(score, sde, x0, key)` on one
+    example; `loss(score, sde, x0_batch, key)` averages it over a batch (one key per
+    example, from `jax.random.split`)."""
+
+    @abc.abstractmethod
+    def per_example(
+        self,
+        score: Callable,
+        sde: AbstractSDE,
+        x0: Float[Array, "*shape"],
+        key: PRNGKeyArray,
+    ) -> Scalar:
+        """The loss on one clean example `x0` with its own noise level and noise."""
+
+    def __call__(
+        self,
+        score: Callable,
+        sde: AbstractSDE,
+        x0: Float[ArrayLike, " batch *shape"],
+        key: PRNGKeyArray,
+    ) -> Scalar:
+        """Mean of `per_example` over the batch `x0`."""
+        x0 = jnp.asarray(x0)
+        keys = jr.split(key, x0.shape[0])
+        per = jax.vmap(self.per_example, in_axes=(None, None, 0, 0))(
+            score, sde, x0, keys
+        )
+        return jnp.mean(per)
+
+
+class DSMLoss(AbstractLoss):
+    r"""Continuous denoising score matching (Song et al. 2021, eq. 7):
+
+    $$\mathcal{L} = \mathbb{E}_{t, x_0, z}\big[\lambda(t)\,
+    \| s_\theta(t, a(t) x_0 + s(t) z) + z / s(t) \|^2\big],
+    \quad t \sim U(\epsilon, T),\ z \sim \mathcal{N}(0, I),$$
+
+    with $\lambda(t) = s(t)^2$ (default, the paper's `sigma^2` weighting: the summand is
+    $\| s(t)\, s_\theta + z \|^2$) or, with `likelihood_weighting`, $\lambda = g(t)^2$,
+    which makes the loss a bound on the negative log-likelihood (Song et al. 2021b).
+    With `importance_sampling` as well, $t$ is drawn with density proportional to
+    $g^2/s^2 = -\mathrm{d}\lambda_{\mathrm{SNR}}/\mathrm{d}t$ (uniform in the log-SNR,
+    for every SDE here) and reweighted, which has the same expectation and a much
+    smaller variance.
+
+    **Arguments:**
+
+    - `likelihood_weighting`: weight by $g(t)^2$ instead of $s(t)^2$. Default False.
+    - `importance_sampling`: sample $t$ uniformly in log-SNR (needs
+        `likelihood_weighting`). Default False.
+    - `eps`: smallest time, in (0, 1). Default 1e-5 (the paper's).
+    - `reduce_mean`: average the squared error over the example's dimensions (True,
+        default) or sum it (False, the paper's likelihood-weighted setting).
+
+    **Example:**
+
+    ```python
+    loss = sd.DSMLoss()(sd.EpsScore(net, sde), sde, x0_batch, key)
+    ```
+
+    **Reference:** Song et al., *Score-Based Generative Modeling through Stochastic
+    Differential Equations*, ICLR 2021; Song, Durkan, Murray, Ermon, *Maximum Likelihood
+    Training of Score-Based Diffusion Models*, NeurIPS 2021.
+    """
+
+    likelihood_weighting: bool = eqx.field(static=True, default=False)
+    importance_sampling: bool = eqx.field(static=True, default=False)
+    eps: float = eqx.field(static=True, default=1e-5)
+    reduce_mean: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        _check_eps(self.eps, "DSMLoss")
+        if self.importance_sampling and not self.likelihood_weighting:
+            raise ValueError(
+                "DSMLoss: `importance_sampling=True` needs `likelihood_weighting=True` "
+                "(it samples t in proportion to the likelihood weight g^2 / s^2)."
+            )
+
+    def per_example(self, score, sde, x0, key):
+        kt, kz = jr.split(key)
+        x0 = jnp.asarray(x0)
+        dtype = x0.dtype
+        T = sde.T
+        if self.importance_sampling:
+            lam_hi = sde.log_snr(jnp.asarray(self.eps, dtype))
+            lam_lo = sde.log_snr(jnp.asarray(T, dtype))
+            u = jr.uniform(kt, (), dtype)
+            t = sde.t_from_log_snr(lam_hi - u * (lam_hi - lam_lo))
+            weight = (lam_hi - lam_lo) / (T - self.eps)
+        else:
+            t = jr.uniform(kt, (), dtype, minval=self.eps, maxval=T)
+            weight = None
+        z = jr.normal(kz, x0.shape, dtype)
+        mean, std = sde.marginal(t, x0)
+        s = jnp.asarray(score(t, mean + std * z))
+        err = _reduce(std * s + z, self.reduce_mean)
+        if self.likelihood_weighting and weight is None:
+            weight = sde.diffusion(t) ** 2 / std**2
+        return err if weight is None else weight * err
+
+
+class SMLDLoss(AbstractLoss):
+    r"""The discrete loss of SMLD / NCSN (Song & Ermon 2019) for a [`VESDE`][]:
+    $N$ noise levels $\sigma_i$ geometric from $\sigma_\min$ to $\sigma_\max$, a level
+    drawn uniformly, and $\| \sigma_i\, s_\theta(t_i, x_0 + \sigma_i z) + z \|^2$.
+
+    The score is evaluated at the time $t_i$ where the VE marginal standard deviation
+    $s(t_i) = \sqrt{\sigma(t_i)^2 - \sigma_\min^2}$ equals $\sigma_i$, so the exact
+    score of the continuous model is also exact here.
+
+    **Arguments:**
+
+    - `num_scales`: number of noise levels $N$, >= 2. Default 1000.
+    - `reduce_mean`: average (True, default) or sum over the dimensions.
+    """
+
+    num_scales: int = eqx.field(static=True, default=1000)
+    reduce_mean: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if not isinstance(self.num_scales, int) or self.num_scales < 2:
+            raise ValueError(
+                f"SMLDLoss: `num_scales` must be an int >= 2, got {self.num_scales!r}."
+            )
+
+    def per_example(self, score, sde, x0, key):
+        if not isinstance(sde, VESDE):
+            raise ValueError(
+                f"SMLDLoss: `sde` must be a VESDE (SMLD is its discretisation), got "
+                f"{type(sde).__name__}; use DSMLoss or DDPMLoss (VPSDE)."
+            )
+        ki, kz = jr.split(key)
+        x0 = jnp.asarray(x0)
+        dtype = x0.dtype
+        i = jr.randint(ki, (), 0, self.num_scales)
+        log_ratio = jnp.log(sde.sigma_max / sde.sigma_min)
+        sigma_i = sde.sigma_min * jnp.exp(log_ratio * i / (self.num_scales - 1))
+        sigma_i = sigma_i.astype(dtype)
+        # s(t)^2 = sigma(t)^2 - sigma_min^2 = sigma_i^2.
+        sig_t = jnp.sqrt(sigma_i**2 + sde.sigma_min**2)
+        t = jnp.minimum(sde.T * jnp.log(sig_t / sde.sigma_min) / log_ratio, sde.T)
+        z = jr.normal(kz, x0.shape, dtype)
+        s = jnp.asarray(score(t, x0 + sigma_i * z))
+        return _reduce(sigma_i * s + z, self.reduce_mean)
+
+
+class DDPMLoss(AbstractLoss):
+    r"""The discrete loss of DDPM (Ho et al. 2020) for a [`VPSDE`][]: $N$ steps
+    $\beta_i$ linear from $\beta_\min T/N$ to $\beta_\max T/N$,
+    $\bar\alpha_i = \prod_{j \le i} (1 - \beta_j)$, a step drawn uniformly, and
+    $\| \sqrt{1 - \bar\alpha_i}\, s_\theta(t_i, \sqrt{\bar\alpha_i} x_0 +
+    \sqrt{1 - \bar\alpha_i} z) + z \|^2$, which is $\|\hat\epsilon - z\|^2$ for
+    `sd.EpsScore(net, sde)`.
+
+    The score is evaluated at the time $t_i$ where the VP marginal has the same
+    signal-to-noise ratio, $a(t_i)^2 = \bar\alpha_i$, so the exact score of the
+    continuous model is also exact here.
+
+    **Arguments:**
+
+    - `num_scales`: number of steps $N$, >= 2. Default 1000.
+    - `reduce_mean`: average (True, default) or sum over the dimensions.
+    """
+
+    num_scales: int = eqx.field(static=True, default=1000)
+    reduce_mean: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if not isinstance(self.num_scales, int) or self.num_scales < 2:
+            raise ValueError(
+                f"DDPMLoss: `num_scales` must be an int >= 2, got {self.num_scales!r}."
+            )
+
+    def per_example(self, score, sde, x0, key):
+        if not isinstance(sde, VPSDE):
+            raise ValueError(
+                f"DDPMLoss: `sde` must be a VPSDE (DDPM is its discretisation), got "
+                f"{type(sde).__name__}; use DSMLoss or SMLDLoss (VESDE)."
+            )
+        ki, kz = jr.split(key)
+        x0 = jnp.asarray(x0)
+        dtype = x0.dtype
+        n = self.num_scales
+        betas = jnp.linspace(sde.beta_min, sde.beta_max, n, dtype=dtype) * (sde.T / n)
+        log_abar = jnp.cumsum(jnp.log1p(-betas))
+        i = jr.randint(ki, (), 0, n)
+        la = log_abar[i]
+        abar_sqrt = jnp.exp(0.5 * la)
+        std = jnp.sqrt(-jnp.expm1(la))
+        t = sde.t_from_log_snr(la - jnp.log(-jnp.expm1(la)))
+        z = jr.normal(kz, x0.shape, dtype)
+        s = jnp.asarray(score(t, abar_sqrt * x0 + std * z))
+        return _reduce(std * s + z, self.reduce_mean)

@@ -1,0 +1,69 @@
+import math
+
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._exact import GaussianMixture
+
+
+def _check_n(n: int, name: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name}: `n` must be an int >= 1, got {n!r}.")
+
+
+def moons(key: PRNGKeyArray, n: int, *, noise: float = 0.1) -> Float[Array, "n 2"]:
+    """Two interleaving half circles (as scikit-learn's `make_moons`), centred and
+    scaled to unit-order spread, with Gaussian `noise` (in the moons' units)."""
+    _check_n(n, "moons")
+    kb, ka, kn = jr.split(key, 3)
+    upper = jr.bernoulli(kb, 0.5, (n,))
+    a = jr.uniform(ka, (n,), maxval=math.pi)
+    x = jnp.where(upper, jnp.cos(a), 1 - jnp.cos(a))
+    y = jnp.where(upper, jnp.sin(a), 0.5 - jnp.sin(a))
+    pts = jnp.stack([x - 0.5, y - 0.25], axis=1) + noise * jr.normal(kn, (n, 2))
+    return 1.5 * pts
+
+
+def swiss_roll(
+    key: PRNGKeyArray, n: int, *, noise: float = 0.05
+) -> Float[Array, "n 2"]:
+    """A 2-D Swiss roll (spiral), scaled to about [-1.5, 1.5]^2."""
+    _check_n(n, "swiss_roll")
+    ka, kn = jr.split(key)
+    t = 1.5 * math.pi * (1 + 2 * jr.uniform(ka, (n,)))
+    pts = jnp.stack([t * jnp.cos(t), t * jnp.sin(t)], axis=1) / 10.0
+    return pts + noise * jr.normal(kn, (n, 2))
+
+
+def checkerboard(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
+    """Uniform on the black squares of a 4x4 checkerboard covering [-2, 2]^2."""
+    _check_n(n, "checkerboard")
+    k1, k2, k3 = jr.split(key, 3)
+    x1 = jr.uniform(k1, (n,)) * 4 - 2
+    x2 = jr.uniform(k2, (n,)) - jr.randint(k3, (n,), 0, 2).astype(x1.dtype) * 2
+    x2 = x2 + (jnp.floor(x1) % 2)
+    return jnp.stack([x1, x2], axis=1)
+
+
+def rings(key: PRNGKeyArray, n: int, *, noise: float = 0.05) -> Float[Array, "n 2"]:
+    """Three concentric circles of radii 0.5, 1 and 1.5 (equal mass), with noise."""
+    _check_n(n, "rings")
+    kr, ka, kn = jr.split(key, 3)
+    r = 0.5 * (1 + jr.randint(kr, (n,), 0, 3)).astype(jnp.result_type(float))
+    a = jr.uniform(ka, (n,), maxval=2 * math.pi)
+    pts = jnp.stack([r * jnp.cos(a), r * jnp.sin(a)], axis=1)
+    return pts + noise * jr.normal(kn, (n, 2))
+
+
+def toy_mixture() -> GaussianMixture:
+    """Eight Gaussians on a circle of radius 2 (std 0.2): a toy with an exact score."""
+    a = jnp.arange(8) * (2 * math.pi / 8)
+    means = 2.0 * jnp.stack([jnp.cos(a), jnp.sin(a)], axis=1)
+    return GaussianMixture(means, jnp.full((8,), 0.2))
+
+
+def gaussian_mixture(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
+    """`n` samples of [`toy_mixture`][] (eight Gaussians on a circle)."""
+    _check_n(n, "gaussian_mixture")
+    return toy_mixture().sample(key, n)

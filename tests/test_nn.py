@@ -1,0 +1,76 @@
+"""Networks: shapes, time conditioning, parameterisations, bad shapes, loop-friendly
+convolutions."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import scoresde_diffrax as sd
+
+
+# One small U-Net for the whole module (building one compiles for seconds).
+UNET = sd.nn.UNet((1, 8, 8), channels=8, key=jr.key(0))
+BATCHED = eqx.filter_jit(lambda m, t, x: jax.vmap(m)(t, x))
+
+
+def test_mlp_shapes_and_time_dependence():
+    for fourier in (False, True):
+        net = sd.nn.MLPScore(
+            (3, 2), width=16, depth=2, fourier_time=fourier, key=jr.key(1)
+        )
+        x = jr.normal(jr.key(2), (3, 2))
+        y0, y1 = net(0.1, x), net(0.9, x)
+        assert y0.shape == (3, 2)
+        assert not np.allclose(y0, y1)
+    with pytest.raises(ValueError, match="expected one example of shape"):
+        net(0.1, jnp.zeros((4, 3, 2)))
+    with pytest.raises(ValueError, match="time_dim"):
+        sd.nn.MLPScore((2,), time_dim=3, key=jr.key(0))
+
+
+def test_unet_shapes_batching_and_loop_friendly():
+    x = jr.normal(jr.key(3), (4, 1, 8, 8))
+    t = jnp.array([0.1, 0.4, 0.6, 0.9])
+    y = BATCHED(UNET, t, x)
+    assert y.shape == (4, 1, 8, 8) and np.all(np.isfinite(y))
+    # Per example: batching changes nothing.
+    one = eqx.filter_jit(lambda m, t, x: m(t, x))
+    np.testing.assert_allclose(y[1], one(UNET, t[1], x[1]), rtol=1e-5, atol=1e-6)
+    # The loop-friendly copy computes the same function.
+    y2 = BATCHED(sd.nn.loop_friendly(UNET), t, x)
+    np.testing.assert_allclose(y2, y, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="expected one image of shape"):
+        UNET(0.5, jnp.zeros((3, 8, 8)))
+
+
+def test_unet_config_errors():
+    with pytest.raises(ValueError, match="divisible by 2"):
+        sd.nn.UNet((1, 7, 7), key=jr.key(0))
+    with pytest.raises(ValueError, match="channels, height, width"):
+        sd.nn.UNet((2,), key=jr.key(0))
+    with pytest.raises(ValueError, match="divisible by 2"):
+        sd.nn.NoiseConditionalClassifier((1, 5, 5), key=jr.key(0))
+
+
+def test_parameterisations_and_classifier():
+    sde = sd.VPSDE()
+    x = jr.normal(jr.key(4), (1, 8, 8))
+    call = eqx.filter_jit(lambda m, t, x: m(t, x))
+    eps = call(UNET, 0.5, x)
+    score = call(sd.EpsScore(UNET, sde), 0.5, x)
+    np.testing.assert_allclose(score, -eps / sde.std(0.5), rtol=1e-5)
+    clf = eqx.filter_jit(
+        lambda k: sd.nn.NoiseConditionalClassifier((1, 8, 8), channels=8, key=k)
+    )(jr.key(5))
+    logits = call(clf, 0.3, x)
+    assert logits.shape == (10,)
+    grad = eqx.filter_jit(
+        lambda c, z: jax.grad(lambda z: jax.nn.log_softmax(c(0.3, z))[3])(z)
+    )
+    g = grad(clf, x)
+    assert g.shape == x.shape and np.all(np.isfinite(g))
+    n = sum(a.size for a in jax.tree_util.tree_leaves(eqx.filter(UNET, eqx.is_array)))
+    assert n > 0
