@@ -108,8 +108,9 @@ def _prior_and_brownian(key):
 
 
 def _reversed_grid():
-    # sd.sample: StepTo(ts=linspace(T, eps, N+1)), solved on r = -t.
-    return -jnp.linspace(T, EPS, STEPS + 1)
+    # sd.sample: StepTo(ts=linspace(T, eps, N+1)) built in NumPy (float64, then cast),
+    # solved on r = -t.
+    return -jnp.asarray(np.linspace(T, EPS, STEPS + 1).astype(np.float32))
 
 
 @jax.jit

@@ -10,6 +10,11 @@ from ._custom_types import Scalar, ScalarLike
 from ._sde import AbstractSDE
 
 
+# The oracle must be exact on every backend: GPUs default to reduced-precision (TF32)
+# float32 contractions, which cost ~1e-4 nats per dimension in likelihood tests.
+_EXACT = jax.lax.Precision.HIGHEST
+
+
 def _is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
@@ -142,7 +147,7 @@ class GaussianMixture(eqx.Module):
         x = jnp.asarray(x, dtype=self.means.dtype)
         r = self.responsibilities(x)
         per_component = (self.means - x[None, :]) / self.stds**2
-        return jnp.einsum("k,kd->d", r, per_component)
+        return jnp.einsum("k,kd->d", r, per_component, precision=_EXACT)
 
     def marginal(self, sde: AbstractSDE, t: ScalarLike) -> "GaussianMixture":
         """The exact marginal $p_t$ of this mixture pushed through `sde`."""
@@ -158,13 +163,17 @@ class GaussianMixture(eqx.Module):
 
     def mean(self) -> Float[Array, " D"]:
         """Mean of the mixture."""
-        return jnp.einsum("k,kd->d", self.weights, self.means)
+        return jnp.einsum("k,kd->d", self.weights, self.means, precision=_EXACT)
 
     def covariance(self) -> Float[Array, "D D"]:
         """Covariance matrix of the mixture."""
         m = self.mean()
-        second = jnp.einsum("k,kd,ke->de", self.weights, self.means, self.means)
-        second = second + jnp.diag(jnp.einsum("k,kd->d", self.weights, self.stds**2))
+        second = jnp.einsum(
+            "k,kd,ke->de", self.weights, self.means, self.means, precision=_EXACT
+        )
+        second = second + jnp.diag(
+            jnp.einsum("k,kd->d", self.weights, self.stds**2, precision=_EXACT)
+        )
         return second - jnp.outer(m, m)
 
 

@@ -117,7 +117,9 @@ def test_per_example_solves_do_not_depend_on_the_batch():
     b = sd.log_likelihood(
         jr.key(0), sde, score, x[:4], divergence=div, per_example=True
     )
-    np.testing.assert_allclose(a.log_prob[:4], b.log_prob, rtol=1e-6, atol=1e-6)
+    # Float32 round-off only (reductions may fuse differently for another batch size,
+    # e.g. on GPU).
+    np.testing.assert_allclose(a.log_prob[:4], b.log_prob, rtol=1e-5, atol=1e-5)
     assert a.stats["num_steps"].shape == (16,)
     assert a.stats["num_score_evals"].shape == (16,)
     assert len(np.unique(np.asarray(a.stats["num_steps"]))) > 1  # own step sizes

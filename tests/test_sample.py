@@ -134,7 +134,9 @@ def test_same_samples_with_and_without_outer_jit():
     def run(key):
         return sd.sample(key, sde, mix.score(sde), (8, 2), **kw).samples
 
-    np.testing.assert_array_equal(run(jr.key(2)), jax.jit(run)(jr.key(2)))
+    # Bitwise on CPU; round-off on GPU (fusions differ). Different noise would differ
+    # by O(0.1).
+    np.testing.assert_allclose(run(jr.key(2)), jax.jit(run)(jr.key(2)), atol=1e-5)
 
 
 class _CountingTraces(eqx.Module):
