@@ -7,6 +7,8 @@ Writes benchmarks/results/samplers.json and benchmarks/results/samplers.png.
 
     python benchmarks/bench_samplers.py            # full run
     python benchmarks/bench_samplers.py --quick    # a smoke run (2-D VP only)
+    python benchmarks/bench_samplers.py --sdes vp --dims 64 --one-budget --n 20000
+                                                   # one compile per sampler (GPU check)
 """
 
 import argparse
@@ -123,12 +125,21 @@ def metrics(mix, x, ref, key):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="2-D VP only")
+    ap.add_argument("--sdes", default="vp,subvp,ve", help="comma-separated subset")
+    ap.add_argument("--dims", default="2,64", help="comma-separated subset of 2,64")
+    ap.add_argument(
+        "--one-budget",
+        action="store_true",
+        help="only the middle NFE budget of each sampler (one compile each)",
+    )
+    ap.add_argument("--out", default=None, help="JSON path (PNG beside it)")
     args = ap.parse_args()
-    sdes = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE(0.01, 50.0)}
-    dims = [2, 64]
+    all_sdes = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE(0.01, 50.0)}
+    sdes = {k: all_sdes[k] for k in args.sdes.split(",")}
+    dims = [int(d) for d in args.dims.split(",")]
     if args.quick:
-        sdes, dims = {"vp": sdes["vp"]}, [2]
+        sdes, dims = {"vp": all_sdes["vp"]}, [2]
     n = args.n
     rows = []
     for dim in dims:
@@ -138,6 +149,8 @@ def main():
         for sname, sde in sdes.items():
             score = mix.score(sde)
             for name, (solver, method, settings) in SAMPLERS.items():
+                if args.one_budget:
+                    settings = [settings[len(settings) // 2]]
                 for make in settings:
                     kw = make(sde)
                     times = []
@@ -191,12 +204,14 @@ def main():
         ),
         rows=rows,
     )
-    here = os.path.join(os.path.dirname(__file__), "results")
-    os.makedirs(here, exist_ok=True)
-    name = "samplers_quick" if args.quick else "samplers"
-    with open(os.path.join(here, name + ".json"), "w") as f:
+    if args.out is None:
+        here = os.path.join(os.path.dirname(__file__), "results")
+        name = "samplers_quick" if args.quick else "samplers"
+        args.out = os.path.join(here, name + ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
-    plot(rows, os.path.join(here, name + ".png"))
+    plot(rows, os.path.splitext(args.out)[0] + ".png")
 
 
 def plot(rows, path):

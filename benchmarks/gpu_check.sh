@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Run the benchmarks (and the sampler/likelihood tests) on an accelerator and collect
-# the figures into one folder, each file tagged `_gpu`.
+# Run the benchmarks on an accelerator and collect the figures into one folder, each
+# file tagged `_gpu`.
 #
 #     bash benchmarks/gpu_check.sh OUT_DIR [SECONDS]
 #
 # Works from a plain checkout (PYTHONPATH=., no install) on a machine whose python3 has
 # jax with CUDA, equinox, diffrax, optax, jaxtyping, einops, scikit-learn and tqdm.
-# Steps run in priority order, each with its own time limit, and stop before SECONDS
-# (default 540) have passed; a step that fails or times out is logged and skipped.
+# Steps run in priority order (overhead, samplers, likelihood, training, memory), each
+# with its own time limit, and stop before SECONDS (default 540) have passed; a step
+# that fails or times out is logged and skipped.
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR [SECONDS]}
 budget=${2:-540}
@@ -36,11 +37,10 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
     python3 -c "import jax, diffrax, equinox, optax; print('jax', jax.__version__, 'diffrax', diffrax.__version__, 'equinox', equinox.__version__, 'optax', optax.__version__); print(jax.devices())"
 } >"$out/env_gpu.txt" 2>&1
 
-step overhead 150 python3 benchmarks/bench_overhead.py --reps 10 --out "$out/overhead_gpu.json"
-step training-toy 120 python3 benchmarks/bench_training.py toy
+step overhead 100 python3 benchmarks/bench_overhead.py --reps 10 --out "$out/overhead_gpu.json"
+step samplers 150 python3 benchmarks/bench_samplers.py --sdes vp --dims 64 --one-budget --n 20000 --out "$out/samplers_gpu.json"
+step likelihood 120 python3 benchmarks/bench_likelihood.py --repeats 3 --out "$out/likelihood_gpu.json"
+step training-toy 80 python3 benchmarks/bench_training.py toy
 cp benchmarks/results/training_toy.json "$out/training_toy_gpu.json" 2>/dev/null
-step likelihood 200 python3 benchmarks/bench_likelihood.py --repeats 5 --out "$out/likelihood_gpu.json"
-step tests 240 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_sample.py tests/test_likelihood.py
-step samplers-quick 120 python3 benchmarks/bench_samplers.py --quick --n 2000
-cp benchmarks/results/samplers.json "$out/samplers_quick_gpu.json" 2>/dev/null
+step memory 150 python3 benchmarks/bench_memory.py --out "$out/memory_gpu.json"
 echo "total $(($(date +%s) - start))s" | tee -a "$log"

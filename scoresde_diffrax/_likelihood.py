@@ -111,12 +111,15 @@ def _check_batch(name: str, x) -> Array:
             f"`{name}` must have shape (batch, *data_shape) with at least one data "
             f"axis, got {x.shape}. For one example use x[None]."
         )
-    if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        bad = int(jnp.sum(~jnp.isfinite(x)))
-        raise ValueError(
-            f"`{name}` must be finite; it has {bad} NaN or inf entries (shape "
-            f"{x.shape})."
-        )
+    if _is_concrete(x):
+        # Eager even under an outer `jax.jit` that closes over a concrete `x`.
+        with jax.ensure_compile_time_eval():
+            bad = int(jnp.sum(~jnp.isfinite(x)))
+        if bad:
+            raise ValueError(
+                f"`{name}` must be finite; it has {bad} NaN or inf entries (shape "
+                f"{x.shape})."
+            )
     return x
 
 

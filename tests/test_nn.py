@@ -51,6 +51,9 @@ def test_unet_config_errors():
         sd.nn.UNet((1, 7, 7), key=jr.key(0))
     with pytest.raises(ValueError, match="channels, height, width"):
         sd.nn.UNet((2,), key=jr.key(0))
+    # One level at 512x512: the middle attention would need a 262144^2 matrix.
+    with pytest.raises(ValueError, match="`channel_mult`.*262144 pixels"):
+        sd.nn.UNet((3, 512, 512), channel_mult=(1,), key=jr.key(0))
     with pytest.raises(ValueError, match="divisible by 2"):
         sd.nn.NoiseConditionalClassifier((1, 5, 5), key=jr.key(0))
 

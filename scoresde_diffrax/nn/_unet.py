@@ -14,6 +14,9 @@ from ._embedding import GaussianFourierEmbedding, SinusoidalEmbedding
 
 
 _SQRT2 = math.sqrt(2.0)
+# Largest lowest-resolution feature map (H*W) the middle attention may attend over:
+# 64x64 pixels, a 4096x4096 attention matrix (64 MiB in float32) per example.
+_MAX_MID_ATTN_PIXELS = 64 * 64
 
 
 def _norm(groups: int, channels: int) -> eqx.nn.GroupNorm:
@@ -122,6 +125,17 @@ class UNetConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"UNet: `{name}` must be an int >= 1, got {v!r}.")
+        pixels = (shape[1] // factor) * (shape[2] // factor)
+        if pixels > _MAX_MID_ATTN_PIXELS:
+            # The middle block always attends over the lowest resolution: a
+            # (pixels x pixels) matrix per example. At 512x512 that is 1.1 TB in float32.
+            raise ValueError(
+                f"UNet: `channel_mult` has {len(self.channel_mult)} level(s), so the "
+                f"middle self-attention runs at {shape[1] // factor}x{shape[2] // factor}"
+                f" = {pixels} pixels and needs a {pixels}x{pixels} matrix per example "
+                f"(at most {_MAX_MID_ATTN_PIXELS} pixels allowed); add levels to "
+                "`channel_mult` (each halves the height and width)."
+            )
 
 
 @eqx.filter_jit
@@ -205,7 +219,9 @@ class UNet(eqx.Module):
         divisible by `2 ** (len(channel_mult) - 1)`.
     - `channels`: base width. Default 16.
     - `channel_mult`: width multiplier per resolution, one entry per level.
-        Default `(1, 2)` (8x8 and 4x4 for digits).
+        Default `(1, 2)` (8x8 and 4x4 for digits). The middle block always attends
+        over the lowest resolution, which may have at most 64x64 pixels: large images
+        need more levels (e.g. 5 levels for 1024x1024).
     - `num_res_blocks`: residual blocks per level. Default 1.
     - `attn_resolutions`: spatial sizes (height) that get self-attention. Default `(4,)`.
     - `groups`: GroupNorm groups (reduced to a divisor of each width). Default 8.
