@@ -6,7 +6,7 @@
 #
 # Works from a plain checkout (PYTHONPATH=., no install) on a machine whose python3 has
 # jax with CUDA, equinox, diffrax, optax, jaxtyping, einops, scikit-learn and tqdm.
-# Steps run in priority order (overhead, samplers, likelihood, training, memory), each
+# Steps run in priority order (samplers, overhead, memory, likelihood, training), each
 # with its own time limit, and stop before SECONDS (default 540) have passed; a step
 # that fails or times out is logged and skipped.
 set -uo pipefail
@@ -37,10 +37,10 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
     python3 -c "import jax, diffrax, equinox, optax; print('jax', jax.__version__, 'diffrax', diffrax.__version__, 'equinox', equinox.__version__, 'optax', optax.__version__); print(jax.devices())"
 } >"$out/env_gpu.txt" 2>&1
 
-step overhead 100 python3 benchmarks/bench_overhead.py --reps 10 --out "$out/overhead_gpu.json"
 step samplers 150 python3 benchmarks/bench_samplers.py --sdes vp --dims 64 --one-budget --n 20000 --out "$out/samplers_gpu.json"
-step likelihood 120 python3 benchmarks/bench_likelihood.py --repeats 3 --out "$out/likelihood_gpu.json"
-step training-toy 80 python3 benchmarks/bench_training.py toy
+step overhead 90 python3 benchmarks/bench_overhead.py --reps 10 --out "$out/overhead_gpu.json"
+step memory 120 python3 benchmarks/bench_memory.py --out "$out/memory_gpu.json"
+step likelihood 100 python3 benchmarks/bench_likelihood.py --repeats 3 --out "$out/likelihood_gpu.json"
+step training-toy 60 python3 benchmarks/bench_training.py toy
 cp benchmarks/results/training_toy.json "$out/training_toy_gpu.json" 2>/dev/null
-step memory 150 python3 benchmarks/bench_memory.py --out "$out/memory_gpu.json"
 echo "total $(($(date +%s) - start))s" | tee -a "$log"
