@@ -182,11 +182,11 @@ def main() -> None:
         print(json.dumps(_worker(args.worker[0], int(args.worker[1]))))
         return
 
-    plan = [
-        (c, n) for c in ("em", "tsit5-ode", "likelihood") for n in (100, 1000, 10000)
-    ] + [("em-save-every-step", 100), ("em-save-every-step", 1000)]
+    plan = [("em", n) for n in (100, 1000, 10000)]
     if not args.quick:
         plan += [("image", 4), ("image", 16)]
+    plan += [(c, n) for c in ("tsit5-ode", "likelihood") for n in (100, 1000, 10000)]
+    plan += [("em-save-every-step", 100), ("em-save-every-step", 1000)]
     rows = []
     print(f"{'case':<20}{'steps':>7}{'temp MiB':>11}{'peak RSS MiB':>14}{'run s':>9}")
     for case, n in plan:
