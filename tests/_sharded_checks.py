@@ -88,7 +88,11 @@ def case(fn):
             jax.block_until_ready(out[0])
             rec = {**describe(out[0]), **compare(*out)}
     except Exception as e:  # noqa: BLE001
-        rec = {"error": type(e).__name__, "message": str(e)[:2000]}
+        rec = {
+            "error": type(e).__name__,
+            "error_types": [c.__name__ for c in type(e).__mro__],
+            "message": str(e)[:2000],
+        }
     rec["seconds"] = round(time.perf_counter() - t, 2)
     return rec
 
