@@ -404,15 +404,21 @@ def log_likelihood(
         it is split over. Default None: if `x` is a jax.Array sharded by a
         `NamedSharding`, its sharding is kept; otherwise one device. Example `i`'s
         probes come from `fold_in(key, i)` and the default error norm is a maximum
-        over the batch, so the results are those of one device. `.log_prob`,
-        `.latent` and `.prior_log_prob` come back sharded over the batch.
+        over the batch, so the results are those of one device up to float32
+        round-off (the latents bitwise with fixed steps). `.log_prob`,
+        `.latent` and `.prior_log_prob` come back sharded over the batch. When
+        sharded, failures (non-finite results; with `throw`, a failed solve) are
+        checked after the call and raise `RuntimeError` (inside an outer `jax.jit`
+        they are not checked: read `.result`).
 
     **Returns:** a [`LikelihoodResult`][] with `.log_prob` (nats, shape `(batch,)`),
     `.latent` (shape of `x`) and `.stats` (`num_steps`, `num_score_evals`).
 
     **Raises:** `ValueError` naming the argument for an `x` that does not fit the
-    score or is not finite, `rtol`/`atol <= 0`, a bad `eps` or `num_steps`, or an SDE
-    solver; a run-time error if the solve produces NaN or inf.
+    score or is not finite, `rtol`/`atol <= 0`, a bad `eps` or `num_steps`, an SDE
+    solver, or a batch that does not divide over `sharding`; `TypeError` for a
+    `sharding` that is neither a `Mesh` nor a `NamedSharding`; a run-time error if the
+    solve produces NaN or inf.
 
     **Example:**
 
@@ -656,7 +662,8 @@ def encode(
         [`log_likelihood`][]
         (`stepsize_controller` and fixed steps run on `t` from `eps` to `T`).
 
-    **Returns:** the latents $x(T)$, of `x`'s shape.
+    **Returns:** the latents $x(T)$, of `x`'s shape (sharded as `x` is, or as
+    `sharding` says).
     """
     return _flow(
         "x",
@@ -710,7 +717,8 @@ def decode(
         [`log_likelihood`][]
         (a `diffrax.StepTo(ts)` takes `ts` decreasing from `T` to `eps`).
 
-    **Returns:** the data $x(\epsilon)$, of `z`'s shape.
+    **Returns:** the data $x(\epsilon)$, of `z`'s shape (sharded as `z` is, or as
+    `sharding` says).
     """
     return _flow(
         "z",

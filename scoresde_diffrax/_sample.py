@@ -222,15 +222,20 @@ def sample(
         Meshes from `jax.make_mesh` (`Explicit` axes by default) are used with
         `Auto` axes over the same devices. `num_samples` must be a multiple of the
         number of devices the batch is split over. Example `i` is driven by
-        `fold_in(key, i)` alone, so the samples are those of `sharding=None` (bitwise
-        for fixed steps; to float32 round-off for adaptive steps, whose error norm
-        sums over the batch). `.samples` come back sharded over the batch. Default None: one device.
+        `fold_in(key, i)` alone, so the samples are those of `sharding=None`
+        (bitwise for fixed steps; to float32 round-off for adaptive steps, whose
+        error norm sums over the batch). `.samples` come back sharded over the
+        batch. Failures (non-finite samples; with `throw`, a failed solve) are
+        checked after the call and raise `RuntimeError` (inside an outer `jax.jit`
+        they are not checked: read `.result`). Default None: one device.
 
     **Returns:** a [`SampleResult`][] with `.samples` and `.stats`.
 
     **Raises:** `ValueError` naming the argument for inconsistent input (shapes,
-    `eps`, `num_steps`, a solver that cannot integrate the chosen terms); a run-time
-    error if the score produces NaN or inf during the solve.
+    `eps`, `num_steps`, a solver that cannot integrate the chosen terms, a batch that
+    does not divide over `sharding`); `TypeError` for a `sharding` that is neither a
+    `Mesh` nor a `NamedSharding`; a run-time error if the score produces NaN or inf
+    during the solve.
 
     **Example:**
 

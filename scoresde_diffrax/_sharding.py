@@ -49,14 +49,16 @@ def batch_sharding(
 
     `sharding` is the user's argument: a `Mesh` shards the batch axis over all of the
     mesh's axes; a `NamedSharding` is taken as given (its spec's first entry names the
-    batch's mesh axes). With `sharding=None` and an input `x` that is a jax.Array
-    sharded by a `NamedSharding` over several devices, `x`'s sharding is kept.
+    batch's mesh axes). With `sharding=None` and an input `x` that is a (concrete)
+    jax.Array sharded by a `NamedSharding` over several devices, `x`'s sharding is
+    kept; under an outer `jit` (a traced `x`) its sharding is left to that `jit`.
 
     Raises `TypeError` for anything else, and `ValueError` if the batch does not divide
     over the batch axis's devices.
     """
     if sharding is None:
-        s = x.sharding if isinstance(x, jax.Array) else None
+        concrete = isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+        s = x.sharding if concrete else None
         if not isinstance(s, NamedSharding) or s.is_fully_replicated:
             return None
         sharding = s

@@ -169,6 +169,20 @@ CASES = {
         X, NamedSharding(MESH_2D, P("x")), rtol=1e-4, atol=1e-4
     ),
     "mlp_score_sample_em": mlp_case,
+    # Under an outer jit.
+    # (An outer jit moves the bits of the one-device result too: compare jit to jit.)
+    "jit_wrapped_sample_em_explicit": lambda: (
+        jax.jit(lambda k: sd.sample(k, SDE, SCORE, (B, D), sharding=EXPLICIT, **EM))(
+            jr.key(0)
+        ).samples,
+        jax.jit(lambda k: sd.sample(k, SDE, SCORE, (B, D), **EM))(jr.key(0)).samples,
+    ),
+    "jit_wrapped_loglik_input_sharded": lambda: (
+        jax.jit(lambda x: ll(None, x, num_steps=STEPS).log_prob)(
+            jax.device_put(X, NamedSharding(AUTO, P("batch")))
+        ),
+        ll(None, X, num_steps=STEPS).log_prob,
+    ),
     # Errors: the record has "error" and "message", or "no_error".
     "batch_12_on_8_devices": lambda: no_error(
         lambda: sd.sample(jr.key(0), SDE, SCORE, (12, D), sharding=AUTO, **EM)

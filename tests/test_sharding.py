@@ -155,6 +155,17 @@ def test_encode_decode(results):
     assert rec["decode"]["max_abs_diff"] <= 1e-5, rec
 
 
+def test_under_an_outer_jit(results):
+    """`jax.jit` around `sample(..., sharding=jax.make_mesh(...))`: still sharded and
+    bitwise equal to `jax.jit` around the one-device call; around `log_likelihood` of a sharded `x` without `sharding=`: runs, and
+    agrees (the sharding of a traced `x` is left to the outer jit)."""
+    rec = _record(results, "jit_wrapped_sample_em_explicit")
+    _sharded_over_batch(rec)
+    assert rec["bitwise"], rec
+    rec = _record(results, "jit_wrapped_loglik_input_sharded")
+    assert rec["finite"] and rec["max_abs_diff"] <= 2e-5, rec
+
+
 def test_mesh_2d_shards_over_all_axes(results):
     assert results["mesh_2d_all_axes_sample_em"]["spec"] == "P(('x', 'y'),)"
     assert results["mesh_2d_first_axis_loglik_adaptive"]["spec"] == "P('x',)"
