@@ -14,7 +14,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
 
-# What `sharding=` accepts (for the public signatures).
+# What the `sharding=` argument accepts.
 ShardingLike = Mesh | NamedSharding | None
 
 
@@ -150,8 +150,8 @@ def raise_if_failed(x: PyTree, result, *, throw: bool, msg: str) -> None:
     if throw and not ok.all():
         messages = np.atleast_1d(np.asarray(dfx.RESULTS[result])).reshape(-1)
         raise RuntimeError(
-            f"The sharded solve failed: {messages[~ok][0]} (pass throw=False to get "
-            "the result instead; see `.result`)."
+            f"The sharded solve failed: {messages[~ok][0]} (with throw=False it "
+            "does not raise; `.result` says how the solve ended)."
         )
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(x)):
         raise RuntimeError(msg)

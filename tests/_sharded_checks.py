@@ -120,7 +120,8 @@ def ll_case(x, sharding, **kw):
     rec = {**describe(out.log_prob), **compare(out.log_prob, ref.log_prob)}
     rec["latent"] = {**describe(out.latent), **compare(out.latent, ref.latent)}
     rec["prior_log_prob"] = compare(out.prior_log_prob, ref.prior_log_prob)
-    rec["num_steps"] = [int(out.stats["num_steps"]), int(ref.stats["num_steps"])]
+    steps = [np.asarray(r.stats["num_steps"]).tolist() for r in (out, ref)]
+    rec["num_steps"] = steps
     return rec
 
 
@@ -156,6 +157,9 @@ CASES = {
     ),
     "loglik_hutchinson_fixed": lambda: ll_case(X, AUTO, num_steps=STEPS),
     "loglik_hutchinson_adaptive": lambda: ll_case(X, AUTO, rtol=1e-4, atol=1e-4),
+    "loglik_per_example_adaptive": lambda: ll_case(
+        X, AUTO, rtol=1e-4, atol=1e-4, per_example=True
+    ),
     "loglik_input_sharded": lambda: sampled_and_sharded_input(AUTO),
     "encode_decode": lambda: encode_decode(AUTO),
     "explicit_mesh_sample_ode_adaptive": lambda: (

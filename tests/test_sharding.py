@@ -133,6 +133,17 @@ def test_loglik_adaptive(results, name):
     assert rec["num_steps"][0] == rec["num_steps"][1], rec
 
 
+def test_loglik_per_example_adaptive(results):
+    """`per_example=True` (a vmap of solves, each with its own steps) over the sharded
+    batch: round-off moves single examples' accept/reject decisions, so agreement is
+    to the tolerance, rtol = 1e-4 relative (measured 1.5e-5)."""
+    rec = _record(results, "loglik_per_example_adaptive")
+    _sharded_over_batch(rec)
+    _sharded_over_batch(rec["latent"])
+    assert rec["max_rel_diff"] <= 1e-4, rec
+    assert len(rec["num_steps"][0]) == BATCH, rec
+
+
 @pytest.mark.parametrize(
     "name", ["loglik_input_sharded", "explicit_mesh_loglik_input_sharded"]
 )
