@@ -15,6 +15,14 @@ from ._divergence import AbstractDivergence, Hutchinson
 from ._nfe import probe_solver
 from ._sample import check_score_shape
 from ._sde import AbstractSDE
+from ._sharding import (
+    batch_sharding,
+    constrain,
+    constrain_leading,
+    error_if,
+    place,
+    raise_if_failed,
+)
 from ._term import probability_flow_term
 
 
@@ -22,6 +30,11 @@ from ._term import probability_flow_term
 _HUTCHINSON = Hutchinson("rademacher")
 _TSIT5 = dfx.Tsit5()
 _CHECKPOINT = dfx.RecursiveCheckpointAdjoint()
+_LL_NOT_FINITE = (
+    "log_likelihood: the solve produced a non-finite log-density (NaN or inf); the "
+    "score or the solver diverged. Check the score on [eps, T]."
+)
+_FLOW_NOT_FINITE = "encode/decode: the probability-flow ODE produced NaN or inf."
 
 
 # --------------------------------------------------------------------------------------
@@ -323,6 +336,7 @@ def log_likelihood(
     prior_log_prob: Callable | None = None,
     max_steps: int | None = 4096,
     throw: bool = True,
+    sharding: jax.sharding.Mesh | jax.sharding.NamedSharding | None = None,
 ) -> LikelihoodResult:
     r"""The log-density $\log p_\epsilon(x)$ of the model, through the probability-flow
     ODE, in one jit-compiled `diffrax.diffeqsolve`.
@@ -384,13 +398,30 @@ def log_likelihood(
     - `max_steps`: maximum number of steps of an adaptive solve.
     - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite results always
         raise.
+    - `sharding`: shard the batch over several devices (the solve then runs SPMD,
+        one jit-compiled program over the mesh). A `jax.sharding.Mesh` shards the
+        batch axis over ALL of the mesh's axes; a `jax.sharding.NamedSharding` is used
+        as given for `x` (its spec's first entry names the batch's mesh axes). Meshes
+        from `jax.make_mesh` (`Explicit` axes by default) are used with `Auto` axes
+        over the same devices. The batch must be a multiple of the number of devices
+        it is split over. Default None: if `x` is a jax.Array sharded by a
+        `NamedSharding`, its sharding is kept; otherwise one device. Example `i`'s
+        probes come from `fold_in(key, i)` and the default error norm is a maximum
+        over the batch, so the results are those of one device up to float32
+        round-off (the latents bitwise with fixed steps). `.log_prob`,
+        `.latent` and `.prior_log_prob` come back sharded over the batch. When
+        sharded, failures (non-finite results; with `throw`, a failed solve) are
+        checked after the call and raise `RuntimeError` (inside an outer `jax.jit`
+        they are not checked: read `.result`).
 
     **Returns:** a [`LikelihoodResult`][] with `.log_prob` (nats, shape `(batch,)`),
     `.latent` (shape of `x`) and `.stats` (`num_steps`, `num_score_evals`).
 
     **Raises:** `ValueError` naming the argument for an `x` that does not fit the
-    score or is not finite, `rtol`/`atol <= 0`, a bad `eps` or `num_steps`, or an SDE
-    solver; a run-time error if the solve produces NaN or inf.
+    score or is not finite, `rtol`/`atol <= 0`, a bad `eps` or `num_steps`, an SDE
+    solver, or a batch that does not divide over `sharding`; `TypeError` for a
+    `sharding` that is neither a `Mesh` nor a `NamedSharding`; a run-time error if the
+    solve produces NaN or inf.
 
     **Example:**
 
@@ -411,6 +442,8 @@ def log_likelihood(
     """
     _check_common(sde, score, solver, divergence)
     x = _check_batch("x", x)
+    batch_sh = batch_sharding(sharding, x.shape, x)
+    x = place(x, batch_sh)
     _check_eps(eps, sde)
     T = float(sde.T)
     controller, adaptive = _controller(
@@ -437,7 +470,10 @@ def log_likelihood(
         bool(per_example),
         prior_log_prob,
         throw,
+        batch_sh,
     )
+    if batch_sh is not None:
+        raise_if_failed((latent, log_prob), result, throw=throw, msg=_LL_NOT_FINITE)
     stats = dict(
         stats,
         num_score_evals=_num_score_evals(solver, sde, adaptive, stats["num_steps"]),
@@ -467,14 +503,16 @@ def _log_likelihood_jit(
     per_example,
     prior_log_prob,
     throw,
+    sharding,
 ):
     _check_fits_score("x", x, score)
-    x = eqx.error_if(
-        x, ~jnp.all(jnp.isfinite(x)), "log_likelihood: `x` must be finite."
+    x = constrain(x, sharding)
+    x = error_if(
+        x, ~jnp.all(jnp.isfinite(x)), "log_likelihood: `x` must be finite.", sharding
     )
-    keys = per_sample_keys(key, x.shape[0])
-    states = jax.vmap(divergence.init)(keys, x)
-    y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
+    keys = constrain_leading(per_sample_keys(key, x.shape[0]), sharding)
+    states = constrain_leading(jax.vmap(divergence.init)(keys, x), sharding)
+    y0 = (x, constrain_leading(jnp.zeros(x.shape[:1], x.dtype), sharding))
     terms = dfx.ODETerm(_AugmentedFlow(sde, score, divergence))
     (latent, delta), stats, result = _solve_batch(
         per_example,
@@ -488,16 +526,14 @@ def _log_likelihood_jit(
         stepsize_controller=controller,
         adjoint=adjoint,
         max_steps=max_steps,
-        throw=throw,
+        throw=throw and sharding is None,  # sharded: raise_if_failed
     )
     prior = jax.vmap(prior_log_prob)(latent).astype(x.dtype)
-    log_prob = prior + delta
-    log_prob = eqx.error_if(
-        log_prob,
-        ~jnp.all(jnp.isfinite(log_prob)),
-        "log_likelihood: the solve produced a non-finite log-density (NaN or inf); "
-        "the score or the solver diverged. Check the score on [eps, T].",
+    log_prob = error_if(
+        prior + delta, ~jnp.all(jnp.isfinite(prior + delta)), _LL_NOT_FINITE, sharding
     )
+    latent = constrain(latent, sharding)
+    prior, log_prob = constrain_leading((prior, log_prob), sharding)
     return latent, log_prob, prior, stats, result
 
 
@@ -521,10 +557,12 @@ def _flow_jit(
     max_steps,
     per_example,
     throw,
+    sharding,
 ):
     _check_fits_score("z" if reverse_time else "x", y, score)
+    y = constrain(y, sharding)
     terms = probability_flow_term(sde, score, reverse_time=reverse_time)
-    y1, stats, _ = _solve_batch(
+    y1, stats, result = _solve_batch(
         per_example,
         terms,
         y,
@@ -536,14 +574,10 @@ def _flow_jit(
         stepsize_controller=controller,
         adjoint=adjoint,
         max_steps=max_steps,
-        throw=throw,
+        throw=throw and sharding is None,  # sharded: raise_if_failed
     )
-    y1 = eqx.error_if(
-        y1,
-        ~jnp.all(jnp.isfinite(y1)),
-        "encode/decode: the probability-flow ODE produced NaN or inf.",
-    )
-    return y1, stats
+    y1 = error_if(y1, ~jnp.all(jnp.isfinite(y1)), _FLOW_NOT_FINITE, sharding)
+    return constrain(y1, sharding), stats, result
 
 
 def _flow(
@@ -564,9 +598,12 @@ def _flow(
     per_example,
     max_steps,
     throw,
+    sharding,
 ):
     _check_common(sde, score, solver)
     y = _check_batch(name, y)
+    batch_sh = batch_sharding(sharding, y.shape, y)
+    y = place(y, batch_sh)
     _check_eps(eps, sde)
     T = float(sde.T)
     if decode and isinstance(stepsize_controller, dfx.StepTo):
@@ -576,7 +613,7 @@ def _flow(
     controller, adaptive = _controller(
         solver, rtol, atol, num_steps, stepsize_controller, t0, t1
     )
-    out, _ = _flow_jit(
+    out, _, result = _flow_jit(
         sde,
         score,
         y,
@@ -590,7 +627,10 @@ def _flow(
         _max_steps(controller, max_steps),
         bool(per_example),
         throw,
+        batch_sh,
     )
+    if batch_sh is not None:
+        raise_if_failed(out, result, throw=throw, msg=_FLOW_NOT_FINITE)
     return out
 
 
@@ -610,6 +650,7 @@ def encode(
     per_example: bool = False,
     max_steps: int | None = 4096,
     throw: bool = True,
+    sharding: jax.sharding.Mesh | jax.sharding.NamedSharding | None = None,
 ) -> Float[Array, " batch *shape"]:
     r"""Encode data into latents: integrate the probability-flow ODE
     $\dot x = f(t) x - \tfrac12 g(t)^2 s(t, x)$ from `eps` up to `T`. The map is a
@@ -620,10 +661,12 @@ def encode(
     - `sde`, `score`: as for [`log_likelihood`][].
     - `x`: data at time `eps`, shape `(batch, *data_shape)`, finite.
     - `solver`, `rtol`, `atol`, `eps`, `num_steps`, `stepsize_controller`, `dt0`,
-        `adjoint`, `per_example`, `max_steps`, `throw`: as for [`log_likelihood`][]
+        `adjoint`, `per_example`, `max_steps`, `throw`, `sharding`: as for
+        [`log_likelihood`][]
         (`stepsize_controller` and fixed steps run on `t` from `eps` to `T`).
 
-    **Returns:** the latents $x(T)$, of `x`'s shape.
+    **Returns:** the latents $x(T)$, of `x`'s shape (sharded as `x` is, or as
+    `sharding` says).
     """
     return _flow(
         "x",
@@ -642,6 +685,7 @@ def encode(
         per_example=per_example,
         max_steps=max_steps,
         throw=throw,
+        sharding=sharding,
     )
 
 
@@ -661,6 +705,7 @@ def decode(
     per_example: bool = False,
     max_steps: int | None = 4096,
     throw: bool = True,
+    sharding: jax.sharding.Mesh | jax.sharding.NamedSharding | None = None,
 ) -> Float[Array, " batch *shape"]:
     r"""Decode latents into data: integrate the probability-flow ODE from `T` down to
     `eps` (on the reversed clock $r = -t$, as [`sample`][] does). The inverse of
@@ -671,10 +716,12 @@ def decode(
     - `sde`, `score`: as for [`log_likelihood`][].
     - `z`: latents at time `T`, shape `(batch, *data_shape)`, finite.
     - `solver`, `rtol`, `atol`, `eps`, `num_steps`, `stepsize_controller`, `dt0`,
-        `adjoint`, `per_example`, `max_steps`, `throw`: as for [`log_likelihood`][]
+        `adjoint`, `per_example`, `max_steps`, `throw`, `sharding`: as for
+        [`log_likelihood`][]
         (a `diffrax.StepTo(ts)` takes `ts` decreasing from `T` to `eps`).
 
-    **Returns:** the data $x(\epsilon)$, of `z`'s shape.
+    **Returns:** the data $x(\epsilon)$, of `z`'s shape (sharded as `z` is, or as
+    `sharding` says).
     """
     return _flow(
         "z",
@@ -693,6 +740,7 @@ def decode(
         per_example=per_example,
         max_steps=max_steps,
         throw=throw,
+        sharding=sharding,
     )
 
 

@@ -13,10 +13,21 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from ._brownian import per_sample_keys, PerSampleBrownianPath
 from ._nfe import probe_solver
 from ._sde import AbstractSDE
+from ._sharding import (
+    batch_sharding,
+    constrain,
+    constrain_leading,
+    error_if,
+    raise_if_failed,
+)
 from ._term import batched_score, probability_flow_term, reverse_sde_terms
 
 
 Method = Literal["sde", "ode"]
+_NOT_FINITE = (
+    "sample: the solve produced non-finite samples (NaN or inf); the score or the "
+    "solver diverged. Check the score on the whole time range, or use more steps."
+)
 
 
 class SampleResult(eqx.Module):
@@ -149,6 +160,7 @@ def sample(
     max_steps: int | None = 4096,
     progress_meter: dfx.AbstractProgressMeter | None = None,
     throw: bool = True,
+    sharding: jax.sharding.Mesh | jax.sharding.NamedSharding | None = None,
 ) -> SampleResult:
     r"""Draw samples by integrating the reverse-time SDE or the probability-flow ODE
     from `sde.T` down to `eps`, with any diffrax solver, in one jit-compiled
@@ -202,12 +214,28 @@ def sample(
         default none. A progress meter reports to the host during the solve.
     - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite samples always
         raise.
+    - `sharding`: shard the batch over several devices (the solve then runs SPMD,
+        one jit-compiled program over the mesh). A `jax.sharding.Mesh` shards the
+        batch axis over ALL of the mesh's axes (e.g. 8 devices for a 4x2 mesh); a
+        `jax.sharding.NamedSharding` is used as given for the `(num_samples,
+        *data_shape)` array (its spec's first entry names the batch's mesh axes).
+        Meshes from `jax.make_mesh` (`Explicit` axes by default) are used with
+        `Auto` axes over the same devices. `num_samples` must be a multiple of the
+        number of devices the batch is split over. Example `i` is driven by
+        `fold_in(key, i)` alone, so the samples are those of `sharding=None`
+        (bitwise for fixed steps; to float32 round-off for adaptive steps, whose
+        error norm sums over the batch). `.samples` come back sharded over the
+        batch. Failures (non-finite samples; with `throw`, a failed solve) are
+        checked after the call and raise `RuntimeError` (inside an outer `jax.jit`
+        they are not checked: read `.result`). Default None: one device.
 
     **Returns:** a [`SampleResult`][] with `.samples` and `.stats`.
 
     **Raises:** `ValueError` naming the argument for inconsistent input (shapes,
-    `eps`, `num_steps`, a solver that cannot integrate the chosen terms); a run-time
-    error if the score produces NaN or inf during the solve.
+    `eps`, `num_steps`, a solver that cannot integrate the chosen terms, a batch that
+    does not divide over `sharding`); `TypeError` for a `sharding` that is neither a
+    `Mesh` nor a `NamedSharding`; a run-time error if the score produces NaN or inf
+    during the solve.
 
     **Example:**
 
@@ -231,6 +259,7 @@ def sample(
     if not isinstance(solver, dfx.AbstractSolver):
         raise TypeError(f"`solver` must be a diffrax solver, got {type(solver)}.")
     shape = _check_shape(shape)
+    batch_sh = batch_sharding(sharding, shape)
     method = _resolve_method(solver, method)
     T = float(sde.T)
     eps = sde.default_eps if eps is None else eps
@@ -336,8 +365,11 @@ def sample(
         steps,
         progress_meter,
         throw,
+        batch_sh,
     )
     samples, ts_out, traj, result, stats = out
+    if batch_sh is not None:
+        raise_if_failed(samples, result, throw=throw, msg=_NOT_FINITE)
 
     n = stats["num_steps"]
     if probe.first < 0:
@@ -352,11 +384,11 @@ def sample(
     )
 
 
-def _terms(sde, score, method, adaptive, shape, key, eps, T, tol):
+def _terms(sde, score, method, adaptive, shape, key, eps, T, tol, sharding=None):
     """Terms on the reversed clock r = -t, integrated from -T up to -eps."""
     if method == "ode":
         return probability_flow_term(sde, score, reverse_time=True)
-    keys = per_sample_keys(key, shape[0])
+    keys = constrain_leading(per_sample_keys(key, shape[0]), sharding)
     one = jax.ShapeDtypeStruct(shape[1:], jnp.result_type(float))
     if adaptive:
         template = dfx.VirtualBrownianTree(
@@ -404,15 +436,19 @@ def _sample_jit(
     max_steps,
     progress_meter,
     throw,
+    sharding,
 ):
     T = sde.T
     dtype = jnp.result_type(float)
-    keys = per_sample_keys(key, shape[0])
+    keys = constrain_leading(per_sample_keys(key, shape[0]), sharding)
     prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     noise_key = jax.random.fold_in(key, 1)
     y0 = jax.vmap(lambda k: sde.prior_sample(k, shape[1:]))(prior_keys).astype(dtype)
+    y0 = constrain(y0, sharding)
     check_score_shape(score, shape[1:], dtype)  # at trace time only
-    terms = _terms(sde, score, method, adaptive, shape, noise_key, eps, T, brownian_tol)
+    terms = _terms(
+        sde, score, method, adaptive, shape, noise_key, eps, T, brownian_tol, sharding
+    )
     subs = [dfx.SubSaveAt(t1=True)]
     if saveat is not None:
         subs.append(_to_reversed_clock(saveat.subs))
@@ -439,7 +475,7 @@ def _sample_jit(
             adjoint=adjoint,
             max_steps=max_steps,
             progress_meter=progress_meter,
-            throw=throw,
+            throw=throw and sharding is None,  # sharded: raise_if_failed
         )
     samples = sol.ys[0][-1]
     if denoise:
@@ -447,13 +483,8 @@ def _sample_jit(
         s = batched_score(score, t, samples)
         samples = (samples + sde.std(t) ** 2 * s) / sde.mean_coeff(t)
         samples = samples.astype(dtype)
-    samples = eqx.error_if(
-        samples,
-        ~jnp.all(jnp.isfinite(samples)),
-        "sample: the solve produced non-finite samples (NaN or inf); the score or "
-        "the solver diverged. Check the score on the whole time range, or use more "
-        "steps.",
-    )
+    samples = error_if(samples, ~jnp.all(jnp.isfinite(samples)), _NOT_FINITE, sharding)
+    samples = constrain(samples, sharding)
     ts_out = -sol.ts[1] if saveat is not None else None
     traj = sol.ys[1] if saveat is not None else None
     stats = {

@@ -1,0 +1,157 @@
+"""Sharding a batch over a device mesh, for `sample`, `log_likelihood`, `encode` and
+`decode`: resolve the user's `sharding` argument once, outside `jit`, to a
+`NamedSharding` on a mesh with `Auto` axes, and constrain batch arrays inside `jit`
+so the whole solve runs SPMD (GSPMD partitions it; no home-made collectives)."""
+
+import math
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jaxtyping import PyTree
+
+
+# What the `sharding=` argument accepts.
+ShardingLike = Mesh | NamedSharding | None
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """`mesh` with every axis of type `AxisType.Auto` (the same devices and names).
+
+    `jax.make_mesh` gives `Explicit` axes by default; under them the sharding of every
+    intermediate is part of its type and diffrax's solve fails to trace (the
+    Runge-Kutta stage buffer's scatter and the error norm's contraction over the
+    sharded batch are "ambiguous"). With `Auto` axes GSPMD propagates the sharding.
+    """
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(
+        mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim
+    )
+
+
+def _axis_names(entry) -> tuple[str, ...]:
+    if entry is None or entry is PartitionSpec.UNCONSTRAINED:
+        return ()
+    if isinstance(entry, str):
+        return (entry,)
+    return tuple(entry)
+
+
+def batch_sharding(
+    sharding: ShardingLike, shape: tuple[int, ...], x: PyTree = None
+) -> NamedSharding | None:
+    """The `NamedSharding` (on a mesh with `Auto` axes) of the batch array of `shape`
+    `(batch, *data_shape)`, or `None` for no sharding.
+
+    `sharding` is the user's argument: a `Mesh` shards the batch axis over all of the
+    mesh's axes; a `NamedSharding` is taken as given (its spec's first entry names the
+    batch's mesh axes). With `sharding=None` and an input `x` that is a (concrete)
+    jax.Array sharded by a `NamedSharding` over several devices, `x`'s sharding is
+    kept; under an outer `jit` (a traced `x`) its sharding is left to that `jit`.
+
+    Raises `TypeError` for anything else, and `ValueError` if the batch does not divide
+    over the batch axis's devices.
+    """
+    if sharding is None:
+        concrete = isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+        s = x.sharding if concrete else None
+        if not isinstance(s, NamedSharding) or s.is_fully_replicated:
+            return None
+        sharding = s
+    if isinstance(sharding, Mesh):
+        mesh = sharding
+        names = tuple(mesh.axis_names)
+        spec = PartitionSpec(names[0] if len(names) == 1 else names)
+    elif isinstance(sharding, NamedSharding):
+        mesh, spec = sharding.mesh, sharding.spec
+        if not isinstance(mesh, Mesh):
+            raise TypeError(
+                "`sharding`: a NamedSharding over a concrete jax.sharding.Mesh is "
+                f"needed (one with devices), got one over {type(mesh).__name__}."
+            )
+        if len(spec) > len(shape):
+            raise ValueError(
+                f"`sharding`: the PartitionSpec {spec} has {len(spec)} entries, more "
+                f"than the {len(shape)} axes of the batch array {shape} "
+                "(batch, *data_shape)."
+            )
+    else:
+        raise TypeError(
+            "`sharding` must be a jax.sharding.Mesh (the batch is sharded over all "
+            "its axes), a jax.sharding.NamedSharding for the batch array, or None; "
+            f"got {type(sharding).__name__}: {sharding!r}."
+        )
+    names = _axis_names(spec[0] if len(spec) else None)
+    n = math.prod(mesh.shape[a] for a in names)
+    if shape[0] % n:
+        raise ValueError(
+            f"`sharding`: the batch of {shape[0]} examples does not divide over the "
+            f"{n} devices of the mesh axes {names} that shard it (mesh "
+            f"{dict(mesh.shape)}). Use a batch that is a multiple of {n}, or a "
+            "sharding over fewer devices."
+        )
+    return NamedSharding(auto_mesh(mesh), spec)
+
+
+def constrain(tree: PyTree, sharding: NamedSharding | None) -> PyTree:
+    """Inside `jit`: constrain every array of `tree` (of the batch array's rank) to
+    `sharding`; nothing if `sharding` is None."""
+    if sharding is None:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.with_sharding_constraint(a, sharding), tree
+    )
+
+
+def constrain_leading(tree: PyTree, sharding: NamedSharding | None) -> PyTree:
+    """Inside `jit`: shard the leading (batch) axis of every array of `tree` (per-
+    example keys, probes, log-densities) as `sharding` shards the batch array's, the
+    other axes replicated; nothing if `sharding` is None."""
+    if sharding is None:
+        return tree
+    spec = sharding.spec
+    lead = NamedSharding(sharding.mesh, PartitionSpec(spec[0] if len(spec) else None))
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.with_sharding_constraint(a, lead), tree
+    )
+
+
+def place(x, sharding: NamedSharding | None):
+    """Outside `jit`: put the input batch `x` on `sharding` (no-op if None)."""
+    return x if sharding is None else jax.device_put(x, sharding)
+
+
+def error_if(x: PyTree, pred, msg: str, sharding: NamedSharding | None) -> PyTree:
+    """Inside `jit`: `eqx.error_if(x, pred, msg)`, unless sharded; then `x` unchanged,
+    and [`raise_if_failed`][] checks the outputs after the call.
+
+    Under GSPMD on several devices a raising `eqx.error_if` (a host callback inside a
+    `lax.cond`) runs on one device while the others wait in a collective: the error
+    is printed, then the process aborts on a rendezvous timeout instead of raising
+    (jax 0.10.2, CPU devices). So sharded solves check outside `jit`."""
+    if sharding is None:
+        return eqx.error_if(x, pred, msg)
+    return x
+
+
+def raise_if_failed(x: PyTree, result, *, throw: bool, msg: str) -> None:
+    """Outside `jit`, after a sharded solve run with diffrax's `throw=False`: raise
+    `RuntimeError` if `throw` and the solve failed (diffrax's message), or if any
+    array of `x` is not finite (`msg`). Blocks until the results are ready. Does
+    nothing under an outer `jit` (tracers): inspect `.result` there."""
+    leaves = jax.tree_util.tree_leaves((x, result))
+    if any(isinstance(a, jax.core.Tracer) for a in leaves):
+        return
+    ok = np.asarray(dfx.is_okay(result)).reshape(-1)
+    if throw and not ok.all():
+        messages = np.atleast_1d(np.asarray(dfx.RESULTS[result])).reshape(-1)
+        raise RuntimeError(
+            f"The sharded solve failed: {messages[~ok][0]} (with throw=False it "
+            "does not raise; `.result` says how the solve ended)."
+        )
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(x)):
+        raise RuntimeError(msg)
