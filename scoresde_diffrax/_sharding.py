@@ -69,11 +69,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def put_replicated(tree, sharding: NamedSharding):
     """Every array leaf of `tree` placed with `sharding` (replicated); other leaves
-    unchanged. Every process must hold the same values (they do here: the same key and
-    data give the same initial model)."""
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree
-    )
+    unchanged. Across processes, every process must hold the same values (they do
+    here: the same key and data give the same initial model); they are copied from
+    this host's memory onto its own devices."""
+
+    def put(x):
+        if not eqx.is_array(x):
+            return x
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        # Another process's devices: jax.device_put takes host data only.
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 def to_host(tree):

@@ -39,7 +39,7 @@ def _max_diff(a, b) -> float:
     assert len(la) == len(lb)
     return max(
         float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-        for x, y in zip(la, lb)
+        for x, y in zip(la, lb, strict=True)
     )
 
 
@@ -125,9 +125,7 @@ def checks() -> dict:
         state, d = sd._sharding.put_replicated((state, data), shardings[1])
         args = (state, jax.numpy.asarray(40), 20, False, static, sde, d)
         text = (
-            _train._run_chunk.lower(
-                *args, sd.DSMLoss(), opt, 64, 0.9999, shardings
-            )
+            _train._run_chunk.lower(*args, sd.DSMLoss(), opt, 64, 0.9999, shardings)
             .compile()
             .compiled.as_text()
         )
@@ -141,7 +139,14 @@ def checks() -> dict:
 
     def bad_batch():
         try:
-            sd.train(jr.key(2), model, sde, data, sharding=explicit, **kw | {"batch_size": 60})
+            sd.train(
+                jr.key(2),
+                model,
+                sde,
+                data,
+                sharding=explicit,
+                **kw | {"batch_size": 60},
+            )
         except ValueError as e:
             return {"raised": "ValueError", "message": str(e)}
         return {"raised": None}
@@ -161,7 +166,9 @@ def checks() -> dict:
         full = res8[id(explicit)]
         with tempfile.TemporaryDirectory() as d:
             ck = dict(checkpoint_dir=d, checkpoint_every=20, sharding=explicit)
-            first = sd.train(jr.key(2), model, sde, data, **kw | {"num_steps": 20}, **ck)
+            first = sd.train(
+                jr.key(2), model, sde, data, **kw | {"num_steps": 20}, **ck
+            )
             second = sd.train(jr.key(2), model, sde, data, **kw, **ck, resume=True)
             loaded, meta = sd.load_checkpoint(d)
         losses = np.concatenate([first.losses, second.losses])
