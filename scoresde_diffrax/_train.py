@@ -677,6 +677,18 @@ def train(
                 model_m, ema_m, opt_state, jnp.asarray(step), jr.wrap_key_data(key_data)
             )
 
+    if shardings is not None and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        starts = np.asarray(
+            multihost_utils.process_allgather(np.int32(state.step))
+        ).tolist()
+        if len(set(starts)) > 1:
+            raise ValueError(
+                f"`checkpoint_dir`: the processes would start from different steps "
+                f"{starts} (process i at entry i); with resume=True every process must "
+                "see the same checkpoints (a shared file system)."
+            )
     if shardings is not None:
         state, data = _sharding.put_replicated((state, data), shardings[1])
     writer = jax.process_index() == 0  # one process writes checkpoints

@@ -196,6 +196,21 @@ def checks() -> dict:
         return {"code": code, "stderr": err.getvalue()}
 
     run("cli_bad_batch", cli_bad_batch)
+
+    def named_sharding():
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from scoresde_diffrax._sharding import batch_sharding
+
+        given = NamedSharding(mesh2d, PartitionSpec("data"))
+        kept = batch_sharding(given, 12, "num_samples") is given
+        try:
+            batch_sharding(given, 6, "num_samples")
+        except ValueError as e:
+            return {"kept": kept, "message": str(e)}
+        return {"kept": kept, "message": None}
+
+    run("named_sharding", named_sharding)
     return out
 
 

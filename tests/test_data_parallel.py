@@ -129,6 +129,13 @@ def test_cli_data_parallel_indivisible_batch(checks):
     assert "--batch-size 12" in c["stderr"] and "(8)" in c["stderr"]
 
 
+def test_batch_sharding_of_a_named_sharding(checks):
+    # Only the mesh axes named in the spec's first entry split the batch (4 of 8).
+    c = _case(checks, "named_sharding")
+    assert c["kept"]
+    assert "`num_samples` (6)" in c["message"] and "(4," in c["message"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
