@@ -558,7 +558,7 @@ def train(
         `jax.distributed.initialize`), build the mesh over `jax.devices()` (all
         global devices); every process calls `train` with the same arguments, only
         process 0 writes checkpoints, and resuming needs `checkpoint_dir` on a file
-        system all processes see.
+        system all processes see. The returned models stay replicated on the mesh.
 
     **Returns:** a [`TrainResult`][] (`.ema_model` is the one to sample with).
 

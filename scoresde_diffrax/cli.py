@@ -586,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="several processes (hosts): address of process 0, passed to "
         "jax.distributed.initialize; needs --num-processes and --process-id, implies "
-        "--data-parallel; start the same command on every process",
+        "--data-parallel; start the same command on every process (to --resume, "
+        "--out must be on a file system they all see)",
     )
     t.add_argument(
         "--num-processes",
