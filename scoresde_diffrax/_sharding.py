@@ -1,5 +1,5 @@
-"""Sharding a batch over a device mesh, for `sample`, `log_likelihood`, `encode` and
-`decode`: resolve the user's `sharding` argument once, outside `jit`, to a
+"""Sharding a batch over a device mesh, for `sample`, `log_likelihood`, `encode`,
+`decode` and `train`: resolve the user's `sharding` argument once, outside `jit`, to a
 `NamedSharding` on a mesh with `Auto` axes, and constrain batch arrays inside `jit`
 so the whole solve runs SPMD (GSPMD partitions it; no home-made collectives)."""
 
@@ -42,7 +42,11 @@ def _axis_names(entry) -> tuple[str, ...]:
 
 
 def batch_sharding(
-    sharding: ShardingLike, shape: tuple[int, ...], x: PyTree = None
+    sharding: ShardingLike,
+    shape: tuple[int, ...],
+    x: PyTree = None,
+    *,
+    batch_name: str | None = None,
 ) -> NamedSharding | None:
     """The `NamedSharding` (on a mesh with `Auto` axes) of the batch array of `shape`
     `(batch, *data_shape)`, or `None` for no sharding.
@@ -54,7 +58,8 @@ def batch_sharding(
     kept; under an outer `jit` (a traced `x`) its sharding is left to that `jit`.
 
     Raises `TypeError` for anything else, and `ValueError` if the batch does not divide
-    over the batch axis's devices.
+    over the batch axis's devices (naming `batch_name` too, the argument that set the
+    batch size, if given).
     """
     if sharding is None:
         concrete = isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
@@ -87,6 +92,12 @@ def batch_sharding(
         )
     names = _axis_names(spec[0] if len(spec) else None)
     n = math.prod(mesh.shape[a] for a in names)
+    if shape[0] % n and batch_name is not None:
+        raise ValueError(
+            f"`{batch_name}` ({shape[0]}) must be divisible by the number of devices "
+            f"that `sharding` splits the batch over ({n} devices: mesh axes {names} "
+            f"of mesh {dict(mesh.shape)})."
+        )
     if shape[0] % n:
         raise ValueError(
             f"`sharding`: the batch of {shape[0]} examples does not divide over the "
@@ -155,3 +166,48 @@ def raise_if_failed(x: PyTree, result, *, throw: bool, msg: str) -> None:
         )
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(x)):
         raise RuntimeError(msg)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that holds a full copy on every device of `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def put_replicated(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    """Every array leaf of `tree` placed with `sharding` (replicated); other leaves
+    unchanged. Across processes, every process must hold the same values (they do in
+    `train`: the same key and data give the same initial model); each copies them from
+    its own host memory onto its own devices."""
+
+    def put(x):
+        if not eqx.is_array(x):
+            return x
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        # Another process's devices: jax.device_put takes host data only.
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def to_host(tree: PyTree) -> PyTree:
+    """Every `jax.Array` leaf of `tree` as a NumPy array on this host (gathered across
+    processes if it is not fully addressable), ready to serialise."""
+
+    def get(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            raise TypeError("to_host: pass key data (jax.random.key_data), not keys.")
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree_util.tree_map(get, tree)

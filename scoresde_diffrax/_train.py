@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from . import nn as _nn
+from . import _sharding, nn as _nn
 from ._loss import AbstractLoss, DSMLoss
 from ._score import EpsScore, X0Score
 from ._sde import AbstractSDE, SubVPSDE, VESDE, VPSDE
@@ -266,7 +266,7 @@ def save_checkpoint(
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = int(state.step)
-    blob = _serialise(_state_tree(state))
+    blob = _serialise(_sharding.to_host(_state_tree(state)))
     meta = dict(metadata)
     meta.update(
         format=CHECKPOINT_FORMAT,
@@ -397,9 +397,20 @@ def _run_chunk(
     optimizer,
     batch_size,
     ema_decay,
+    shardings,
 ):
     """`length` training steps in one `lax.scan`; steps at or after `stop` leave the
-    state unchanged (so every chunk runs the same compiled program)."""
+    state unchanged (so every chunk runs the same compiled program). With `shardings`
+    `(batch, replicated)`, each batch is split over the mesh and the parameters,
+    optimiser state and EMA stay replicated: GSPMD inserts the all-reduces of the loss
+    mean and the gradient."""
+
+    def constrain(tree, which):  # which: 0 batch, 1 replicated
+        if shardings is None:
+            return tree
+        return jax.tree_util.tree_map(
+            lambda x: jax.lax.with_sharding_constraint(x, shardings[which]), tree
+        )
 
     def loss_fn(params, xb, key):
         return loss(eqx.combine(params, static), sde, xb, key)
@@ -408,6 +419,7 @@ def _run_chunk(
         params, ema, opt_state, step = carry
         kstep = jr.fold_in(state.key, step)
         xb = data.batch(jr.fold_in(kstep, 0), batch_size)
+        xb = constrain(xb, 0)
         value, grads = jax.value_and_grad(loss_fn)(params, xb, jr.fold_in(kstep, 1))
         updates, new_opt = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -419,6 +431,7 @@ def _run_chunk(
         params, ema, opt_state = _apply_masked(
             active, (new_params, new_ema, new_opt), (params, ema, opt_state)
         )
+        params, ema, opt_state = constrain((params, ema, opt_state), 1)
         return (params, ema, opt_state, step + active.astype(step.dtype)), value
 
     params, _ = eqx.partition(state.model, eqx.is_inexact_array)
@@ -489,6 +502,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     metadata: dict | None = None,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     r"""Train a score model by denoising score matching, with the paper's optimiser
     (Adam, linear warm-up, global-norm clipping) and an EMA of the weights.
@@ -533,11 +547,24 @@ def train(
         there is none).
     - `progress`: show a tqdm progress bar (on stderr).
     - `metadata`: extra JSON-able entries for the checkpoint metadata.
+    - `sharding`: a `jax.sharding.Mesh` for data-parallel training (default None: one
+        device). Each step's batch is split over *all* the mesh's axes (every device
+        holds `batch_size / mesh.size` examples); the parameters, optimiser state and
+        EMA are replicated on every device, and the loss mean and the gradient
+        all-reduce come from GSPMD. The batches and noise are the same as on one
+        device, so the losses and parameters agree with a one-device run up to
+        float32 round-off (summation order). A mesh from `jax.make_mesh` (explicit
+        axes) is rebuilt with automatic axes. Across several processes (after
+        `jax.distributed.initialize`), build the mesh over `jax.devices()` (all
+        global devices); every process calls `train` with the same arguments, only
+        process 0 writes checkpoints, and resuming needs `checkpoint_dir` on a file
+        system all processes see. The returned models stay replicated on the mesh.
 
     **Returns:** a [`TrainResult`][] (`.ema_model` is the one to sample with).
 
     **Raises:** `ValueError` naming the argument for bad input (model/data shapes,
-    non-positive steps, a directory that holds another run or another architecture);
+    non-positive steps, a directory that holds another run or another architecture,
+    a `batch_size` not divisible by the number of devices of `sharding`);
     a run-time error if the loss becomes NaN.
     """
     start = time.perf_counter()
@@ -571,6 +598,17 @@ def train(
         )
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
+    shardings = None
+    if sharding is not None:
+        if not isinstance(sharding, jax.sharding.Mesh):
+            raise TypeError(
+                "`sharding` must be a jax.sharding.Mesh (the batch is split over all its "
+                f"devices) or None, got {type(sharding).__name__}."
+            )
+        batch = _sharding.batch_sharding(
+            sharding, (int(batch_size),), batch_name="batch_size"
+        )
+        shardings = (batch, _sharding.replicated(batch.mesh))
     if not isinstance(data, Dataset):
         data = dataset_from_array(data)
     dtype = data.x.dtype
@@ -643,6 +681,21 @@ def train(
                 model_m, ema_m, opt_state, jnp.asarray(step), jr.wrap_key_data(key_data)
             )
 
+    if shardings is not None and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        starts = np.asarray(
+            multihost_utils.process_allgather(np.int32(state.step))
+        ).tolist()
+        if len(set(starts)) > 1:
+            raise ValueError(
+                f"`checkpoint_dir`: the processes would start from different steps "
+                f"{starts} (process i at entry i); with resume=True every process must "
+                "see the same checkpoints (a shared file system)."
+            )
+    if shardings is not None:
+        state, data = _sharding.put_replicated((state, data), shardings[1])
+    writer = jax.process_index() == 0  # one process writes checkpoints
     done = int(state.step)
     losses = []
     if done < num_steps:
@@ -651,7 +704,7 @@ def train(
         bar = tqdm(
             total=int(num_steps),
             initial=done,
-            disable=not progress,
+            disable=not (progress and writer),
             unit="step",
             dynamic_ncols=True,
             desc="train",
@@ -674,6 +727,7 @@ def train(
                     optimizer,
                     int(batch_size),
                     float(ema_decay),
+                    shardings,
                 )
                 chunk = np.asarray(chunk)[: stop - done]
                 losses.append(chunk)
@@ -681,7 +735,7 @@ def train(
                 bar.set_postfix(loss=f"{float(np.mean(chunk)):.4g}")
                 done = stop
                 at_ckpt = checkpoint_every is not None and done % checkpoint_every == 0
-                if ckpt_dir is not None and (at_ckpt or done == num_steps):
+                if writer and ckpt_dir is not None and (at_ckpt or done == num_steps):
                     save_checkpoint(ckpt_dir, state, meta_base, keep=keep_checkpoints)
         finally:
             bar.close()

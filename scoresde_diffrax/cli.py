@@ -253,6 +253,18 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _nonnegative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 0, got {s!r}"
+        ) from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
 def _writable_dir(path: pathlib.Path, flag: str) -> None:
     import tempfile
 
@@ -269,13 +281,66 @@ def _writable_dir(path: pathlib.Path, flag: str) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _init_distributed(args) -> bool:
+    """Check the multi-process flags and call `jax.distributed.initialize` (before any
+    JAX computation). Returns whether this is a multi-process run."""
+    flags = {
+        "--coordinator": args.coordinator,
+        "--num-processes": args.num_processes,
+        "--process-id": args.process_id,
+    }
+    if all(v is None for v in flags.values()):
+        return False
+    missing = [f for f, v in flags.items() if v is None]
+    if missing:
+        raise UserError(
+            f"scoresde train: {', '.join(missing)} missing: --coordinator, "
+            "--num-processes and --process-id go together"
+        )
+    host, sep, port = args.coordinator.rpartition(":")
+    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+        raise UserError(
+            "scoresde train: --coordinator must be HOST:PORT with a port in "
+            f"1..65535 (e.g. 10.0.0.1:12345), got {args.coordinator!r}"
+        )
+    if args.process_id >= args.num_processes:
+        raise UserError(
+            f"scoresde train: --process-id must be in 0..{args.num_processes - 1} "
+            f"for --num-processes {args.num_processes}, got {args.process_id}"
+        )
+    import jax
+
+    try:
+        jax.distributed.initialize(
+            args.coordinator, args.num_processes, args.process_id
+        )
+    except Exception as e:  # noqa: BLE001
+        raise UserError(
+            f"scoresde train: jax.distributed.initialize with --coordinator "
+            f"{args.coordinator} failed: {e}"
+        ) from e
+    return True
+
+
 def cmd_train(args) -> int:
+    distributed = _init_distributed(args)  # first: before any JAX computation
+
+    import jax
     import jax.random as jr
 
     from . import train
 
     out = pathlib.Path(args.out)
     _writable_dir(out, "--out")
+    mesh = None
+    if args.data_parallel or distributed:
+        n = jax.device_count()  # global: every process's devices
+        if args.batch_size % n != 0:
+            raise UserError(
+                f"scoresde train: --batch-size {args.batch_size} must be divisible by "
+                f"the number of devices ({n}) for data-parallel training"
+            )
+        mesh = jax.make_mesh((n,), ("batch",))
     dataset = DATASETS[args.data]()
     sde = _make_sde(args.sde, dataset)
     try:
@@ -304,6 +369,7 @@ def cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         progress=not args.quiet,
+        sharding=mesh,
         metadata={
             "cli": {
                 "data": args.data,
@@ -315,9 +381,15 @@ def cmd_train(args) -> int:
     )
     n = len(res.losses)
     last = float(res.losses[-min(n, 100) :].mean()) if n else float("nan")
+    where = (
+        f"checkpoint in {out}"
+        if jax.process_index() == 0
+        else f"process {jax.process_index()}: checkpoints are written by process 0"
+    )
+    devices = f" on {jax.device_count()} devices" if mesh is not None else ""
     print(
-        f"trained {args.model} on {args.data} ({args.sde}): {n} steps in "
-        f"{res.wall_time:.1f} s, final loss {last:.4g}; checkpoint in {out}"
+        f"trained {args.model} on {args.data} ({args.sde}){devices}: {n} steps in "
+        f"{res.wall_time:.1f} s, final loss {last:.4g}; {where}"
     )
     return 0
 
@@ -501,6 +573,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps per jit-compiled call (default 100)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="split each batch over all devices (of all processes), parameters "
+        "replicated (jax.sharding); --batch-size must be divisible by the number "
+        "of devices",
+    )
+    t.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="several processes (hosts): address of process 0, passed to "
+        "jax.distributed.initialize; needs --num-processes and --process-id, implies "
+        "--data-parallel; start the same command on every process (to --resume, "
+        "--out must be on a file system they all see)",
+    )
+    t.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="number of processes (with --coordinator)",
+    )
+    t.add_argument(
+        "--process-id",
+        type=_nonnegative_int,
+        default=None,
+        metavar="I",
+        help="this process's index, 0..N-1 (with --coordinator); process 0 writes "
+        "the checkpoints",
+    )
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw samples from a trained checkpoint")

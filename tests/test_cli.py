@@ -305,6 +305,44 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
     assert needle in err, err
 
 
+_TRAIN5 = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp", "--steps", "5"]
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--coordinator", "127.0.0.1:1234"], "--num-processes, --process-id missing"),
+        (["--num-processes", "2", "--process-id", "0"], "--coordinator missing"),
+        (
+            ["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"],
+            "--coordinator must be HOST:PORT",
+        ),
+        (
+            ["--coordinator", "h:99999", "--num-processes", "2", "--process-id", "0"],
+            "--coordinator must be HOST:PORT",
+        ),
+        (
+            ["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "2"],
+            "--process-id must be in 0..1 for --num-processes 2, got 2",
+        ),
+        (
+            ["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "-1"],
+            "--process-id: must be an integer >= 0",
+        ),
+        (
+            ["--coordinator", "h:1234", "--num-processes", "0", "--process-id", "0"],
+            "--num-processes: must be an integer >= 1",
+        ),
+    ],
+)
+def test_distributed_flags_one_line_exit_2(tmp_path, capsys, flags, needle):
+    # Checked before jax.distributed.initialize is called (nothing connects).
+    code, out, err = run([*_TRAIN5, "--out", str(tmp_path / "o"), *flags], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert needle in err, err
+
+
 def test_console_script_declared_and_runs(tmp_path):
     meta = tomllib.loads(
         (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()

@@ -37,26 +37,48 @@ def _memory(run) -> dict:
 
 CASES = {
     # name: (function of (key, n) -> arrays, "steps" meaning)
-    "euler-maruyama": lambda k, n: sd.sample(
-        k, SDE, SCORE, SHAPE, solver=dfx.Euler(), method="sde", num_steps=n
-    ).samples,
-    "tsit5-adaptive": lambda k, n: sd.sample(
-        k, SDE, SCORE, SHAPE, solver=dfx.Tsit5(), stepsize_controller=PID, max_steps=n
-    ).samples,
-    "shark-adaptive": lambda k, n: sd.sample(
-        k, SDE, SCORE, SHAPE, solver=dfx.ShARK(), stepsize_controller=PID, max_steps=n
-    ).samples,
-    "pc-sampler": lambda k, n: sd.sample(
-        k,
-        SDE,
-        SCORE,
-        SHAPE,
-        solver=sd.PredictorCorrector(
-            sd.ReverseDiffusion(), sd.Langevin(0.16, batch_norm=True)
-        ),
-        num_steps=n,
-    ).samples,
-    "likelihood": lambda k, n: sd.log_likelihood(k, SDE, SCORE, X, max_steps=n).log_prob,
+    "euler-maruyama": lambda k, n: (
+        sd.sample(
+            k, SDE, SCORE, SHAPE, solver=dfx.Euler(), method="sde", num_steps=n
+        ).samples
+    ),
+    "tsit5-adaptive": lambda k, n: (
+        sd.sample(
+            k,
+            SDE,
+            SCORE,
+            SHAPE,
+            solver=dfx.Tsit5(),
+            stepsize_controller=PID,
+            max_steps=n,
+        ).samples
+    ),
+    "shark-adaptive": lambda k, n: (
+        sd.sample(
+            k,
+            SDE,
+            SCORE,
+            SHAPE,
+            solver=dfx.ShARK(),
+            stepsize_controller=PID,
+            max_steps=n,
+        ).samples
+    ),
+    "pc-sampler": lambda k, n: (
+        sd.sample(
+            k,
+            SDE,
+            SCORE,
+            SHAPE,
+            solver=sd.PredictorCorrector(
+                sd.ReverseDiffusion(), sd.Langevin(0.16, batch_norm=True)
+            ),
+            num_steps=n,
+        ).samples
+    ),
+    "likelihood": lambda k, n: (
+        sd.log_likelihood(k, SDE, SCORE, X, max_steps=n).log_prob
+    ),
 }
 
 
