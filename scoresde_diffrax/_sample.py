@@ -140,8 +140,11 @@ def _check_saveat(saveat: dfx.SaveAt, T: float, eps: float | None) -> None:
             continue
         ts = np.asarray(sub.ts, dtype=np.float64)
         lo = 0.0 if eps is None else eps
-        if ts.ndim != 1 or np.any(np.diff(ts) > 0) or ts.size and (
-            ts.max() > T * (1 + 1e-6) or ts.min() < lo * (1 - 1e-6)
+        if (
+            ts.ndim != 1
+            or np.any(np.diff(ts) > 0)
+            or ts.size
+            and (ts.max() > T * (1 + 1e-6) or ts.min() < lo * (1 - 1e-6))
         ):
             raise ValueError(
                 "`saveat`: SaveAt(ts=...) times must decrease from T = "
@@ -281,6 +284,18 @@ def sample(
                 jnp.result_type(float)
             )
         stepsize_controller = dfx.StepTo(ts=grid)
+    if dt0 is not None:
+        dt0_f = _concrete_float(dt0, "dt0")
+        if dt0_f is not None and not (math.isfinite(dt0_f) and dt0_f != 0):
+            raise ValueError(f"`dt0` must be a finite non-zero number, got {dt0!r}.")
+    if brownian_tol is not None:
+        tol_f = _concrete_float(brownian_tol, "brownian_tol")
+        if tol_f is not None and not (math.isfinite(tol_f) and tol_f > 0):
+            raise ValueError(
+                f"`brownian_tol` must be a finite number > 0, got {brownian_tol!r}."
+            )
+    if saveat is not None:
+        _check_saveat(saveat, T, eps_f)
     adaptive = isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController)
 
     def make_terms(s):
@@ -325,18 +340,6 @@ def sample(
     if adaptive and (max_steps is None or max_steps < 1):
         raise ValueError(f"`max_steps` must be an int >= 1, got {max_steps!r}.")
 
-    if dt0 is not None:
-        dt0_f = _concrete_float(dt0, "dt0")
-        if dt0_f is not None and not (math.isfinite(dt0_f) and dt0_f != 0):
-            raise ValueError(f"`dt0` must be a finite non-zero number, got {dt0!r}.")
-    if brownian_tol is not None:
-        tol_f = _concrete_float(brownian_tol, "brownian_tol")
-        if tol_f is not None and not (math.isfinite(tol_f) and tol_f > 0):
-            raise ValueError(
-                f"`brownian_tol` must be a finite number > 0, got {brownian_tol!r}."
-            )
-    if saveat is not None:
-        _check_saveat(saveat, T, eps_f)
     if dt0 is None and (adaptive and method == "sde"):
         dt0 = (T - eps) / 64
     if dt0 is not None:

@@ -267,7 +267,9 @@ def _unit_float(s: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {s!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be a number in [0, 1), got {s!r}"
+        ) from None
     if not (0.0 <= v < 1.0):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {s}")
     return v
