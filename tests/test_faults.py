@@ -602,7 +602,7 @@ CLI_CASES = [
         "checkpoint-is-a-file",
         _sample_argv("{f}", "{d}/x.npy"),
         None,
-        "--checkpoint: checkpoint directory",
+        "is a file, not a directory",
     ),
     (
         "checkpoint-empty-dir",
