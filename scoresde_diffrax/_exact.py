@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._custom_types import Scalar, ScalarLike
@@ -17,6 +18,11 @@ _EXACT = jax.lax.Precision.HIGHEST
 
 def _is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def _check_n(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"GaussianMixture.sample: `n` must be an int >= 1, got {n!r}.")
 
 
 class GaussianMixture(eqx.Module):
@@ -107,6 +113,7 @@ class GaussianMixture(eqx.Module):
 
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
         """Draw `n` independent samples, shape `(n, D)`."""
+        _check_n(n)
         ckey, nkey = jr.split(key)
         k = jr.choice(ckey, self.num_components, (n,), p=self.weights)
         z = jr.normal(nkey, (n, self.dim), dtype=self.means.dtype)
@@ -116,6 +123,7 @@ class GaussianMixture(eqx.Module):
         self, key: PRNGKeyArray, n: int
     ) -> tuple[Float[Array, "n D"], Int[Array, " n"]]:
         """Like `sample`, also returning each sample's component index."""
+        _check_n(n)
         ckey, nkey = jr.split(key)
         k = jr.choice(ckey, self.num_components, (n,), p=self.weights)
         z = jr.normal(nkey, (n, self.dim), dtype=self.means.dtype)
@@ -124,6 +132,11 @@ class GaussianMixture(eqx.Module):
     def component_log_probs(self, x: Float[ArrayLike, " D"]) -> Float[Array, " K"]:
         """$\\log w_k + \\log \\mathcal{N}(x; \\mu_k, \\sigma_k^2)$ for every $k$."""
         x = jnp.asarray(x, dtype=self.means.dtype)
+        if x.shape != (self.dim,):
+            raise ValueError(
+                f"GaussianMixture: `x` must be one point of shape ({self.dim},), got "
+                f"{x.shape}; use jax.vmap for a batch."
+            )
         z = (x[None, :] - self.means) / self.stds
         log_norm = jnp.sum(jnp.log(self.stds), axis=-1) + 0.5 * self.dim * math.log(
             2 * math.pi
@@ -186,6 +199,13 @@ class MixtureScore(eqx.Module):
 
     mixture: GaussianMixture
     sde: AbstractSDE
+
+    def __check_init__(self):
+        if not isinstance(self.sde, AbstractSDE):
+            raise TypeError(
+                "MixtureScore: `sde` must be an AbstractSDE (sd.VPSDE(), ...), got "
+                f"{type(self.sde).__name__}."
+            )
 
     def __call__(self, t: ScalarLike, x: Float[ArrayLike, " D"]) -> Float[Array, " D"]:
         x = jnp.asarray(x)

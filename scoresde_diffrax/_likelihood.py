@@ -169,6 +169,29 @@ def _check_common(sde, score, solver, divergence=None):
         )
 
 
+def _check_step_to(controller, start: float, end: float) -> None:
+    """Concrete `StepTo(ts)` times must run strictly monotonically from `start` to
+    `end` (the user's clock: eps -> T to encode, T -> eps to decode)."""
+    if not isinstance(controller, dfx.StepTo) or not _is_concrete(controller.ts):
+        return
+    ts = np.asarray(controller.ts, dtype=np.float64)
+    sign = 1.0 if end > start else -1.0
+    ok = (
+        ts.ndim == 1
+        and ts.size >= 2
+        and bool(np.all(sign * np.diff(ts) > 0))
+        and math.isclose(ts[0], start, rel_tol=1e-5, abs_tol=1e-12)
+        and math.isclose(ts[-1], end, rel_tol=1e-5, abs_tol=1e-12)
+    )
+    if not ok:
+        direction = "increasing" if sign > 0 else "decreasing"
+        raise ValueError(
+            f"`stepsize_controller`: StepTo(ts) needs ts strictly {direction} from "
+            f"{start} to {end}, got ts from {ts.ravel()[:1]} to {ts.ravel()[-1:]} "
+            f"({ts.size} points)."
+        )
+
+
 def _controller(
     solver,
     rtol,
@@ -397,7 +420,9 @@ def log_likelihood(
         the prior mismatch $\log p_T - \log \pi$.
     - `max_steps`: maximum number of steps of an adaptive solve.
     - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite results always
-        raise.
+        raise. With `throw=False` a failed solve (e.g. `max_steps` reached because the
+        score is NaN somewhere and every step is rejected) returns the finite values
+        it reached, with `result != diffrax.RESULTS.successful`: check `result`.
     - `sharding`: shard the batch over several devices (the solve then runs SPMD,
         one jit-compiled program over the mesh). A `jax.sharding.Mesh` shards the
         batch axis over ALL of the mesh's axes; a `jax.sharding.NamedSharding` is used
@@ -446,6 +471,7 @@ def log_likelihood(
     x = place(x, batch_sh)
     _check_eps(eps, sde)
     T = float(sde.T)
+    _check_step_to(stepsize_controller, eps, T)
     controller, adaptive = _controller(
         solver, rtol, atol, num_steps, stepsize_controller, eps, T
     )
@@ -606,6 +632,7 @@ def _flow(
     y = place(y, batch_sh)
     _check_eps(eps, sde)
     T = float(sde.T)
+    _check_step_to(stepsize_controller, *((T, eps) if decode else (eps, T)))
     if decode and isinstance(stepsize_controller, dfx.StepTo):
         # User times decrease from T to eps; the solve runs on r = -t.
         stepsize_controller = dfx.StepTo(ts=-jnp.asarray(stepsize_controller.ts))
@@ -662,8 +689,10 @@ def encode(
     - `x`: data at time `eps`, shape `(batch, *data_shape)`, finite.
     - `solver`, `rtol`, `atol`, `eps`, `num_steps`, `stepsize_controller`, `dt0`,
         `adjoint`, `per_example`, `max_steps`, `throw`, `sharding`: as for
-        [`log_likelihood`][]
-        (`stepsize_controller` and fixed steps run on `t` from `eps` to `T`).
+        [`log_likelihood`][] (`stepsize_controller` and fixed steps run on `t` from
+        `eps` to `T`). NaN or inf latents always raise; as `encode` returns no
+        `result`, `throw=False` hides a failed solve (the state reached is returned):
+        keep `throw=True` unless you check the solve otherwise.
 
     **Returns:** the latents $x(T)$, of `x`'s shape (sharded as `x` is, or as
     `sharding` says).
@@ -717,8 +746,9 @@ def decode(
     - `z`: latents at time `T`, shape `(batch, *data_shape)`, finite.
     - `solver`, `rtol`, `atol`, `eps`, `num_steps`, `stepsize_controller`, `dt0`,
         `adjoint`, `per_example`, `max_steps`, `throw`, `sharding`: as for
-        [`log_likelihood`][]
-        (a `diffrax.StepTo(ts)` takes `ts` decreasing from `T` to `eps`).
+        [`log_likelihood`][] (a `diffrax.StepTo(ts)` takes `ts` decreasing from `T` to
+        `eps`; as for [`encode`][], NaN or inf output always raises and `throw=False`
+        hides a failed solve).
 
     **Returns:** the data $x(\epsilon)$, of `z`'s shape (sharded as `z` is, or as
     `sharding` says).

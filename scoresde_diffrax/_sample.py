@@ -141,6 +141,29 @@ def _check_shape(shape) -> tuple[int, ...]:
     return shape
 
 
+def _check_saveat(saveat: dfx.SaveAt, T: float, eps: float | None) -> None:
+    """Concrete `SaveAt(ts=...)` times must decrease from `T` towards `eps`."""
+    subs = jax.tree_util.tree_leaves(
+        saveat.subs, is_leaf=lambda x: isinstance(x, dfx.SubSaveAt)
+    )
+    for sub in subs:
+        if sub.ts is None or isinstance(sub.ts, jax.core.Tracer):
+            continue
+        ts = np.asarray(sub.ts, dtype=np.float64)
+        lo = 0.0 if eps is None else eps
+        if (
+            ts.ndim != 1
+            or np.any(np.diff(ts) > 0)
+            or ts.size
+            and (ts.max() > T * (1 + 1e-6) or ts.min() < lo * (1 - 1e-6))
+        ):
+            raise ValueError(
+                "`saveat`: SaveAt(ts=...) times must decrease from T = "
+                f"{T} towards eps = {eps} (sampling runs backwards in time), got "
+                f"{ts}."
+            )
+
+
 def sample(
     key: PRNGKeyArray,
     sde: AbstractSDE,
@@ -213,7 +236,10 @@ def sample(
     - `progress_meter`: a diffrax progress meter (e.g. `diffrax.TqdmProgressMeter()`);
         default none. A progress meter reports to the host during the solve.
     - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite samples always
-        raise.
+        raise. With `throw=False` a failed solve (e.g. an adaptive solve whose steps
+        are all rejected because the score is NaN somewhere, until `max_steps`) returns
+        the finite state it reached, with `result != diffrax.RESULTS.successful`:
+        check `result`.
     - `sharding`: shard the batch over several devices (the solve then runs SPMD,
         one jit-compiled program over the mesh). A `jax.sharding.Mesh` shards the
         batch axis over ALL of the mesh's axes (e.g. 8 devices for a 4x2 mesh); a
@@ -287,6 +313,18 @@ def sample(
                 jnp.result_type(float)
             )
         stepsize_controller = dfx.StepTo(ts=grid)
+    if dt0 is not None:
+        dt0_f = _concrete_float(dt0, "dt0")
+        if dt0_f is not None and not (math.isfinite(dt0_f) and dt0_f != 0):
+            raise ValueError(f"`dt0` must be a finite non-zero number, got {dt0!r}.")
+    if brownian_tol is not None:
+        tol_f = _concrete_float(brownian_tol, "brownian_tol")
+        if tol_f is not None and not (math.isfinite(tol_f) and tol_f > 0):
+            raise ValueError(
+                f"`brownian_tol` must be a finite number > 0, got {brownian_tol!r}."
+            )
+    if saveat is not None:
+        _check_saveat(saveat, T, eps_f)
     adaptive = isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController)
 
     def make_terms(s):

@@ -8,6 +8,20 @@ from ._custom_types import ScalarLike
 from ._sde import AbstractSDE
 
 
+def _check_adapter(adapter) -> None:
+    name = type(adapter).__name__
+    if not callable(adapter.model):
+        raise TypeError(
+            f"{name}: `model` must be callable as model(t, x), got "
+            f"{type(adapter.model).__name__}."
+        )
+    if not isinstance(adapter.sde, AbstractSDE):
+        raise TypeError(
+            f"{name}: `sde` must be an AbstractSDE (sd.VPSDE(), ...), got "
+            f"{type(adapter.sde).__name__}."
+        )
+
+
 class EpsScore(eqx.Module):
     r"""Turns a noise-predicting model into a score: $s(t, x) = -\hat\epsilon(t, x) / s(t)$.
 
@@ -20,6 +34,9 @@ class EpsScore(eqx.Module):
 
     model: Callable
     sde: AbstractSDE
+
+    def __check_init__(self):
+        _check_adapter(self)
 
     def __call__(
         self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
@@ -39,6 +56,9 @@ class X0Score(eqx.Module):
 
     model: Callable
     sde: AbstractSDE
+
+    def __check_init__(self):
+        _check_adapter(self)
 
     def __call__(
         self, t: ScalarLike, x: Float[ArrayLike, "*shape"]

@@ -292,6 +292,10 @@ def save_checkpoint(
 
 
 def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
+    if directory.exists() and not directory.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint directory {str(directory)!r} is a file, not a directory."
+        )
     if not directory.is_dir():
         raise FileNotFoundError(
             f"checkpoint directory {str(directory)!r} does not exist."

@@ -265,6 +265,28 @@ def _nonnegative_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {s!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def _unit_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number in [0, 1), got {s!r}"
+        ) from None
+    if not (0.0 <= v < 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {s}")
+    return v
+
+
 def _writable_dir(path: pathlib.Path, flag: str) -> None:
     import tempfile
 
@@ -421,6 +443,10 @@ def cmd_sample(args) -> int:
 
     model = loop_friendly(model)  # convolutions that stay fast inside the solver loop
     sde = sde_from_description(meta["sde"])
+    if args.eps is not None and not args.eps < sde.T:
+        raise UserError(
+            f"--eps must be below the SDE's end time T = {sde.T}, got {args.eps}"
+        )
     data_meta = meta["data"]
     shape = (args.num_samples, *data_meta["data_shape"])
     entry = SOLVERS[args.solver]
@@ -542,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--lr",
-        type=float,
+        type=_positive_float,
         default=None,
         help="peak learning rate (default 2e-4 for unet, 1e-3 for mlp)",
     )
@@ -554,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--ema",
-        type=float,
+        type=_unit_float,
         default=0.999,
         help="EMA decay of the weights (default 0.999)",
     )
@@ -651,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--eps",
-        type=float,
+        type=_positive_float,
         default=None,
         help="end time of sampling (default: the SDE's, 1e-3 VP / 1e-5 VE)",
     )

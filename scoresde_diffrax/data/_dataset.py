@@ -1,4 +1,5 @@
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
@@ -32,10 +33,15 @@ class Dataset(eqx.Module):
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
-        if self.x.ndim < 2:
+        if self.x.ndim < 2 or self.x.shape[0] < 1:
             raise ValueError(
-                f"Dataset: `x` must have shape (n, *data_shape), got {self.x.shape}."
+                "Dataset: `x` must have shape (n, *data_shape) with n >= 1, got "
+                f"{self.x.shape}."
             )
+        if not isinstance(self.x, jax.core.Tracer) and not bool(
+            jnp.all(jnp.isfinite(self.x))
+        ):
+            raise ValueError("Dataset: `x` must be finite (it has NaN or inf entries).")
         if self.labels is not None and self.labels.shape != self.x.shape[:1]:
             raise ValueError(
                 f"Dataset: `labels` must have shape ({self.x.shape[0]},), got "

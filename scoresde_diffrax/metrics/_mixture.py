@@ -49,6 +49,11 @@ def mixture_report(
             f"`samples` must have shape (n, {mixture.dim}) for this mixture, got "
             f"{x.shape}."
         )
+    if x.shape[0] < 1 or not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(
+            f"`samples` must be finite and non-empty, got shape {x.shape} with "
+            f"{int(jnp.sum(~jnp.isfinite(x)))} NaN or inf entries."
+        )
     n = x.shape[0]
     labels = np.asarray(jax.vmap(mixture.classify)(x))
     logp = np.asarray(jax.vmap(mixture.log_prob)(x), dtype=np.float64)

@@ -37,6 +37,13 @@ def sliced_wasserstein(
         raise ValueError(
             f"`x` and `y` must have shapes (n, D) and (m, D), got {x.shape}, {y.shape}."
         )
+    if x.shape[0] < 1 or y.shape[0] < 1:
+        raise ValueError(
+            f"`x` and `y` must hold at least one sample each, got {x.shape}, {y.shape}."
+        )
+    for name, v in (("x", x), ("y", y)):
+        if not isinstance(v, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(v))):
+            raise ValueError(f"`{name}` must be finite (it has NaN or inf entries).")
     if num_projections < 1:
         raise ValueError(f"`num_projections` must be >= 1, got {num_projections}.")
     if p < 1:
