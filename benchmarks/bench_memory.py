@@ -54,6 +54,7 @@ def _worker(case: str, steps: int) -> dict:
     import scoresde_diffrax as sd
 
     key = jr.key(0)
+    em = dict(solver=dfx.Euler(), method="sde", num_steps=steps)
     if case == "image":
         sde = sd.VESDE()
         net = sd.nn.UNet(
@@ -65,18 +66,7 @@ def _worker(case: str, steps: int) -> dict:
             key=jr.key(1),
         )
         score = sd.EpsScore(sd.nn.loop_friendly(net), sde)
-
-        def run(k):
-            return sd.sample(
-                k,
-                sde,
-                score,
-                (1, 3, 1024, 1024),
-                solver=dfx.Euler(),
-                method="sde",
-                num_steps=steps,
-            ).samples
-
+        shape = (1, 3, 1024, 1024)
     else:
         sde = sd.VPSDE()
         km, ks = jr.split(jr.key(3))
@@ -86,59 +76,32 @@ def _worker(case: str, steps: int) -> dict:
         )
         score = gm.score(sde)
         shape = (4096, 64)
-        pid = dfx.PIDController(rtol=1e-5, atol=1e-5)
+    sample_kw = {
+        "image": em,
+        "em": em,
+        "em-save-every-step": dict(em, saveat=dfx.SaveAt(steps=True)),
+        "tsit5-ode": dict(
+            solver=dfx.Tsit5(),
+            stepsize_controller=dfx.PIDController(rtol=1e-5, atol=1e-5),
+            max_steps=steps,
+        ),
+    }
+    if case == "likelihood":
+        x = gm.marginal(sde, 1e-5).sample(jr.key(4), shape[0])
 
-        if case == "em":
+        def run(k):
+            return sd.log_likelihood(
+                k, sde, score, x, eps=1e-5, max_steps=steps
+            ).log_prob
 
-            def run(k):
-                return sd.sample(
-                    k,
-                    sde,
-                    score,
-                    shape,
-                    solver=dfx.Euler(),
-                    method="sde",
-                    num_steps=steps,
-                ).samples
+    elif case in sample_kw:
 
-        elif case == "em-save-every-step":
+        def run(k):
+            r = sd.sample(k, sde, score, shape, **sample_kw[case])
+            return r.samples, r.trajectory
 
-            def run(k):
-                r = sd.sample(
-                    k,
-                    sde,
-                    score,
-                    shape,
-                    solver=dfx.Euler(),
-                    method="sde",
-                    num_steps=steps,
-                    saveat=dfx.SaveAt(steps=True),
-                )
-                return r.samples, r.trajectory
-
-        elif case == "tsit5-ode":
-
-            def run(k):
-                return sd.sample(
-                    k,
-                    sde,
-                    score,
-                    shape,
-                    solver=dfx.Tsit5(),
-                    stepsize_controller=pid,
-                    max_steps=steps,
-                ).samples
-
-        elif case == "likelihood":
-            x = gm.marginal(sde, 1e-5).sample(jr.key(4), shape[0])
-
-            def run(k):
-                return sd.log_likelihood(
-                    k, sde, score, x, eps=1e-5, max_steps=steps
-                ).log_prob
-
-        else:
-            raise ValueError(f"unknown case {case!r}")
+    else:
+        raise ValueError(f"unknown case {case!r}")
 
     t0 = time.perf_counter()
     compiled = jax.jit(run).lower(key).compile()

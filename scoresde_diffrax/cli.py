@@ -8,6 +8,7 @@ and solvers. Other commands and solvers plug in by adding entries to the tables
 
 import argparse
 import dataclasses
+import math
 import os
 import pathlib
 import sys
@@ -241,50 +242,26 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer >= 1, got {s!r}"
-        ) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
-    return v
+def _number(convert: Callable, ok: Callable, allowed: str) -> Callable:
+    """An argparse `type=` that converts with `convert` and accepts values with `ok`;
+    its errors say what is `allowed` (argparse adds the flag)."""
+
+    def parse(s: str):
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {s}")
+        return v
+
+    return parse
 
 
-def _nonnegative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer >= 0, got {s!r}"
-        ) from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {s!r}") from None
-    if not (v > 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
-    return v
-
-
-def _unit_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number in [0, 1), got {s!r}"
-        ) from None
-    if not (0.0 <= v < 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {s}")
-    return v
+_positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+_nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+_unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _writable_dir(path: pathlib.Path, flag: str) -> None:

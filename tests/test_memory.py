@@ -35,47 +35,23 @@ def _memory(run) -> dict:
     }
 
 
+def _sample_case(solver, steps_arg: str, field: str = "samples", **kw):
+    """`(key, n) -> output` of a `sd.sample` call with `n` as `steps_arg`."""
+
+    def run(k, n):
+        r = sd.sample(k, SDE, SCORE, SHAPE, solver=solver, **{steps_arg: n}, **kw)
+        return getattr(r, field)
+
+    return run
+
+
+PC = sd.PredictorCorrector(sd.ReverseDiffusion(), sd.Langevin(0.16, batch_norm=True))
 CASES = {
-    # name: (function of (key, n) -> arrays, "steps" meaning)
-    "euler-maruyama": lambda k, n: (
-        sd.sample(
-            k, SDE, SCORE, SHAPE, solver=dfx.Euler(), method="sde", num_steps=n
-        ).samples
-    ),
-    "tsit5-adaptive": lambda k, n: (
-        sd.sample(
-            k,
-            SDE,
-            SCORE,
-            SHAPE,
-            solver=dfx.Tsit5(),
-            stepsize_controller=PID,
-            max_steps=n,
-        ).samples
-    ),
-    "shark-adaptive": lambda k, n: (
-        sd.sample(
-            k,
-            SDE,
-            SCORE,
-            SHAPE,
-            solver=dfx.ShARK(),
-            stepsize_controller=PID,
-            max_steps=n,
-        ).samples
-    ),
-    "pc-sampler": lambda k, n: (
-        sd.sample(
-            k,
-            SDE,
-            SCORE,
-            SHAPE,
-            solver=sd.PredictorCorrector(
-                sd.ReverseDiffusion(), sd.Langevin(0.16, batch_norm=True)
-            ),
-            num_steps=n,
-        ).samples
-    ),
+    # "steps" is num_steps for fixed-step solves, max_steps for adaptive ones.
+    "euler-maruyama": _sample_case(dfx.Euler(), "num_steps", method="sde"),
+    "tsit5-adaptive": _sample_case(dfx.Tsit5(), "max_steps", stepsize_controller=PID),
+    "shark-adaptive": _sample_case(dfx.ShARK(), "max_steps", stepsize_controller=PID),
+    "pc-sampler": _sample_case(PC, "num_steps"),
     "likelihood": lambda k, n: (
         sd.log_likelihood(k, SDE, SCORE, X, max_steps=n).log_prob
     ),
@@ -96,19 +72,13 @@ def test_solve_memory_does_not_grow_with_steps(case):
 def test_memory_measure_sees_a_growing_trajectory():
     """The control: saving every step costs steps x state, and the measure shows it."""
 
-    def run(k, n):
-        r = sd.sample(
-            k,
-            SDE,
-            SCORE,
-            SHAPE,
-            solver=dfx.Euler(),
-            method="sde",
-            num_steps=n,
-            saveat=dfx.SaveAt(steps=True),
-        )
-        return r.trajectory
-
+    run = _sample_case(
+        dfx.Euler(),
+        "num_steps",
+        field="trajectory",
+        method="sde",
+        saveat=dfx.SaveAt(steps=True),
+    )
     small = _memory(lambda k: run(k, 100))
     large = _memory(lambda k: run(k, 1000))
     state = SHAPE[0] * SHAPE[1] * 4
