@@ -394,6 +394,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import jax
     import jax.random as jr
     import numpy as np
 
@@ -424,6 +425,15 @@ def cmd_sample(args) -> int:
         raise UserError(
             f"--eps must be below the SDE's end time T = {sde.T}, got {args.eps}"
         )
+    mesh = None
+    if args.data_parallel:
+        n = jax.device_count()
+        if args.num_samples % n != 0:
+            raise UserError(
+                f"scoresde sample: --num-samples {args.num_samples} must be divisible by "
+                f"the number of devices ({n}) with --data-parallel"
+            )
+        mesh = jax.make_mesh((n,), ("batch",))
     data_meta = meta["data"]
     shape = (args.num_samples, *data_meta["data_shape"])
     entry = SOLVERS[args.solver]
@@ -453,6 +463,7 @@ def cmd_sample(args) -> int:
         method=entry.method,
         denoise=args.denoise,
         eps=args.eps,
+        sharding=mesh,
         **kwargs,
     )
     x = (np.asarray(res.samples) - data_meta["shift"]) / data_meta["scale"]
@@ -660,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--denoise", action="store_true", help="finish with Tweedie's denoising step"
+    )
+    s.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="split the samples over all devices (jax.sharding; the same samples as "
+        "on one device); --num-samples must be divisible by the number of devices",
     )
     s.set_defaults(func=cmd_sample)
     return p

@@ -148,7 +148,48 @@ def sampled_and_sharded_input(sharding):
     return ll_case(xs, None, num_steps=STEPS)
 
 
+def cli_sample() -> dict:
+    """`scoresde sample --data-parallel` vs the same command on one device, from a
+    checkpoint trained for a few steps; then an indivisible --num-samples."""
+    import contextlib
+    import io
+    import tempfile
+
+    from scoresde_diffrax import cli
+
+    def main(argv):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(argv)
+        return code, err.getvalue()
+
+    with tempfile.TemporaryDirectory() as d:
+        ck = os.path.join(d, "ck")
+        train = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp"]
+        main(train + ["--steps", "4", "--batch-size", "16", "--out", ck, "--quiet"])
+        samp = ["sample", "--checkpoint", ck, "--solver", "euler-maruyama"]
+        samp += ["--steps", str(STEPS)]
+        outs = {}
+        for name, extra in (("one", []), ("dp", ["--data-parallel"])):
+            path = os.path.join(d, name + ".npy")
+            code, _ = main(samp + ["--num-samples", str(B), "--out", path] + extra)
+            outs[name] = np.load(path) if code == 0 else None
+        bad = main(samp + ["--num-samples", "12", "--out", os.path.join(d, "x.npy")])
+        bad_dp = main(
+            samp
+            + ["--num-samples", "12", "--out", os.path.join(d, "y.npy")]
+            + ["--data-parallel"]
+        )
+    return {
+        **compare(outs["dp"], outs["one"]),
+        "indivisible_without_flag_code": bad[0],
+        "indivisible_code": bad_dp[0],
+        "indivisible_stderr": bad_dp[1],
+    }
+
+
 CASES = {
+    "cli_sample_data_parallel": cli_sample,
     "sample_em_fixed": lambda: (sample(AUTO, **EM), sample(None, **EM)),
     "sample_ode_adaptive": lambda: (sample(AUTO, **ODE), sample(None, **ODE)),
     "sample_sde_adaptive": lambda: (

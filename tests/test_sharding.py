@@ -216,3 +216,16 @@ def test_runtime_failures_raise(results, name, words):
 def test_no_gather_onto_one_device(run):
     """No check gathers the batch onto one device (XLA warns when it must)."""
     assert "Involuntary full rematerialization" not in run[1], run[1][-4000:]
+
+
+def test_cli_sample_data_parallel(results):
+    """`scoresde sample --data-parallel` writes the samples of one device (bitwise,
+    Euler-Maruyama); an indivisible --num-samples is one line on stderr, exit 2 (and
+    fine without the flag)."""
+    rec = _record(results, "cli_sample_data_parallel")
+    assert rec["bitwise"] and rec["shape"] == [BATCH, 2], rec
+    assert rec["indivisible_without_flag_code"] == 0
+    assert rec["indivisible_code"] == 2
+    err = rec["indivisible_stderr"]
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--num-samples 12" in err and "(8)" in err, err
