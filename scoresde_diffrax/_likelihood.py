@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Real
 from ._brownian import per_sample_keys
 from ._divergence import AbstractDivergence, Hutchinson
 from ._nfe import probe_solver
-from ._sample import check_score_shape
+from ._sample import check_score_shape, check_sde_score_solver, solver_kinds
 from ._sde import AbstractSDE
 from ._sharding import (
     batch_sharding,
@@ -149,14 +149,8 @@ def _check_fits_score(name: str, x, score: Callable) -> None:
 
 
 def _check_common(sde, score, solver, divergence=None):
-    if not isinstance(sde, AbstractSDE):
-        raise TypeError(f"`sde` must be an AbstractSDE (VPSDE, ...), got {type(sde)}.")
-    if not callable(score):
-        raise TypeError(f"`score` must be callable as score(t, x), got {type(score)}.")
-    if not isinstance(solver, dfx.AbstractSolver):
-        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver)}.")
-    ts = solver.term_structure
-    if not (isinstance(ts, type) and issubclass(ts, dfx.AbstractTerm)):
+    check_sde_score_solver(sde, score, solver)
+    if not solver_kinds(solver)[0]:
         raise ValueError(
             f"`solver`: {type(solver).__name__} integrates SDEs, not the "
             "probability-flow ODE. Use an ODE solver: diffrax.Tsit5, Dopri5, Dopri8, "

@@ -54,6 +54,17 @@ class SampleResult(eqx.Module):
     result: dfx.RESULTS
 
 
+def check_sde_score_solver(sde, score, solver) -> None:
+    """The types of the three arguments every solve takes, each error naming its
+    argument (shared by `sample`, `log_likelihood`, `encode` and `decode`)."""
+    if not isinstance(sde, AbstractSDE):
+        raise TypeError(f"`sde` must be an AbstractSDE (VPSDE, ...), got {type(sde)}.")
+    if not callable(score):
+        raise TypeError(f"`score` must be callable as score(t, x), got {type(score)}.")
+    if not isinstance(solver, dfx.AbstractSolver):
+        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver)}.")
+
+
 def solver_kinds(solver: dfx.AbstractSolver) -> tuple[bool, bool]:
     """Whether `solver` can integrate (an ODE, the reverse SDE): a solver taking one
     term integrates ODEs; one marked Ito/Stratonovich, or taking several terms, SDEs."""
@@ -278,12 +289,7 @@ def sample(
     **Reference:** Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, *Score-Based
     Generative Modeling through Stochastic Differential Equations*, ICLR 2021.
     """
-    if not isinstance(sde, AbstractSDE):
-        raise TypeError(f"`sde` must be an AbstractSDE (VPSDE, ...), got {type(sde)}.")
-    if not callable(score):
-        raise TypeError(f"`score` must be callable as score(t, x), got {type(score)}.")
-    if not isinstance(solver, dfx.AbstractSolver):
-        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver)}.")
+    check_sde_score_solver(sde, score, solver)
     shape = _check_shape(shape)
     batch_sh = batch_sharding(sharding, shape)
     method = _resolve_method(solver, method)

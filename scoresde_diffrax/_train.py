@@ -647,7 +647,7 @@ def train(
     ckpt_dir = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
     meta_base: dict = {}
     if ckpt_dir is not None:
-        _check_writable(ckpt_dir)
+        check_writable(ckpt_dir)
         model_desc = describe_model(model)
         sde_desc = describe_sde(sde)
         meta_base = {
@@ -753,17 +753,19 @@ def train(
     )
 
 
-def _check_writable(directory: pathlib.Path) -> None:
+def check_writable(directory: pathlib.Path, name: str = "`checkpoint_dir`") -> None:
+    """Create `directory` if needed and check a file can be written there; else a
+    `ValueError` naming the argument `name` (also used by the CLI for its flags)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(
-            f"`checkpoint_dir` {str(directory)!r} cannot be created: {e.strerror}."
+            f"{name} {str(directory)!r} cannot be created: {e.strerror}."
         ) from e
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
         raise ValueError(
-            f"`checkpoint_dir` {str(directory)!r} is not writable: {e.strerror}."
+            f"{name} {str(directory)!r} is not writable: {e.strerror}."
         ) from e

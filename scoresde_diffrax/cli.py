@@ -265,16 +265,12 @@ _unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _writable_dir(path: pathlib.Path, flag: str) -> None:
-    import tempfile
+    from ._train import check_writable
 
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise UserError(
-            f"{flag} {str(path)!r} is not a writable directory ({e.strerror})"
-        ) from e
+        check_writable(path, flag)
+    except ValueError as e:
+        raise UserError(str(e)) from e
 
 
 # --------------------------------------------------------------------------- commands
