@@ -97,7 +97,7 @@ SAMPLERS = {
         [grid("edm", n) for n in (5, 12, 25, 50)],
     ),
     "EDMHeun churn=0.1, edm grid": (
-        sd.EDMHeun(churn=0.1),
+        sd.StochasticEDMHeun(churn=0.1),
         "sde",
         [grid("edm", n) for n in (12, 25, 50)],
     ),

@@ -4,6 +4,7 @@ The public API. Everything here is a stable name; private modules may change.
 """
 
 from . import data as data, metrics as metrics, nn as nn
+from ._bits import bits_per_dim as bits_per_dim, dequantize as dequantize
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
 from ._divergence import (
     AbstractDivergence as AbstractDivergence,
@@ -11,13 +12,12 @@ from ._divergence import (
     Hutchinson as Hutchinson,
 )
 from ._exact import GaussianMixture as GaussianMixture, MixtureScore as MixtureScore
-from ._likelihood import (
-    batch_max_rms_norm as batch_max_rms_norm,
-    bits_per_dim as bits_per_dim,
+from ._flow import (
     decode as decode,
-    dequantize as dequantize,
     encode as encode,
     interpolate_latents as interpolate_latents,
+)
+from ._likelihood import (
     LikelihoodResult as LikelihoodResult,
     log_likelihood as log_likelihood,
 )
@@ -27,6 +27,7 @@ from ._loss import (
     DSMLoss as DSMLoss,
     SMLDLoss as SMLDLoss,
 )
+from ._norm import batch_max_rms_norm as batch_max_rms_norm
 from ._sample import sample as sample, SampleResult as SampleResult
 from ._score import EpsScore as EpsScore, X0Score as X0Score
 from ._sde import (
@@ -46,6 +47,8 @@ from ._solver import (
     Langevin as Langevin,
     PredictorCorrector as PredictorCorrector,
     ReverseDiffusion as ReverseDiffusion,
+    StochasticDDIM as StochasticDDIM,
+    StochasticEDMHeun as StochasticEDMHeun,
     time_grid as time_grid,
 )
 from ._term import (

@@ -1,17 +1,24 @@
-import math
-import warnings
+import dataclasses
 from collections.abc import Callable
-from typing import Literal
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._brownian import per_sample_keys, PerSampleBrownianPath
-from ._nfe import probe_solver
+from ._checks import (
+    check_eps,
+    check_positive,
+    check_saveat,
+    check_score_shape,
+    check_sde_score_solver,
+    check_shape,
+    Method,
+    resolve_method,
+)
+from ._plan import plan_solve, SolvePlan
 from ._sde import AbstractSDE
 from ._sharding import (
     batch_sharding,
@@ -23,7 +30,6 @@ from ._sharding import (
 from ._term import batched_score, probability_flow_term, reverse_sde_terms
 
 
-Method = Literal["sde", "ode"]
 _NOT_FINITE = (
     "sample: the solve produced non-finite samples (NaN or inf); the score or the "
     "solver diverged. Check the score on the whole time range, or use more steps."
@@ -52,127 +58,6 @@ class SampleResult(eqx.Module):
     ts: PyTree | None
     trajectory: PyTree | None
     result: dfx.RESULTS
-
-
-def check_sde_score_solver(sde, score, solver) -> None:
-    """The types of the three arguments every solve takes, each error naming its
-    argument (shared by `sample`, `log_likelihood`, `encode` and `decode`)."""
-    if not isinstance(sde, AbstractSDE):
-        raise TypeError(f"`sde` must be an AbstractSDE (VPSDE, ...), got {type(sde)}.")
-    if not callable(score):
-        raise TypeError(f"`score` must be callable as score(t, x), got {type(score)}.")
-    if not isinstance(solver, dfx.AbstractSolver):
-        raise TypeError(f"`solver` must be a diffrax solver, got {type(solver)}.")
-
-
-def solver_kinds(solver: dfx.AbstractSolver) -> tuple[bool, bool]:
-    """Whether `solver` can integrate (an ODE, the reverse SDE): a solver taking one
-    term integrates ODEs; one marked Ito/Stratonovich, or taking several terms, SDEs."""
-    ts = solver.term_structure
-    takes_one_term = isinstance(ts, type) and issubclass(ts, dfx.AbstractTerm)
-    is_sde = (
-        isinstance(solver, (dfx.AbstractItoSolver, dfx.AbstractStratonovichSolver))
-        or not takes_one_term
-    )
-    return takes_one_term, is_sde
-
-
-def _resolve_method(solver: dfx.AbstractSolver, method: Method | None) -> Method:
-    can_ode, can_sde = solver_kinds(solver)
-    name = type(solver).__name__
-    if method is None:
-        if can_ode and can_sde:
-            raise ValueError(
-                f"`method`: the solver {name} integrates both the reverse-time SDE and "
-                "the probability-flow ODE; pass method='sde' (e.g. Euler-Maruyama) or "
-                "method='ode'."
-            )
-        return "ode" if can_ode else "sde"
-    if method not in ("sde", "ode"):
-        raise ValueError(f"`method` must be 'sde' or 'ode' (or None), got {method!r}.")
-    if method == "sde" and not can_sde:
-        raise ValueError(
-            f"`solver`: {name} is an ODE solver and cannot integrate the reverse-time "
-            "SDE. Use method='ode' (the probability-flow ODE), or an SDE solver: "
-            "diffrax.Euler (Euler-Maruyama), EulerHeun, Heun, ReversibleHeun, "
-            "Milstein, SRA1, ShARK, SEA, SPaRK."
-        )
-    if method == "ode" and not can_ode:
-        raise ValueError(
-            f"`solver`: {name} is an SDE-only solver and cannot integrate the "
-            "probability-flow ODE. Use method='sde', or an ODE solver: diffrax.Euler, "
-            "Heun, Midpoint, Ralston, Bosh3, Tsit5, Dopri5, Dopri8."
-        )
-    return method
-
-
-def _concrete_float(x, name: str) -> float | None:
-    try:
-        return float(x)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return None
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"`{name}` must be a real scalar, got {x!r}.") from e
-
-
-def check_score_shape(score: Callable, data_shape: tuple[int, ...], dtype) -> None:
-    """Raise a `ValueError` naming both shapes unless `score(t, x)` maps an example of
-    `data_shape` to an array of the same shape."""
-    x = jax.ShapeDtypeStruct(data_shape, dtype)
-    t = jax.ShapeDtypeStruct((), dtype)
-    try:
-        out = eqx.filter_eval_shape(score, t, x)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(
-            f"`score` failed on one example of shape {data_shape} (the data shape, "
-            f"from `shape`): {type(e).__name__}: {e}"
-        ) from e
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != data_shape:
-        got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(
-            f"`score` returned shape {got} for one example of shape {data_shape}; "
-            "a score must return an array of its input's shape. Check `shape` "
-            "(num_samples, *data_shape) against the model."
-        )
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, int) or not all(
-        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape
-    ):
-        raise ValueError(
-            f"`shape` must be a tuple of ints (num_samples, *data_shape), got {shape!r}."
-        )
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(
-            "`shape` must be (num_samples, *data_shape) with at least one data axis and "
-            f"every size >= 1, got {shape}. For scalar data use (num_samples, 1)."
-        )
-    return shape
-
-
-def _check_saveat(saveat: dfx.SaveAt, T: float, eps: float | None) -> None:
-    """Concrete `SaveAt(ts=...)` times must decrease from `T` towards `eps`."""
-    subs = jax.tree_util.tree_leaves(
-        saveat.subs, is_leaf=lambda x: isinstance(x, dfx.SubSaveAt)
-    )
-    for sub in subs:
-        if sub.ts is None or isinstance(sub.ts, jax.core.Tracer):
-            continue
-        ts = np.asarray(sub.ts, dtype=np.float64)
-        lo = 0.0 if eps is None else eps
-        if (
-            ts.ndim != 1
-            or np.any(np.diff(ts) > 0)
-            or ts.size
-            and (ts.max() > T * (1 + 1e-6) or ts.min() < lo * (1 - 1e-6))
-        ):
-            raise ValueError(
-                "`saveat`: SaveAt(ts=...) times must decrease from T = "
-                f"{T} towards eps = {eps} (sampling runs backwards in time), got "
-                f"{ts}."
-            )
 
 
 def sample(
@@ -223,11 +108,13 @@ def sample(
         omitted when the solver serves only one of them (e.g. `Tsit5` -> ODE,
         `ShARK` -> SDE); required when it serves both (`Euler`, `Heun`,
         `ReversibleHeun`, ...).
-    - `num_steps`: fixed steps, uniform in `t` from `T` to `eps`. Give exactly one of
-        `num_steps` and `stepsize_controller`.
+    - `num_steps`: fixed steps, uniform in `t` from `T` to `eps`. Give at most one of
+        `num_steps` and `stepsize_controller`; with neither, the solve is adaptive with
+        `diffrax.PIDController(rtol=1e-5, atol=1e-5, norm=sd.batch_max_rms_norm)`
+        (the solver must then estimate its error).
     - `stepsize_controller`: a diffrax controller: adaptive
         (`diffrax.PIDController(rtol, atol)`) or fixed (`diffrax.StepTo(ts)` with `ts`
-        decreasing from `T` to `eps`, e.g. from a non-uniform time grid).
+        strictly decreasing from `T` to `eps`, e.g. from [`time_grid`][]).
     - `eps`: end time, `0 < eps < T`. Default `sde.default_eps` (the paper's: 1e-3 for
         VP/sub-VP, 1e-5 for VE).
     - `dt0`: initial step size magnitude for adaptive solves (its sign is taken care
@@ -235,15 +122,23 @@ def sample(
     - `denoise`: if True, finish with Tweedie's denoising step
         $x \mapsto (x + s(\epsilon)^2\, s_\theta(\epsilon, x)) / a(\epsilon)$, the
         posterior mean $\mathbb{E}[x_0 | x_\epsilon]$ (one more score evaluation).
-    - `saveat`: a `diffrax.SaveAt` for the trajectory (times must decrease from `T`
-        towards `eps`); the final samples are always returned too.
-    - `adjoint`: a diffrax adjoint for differentiating through the solve. Default:
-        `diffrax.ForwardMode()` for fixed steps (fastest; needed by the fast Brownian
-        path), `diffrax.RecursiveCheckpointAdjoint()` for adaptive ones.
-    - `brownian_tol`: tolerance of the `diffrax.VirtualBrownianTree` used with adaptive
-        SDE solves. Default `(T - eps) * 2**-12`.
-    - `max_steps`: maximum number of steps of an adaptive solve (fixed solves take
-        exactly `num_steps`).
+    - `saveat`: a `diffrax.SaveAt` for the trajectory: `SaveAt(ts=...)` with times
+        decreasing from `T` towards `eps`, or `SaveAt(steps=True)`; dense output is
+        refused. The final samples are always returned too.
+    - `adjoint`: how `jax.grad` goes through the solve. Default
+        `diffrax.RecursiveCheckpointAdjoint()` (reverse mode) for the probability-flow
+        ODE and for adaptive SDE solves, so gradients work out of the box; for
+        fixed-step SDE solves `diffrax.ForwardMode()` with the fast
+        `diffrax.UnsafeBrownianPath` (no reverse-mode gradients). Passing any other
+        adjoint to a fixed-step SDE solve (e.g. `RecursiveCheckpointAdjoint()`)
+        switches its noise to a per-example `diffrax.VirtualBrownianTree` on the same
+        per-example keys, which can be differentiated (the samples then differ from
+        the fast path's: other draws of the same distribution).
+    - `brownian_tol`: tolerance of the `diffrax.VirtualBrownianTree` (adaptive SDE
+        solves, and differentiable fixed-step ones). Default `(T - eps) * 2**-12`,
+        and for a fixed grid at most a sixteenth of its smallest step.
+    - `max_steps`: maximum number of steps (an int >= 1) of a solve that is not a
+        fixed grid (fixed solves take exactly their grid's steps).
     - `progress_meter`: a diffrax progress meter (e.g. `diffrax.TqdmProgressMeter()`);
         default none. A progress meter reports to the host during the solve.
     - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite samples always
@@ -251,25 +146,19 @@ def sample(
         are all rejected because the score is NaN somewhere, until `max_steps`) returns
         the finite state it reached, with `result != diffrax.RESULTS.successful`:
         check `result`.
-    - `sharding`: shard the batch over several devices (the solve then runs SPMD,
-        one jit-compiled program over the mesh). A `jax.sharding.Mesh` shards the
-        batch axis over ALL of the mesh's axes (e.g. 8 devices for a 4x2 mesh); a
-        `jax.sharding.NamedSharding` is used as given for the `(num_samples,
-        *data_shape)` array (its spec's first entry names the batch's mesh axes).
-        Meshes from `jax.make_mesh` (`Explicit` axes by default) are used with
-        `Auto` axes over the same devices. `num_samples` must be a multiple of the
-        number of devices the batch is split over. Example `i` is driven by
-        `fold_in(key, i)` alone, so the samples are those of `sharding=None`
-        (bitwise for fixed steps; to float32 round-off for adaptive steps, whose
-        error norm sums over the batch). `.samples` come back sharded over the
-        batch. Failures (non-finite samples; with `throw`, a failed solve) are
-        checked after the call and raise `RuntimeError` (inside an outer `jax.jit`
-        they are not checked: read `.result`). Default None: one device.
+    - `sharding`: shard the batch over several devices: a `jax.sharding.Mesh` (the
+        batch axis over ALL its axes) or a `jax.sharding.NamedSharding` for the
+        `(num_samples, *data_shape)` array; `num_samples` must be a multiple of the
+        number of devices it is split over. Example `i` is driven by `fold_in(key, i)`
+        alone, so the samples are those of one device (bitwise for fixed steps; to
+        float32 round-off for adaptive ones). What is checked when, and how meshes
+        from `jax.make_mesh` are used: README, "Several devices and hosts". Default
+        None: one device.
 
     **Returns:** a [`SampleResult`][] with `.samples` and `.stats`.
 
     **Raises:** `ValueError` naming the argument for inconsistent input (shapes,
-    `eps`, `num_steps`, a solver that cannot integrate the chosen terms, a batch that
+    `eps`, `num_steps`/`stepsize_controller`/`max_steps`, a solver that cannot integrate the chosen terms, a batch that
     does not divide over `sharding`); `TypeError` for a `sharding` that is neither a
     `Mesh` nor a `NamedSharding`; a run-time error if the score produces NaN or inf
     during the solve.
@@ -289,161 +178,118 @@ def sample(
     **Reference:** Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, *Score-Based
     Generative Modeling through Stochastic Differential Equations*, ICLR 2021.
     """
+    # Checks
     check_sde_score_solver(sde, score, solver)
-    shape = _check_shape(shape)
-    batch_sh = batch_sharding(sharding, shape)
-    method = _resolve_method(solver, method)
+    shape = check_shape(shape)
+    method = resolve_method(solver, method)
     T = float(sde.T)
     eps = sde.default_eps if eps is None else eps
-    eps_f = _concrete_float(eps, "eps")
-    if eps_f is not None and not (0 < eps_f < T):
-        raise ValueError(f"`eps` must satisfy 0 < eps < T = {T}, got {eps}.")
-
-    if (num_steps is None) == (stepsize_controller is None):
-        raise ValueError(
-            "Give exactly one of `num_steps` (fixed steps) and `stepsize_controller` "
-            "(e.g. diffrax.PIDController(rtol=1e-5, atol=1e-5) or diffrax.StepTo(ts)); "
-            f"got num_steps={num_steps!r}, stepsize_controller={stepsize_controller!r}."
-        )
-    if num_steps is not None:
-        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-            raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
-        if num_steps < 1:
-            raise ValueError(f"`num_steps` must be >= 1, got {num_steps}.")
-        if eps_f is None:  # traced eps
-            grid = jnp.linspace(T, eps, int(num_steps) + 1)
-        else:
-            # Built in NumPy so the grid (and the noise keyed on its exact bits) is the
-            # same with and without an outer `jax.jit`.
-            grid = np.linspace(T, eps_f, int(num_steps) + 1).astype(
-                jnp.result_type(float)
-            )
-        stepsize_controller = dfx.StepTo(ts=grid)
-    if dt0 is not None:
-        dt0_f = _concrete_float(dt0, "dt0")
-        if dt0_f is not None and not (math.isfinite(dt0_f) and dt0_f != 0):
-            raise ValueError(f"`dt0` must be a finite non-zero number, got {dt0!r}.")
+    eps_f = check_eps(eps, sde)
     if brownian_tol is not None:
-        tol_f = _concrete_float(brownian_tol, "brownian_tol")
-        if tol_f is not None and not (math.isfinite(tol_f) and tol_f > 0):
-            raise ValueError(
-                f"`brownian_tol` must be a finite number > 0, got {brownian_tol!r}."
-            )
+        check_positive("brownian_tol", brownian_tol)
     if saveat is not None:
-        _check_saveat(saveat, T, eps_f)
-    adaptive = isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController)
+        check_saveat(saveat, T, eps_f)
+    batch_sh = batch_sharding(sharding, shape)
 
-    def make_terms(s):
-        return _terms(
-            sde, s, method, adaptive, (1, 1), jax.random.key(0), 1e-3, T, 1e-3
-        )
-
-    probe = probe_solver(solver, make_terms, (method, adaptive))
-    if isinstance(stepsize_controller, dfx.StepTo):
-        ts = stepsize_controller.ts
-        if not isinstance(ts, jax.core.Tracer):
-            ts_np = np.asarray(ts, dtype=np.float64)
-            ok = (
-                ts_np.ndim == 1
-                and ts_np.size >= 2
-                and np.all(np.diff(ts_np) < 0)
-                and math.isclose(ts_np[0], T, rel_tol=1e-6)
-                and (eps_f is None or math.isclose(ts_np[-1], eps_f, rel_tol=1e-5))
-            )
-            if not ok:
-                raise ValueError(
-                    "`stepsize_controller`: StepTo(ts) needs ts strictly decreasing "
-                    f"from T = {T} to eps = {eps}, got ts from {ts_np[:1]} to "
-                    f"{ts_np[-1:]} ({ts_np.size} points)."
-                )
-        steps = len(ts) - 1
-    elif adaptive:
-        if not probe.has_error_estimate:
-            raise ValueError(
-                f"`solver`: {type(solver).__name__} does not estimate its error, so it "
-                "cannot take adaptive steps. Use num_steps=..., or an adaptive solver: "
-                "Tsit5, Dopri5, Dopri8, Bosh3, Heun (ode); ReversibleHeun, ShARK, SRA1, "
-                "HalfSolver(EulerHeun()) (sde)."
-            )
-        steps = max_steps
-    elif isinstance(stepsize_controller, dfx.ConstantStepSize):
-        if dt0 is None:
-            raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
-        steps = max_steps
+    # Plan: the solve runs forwards on the reversed clock r = -t, from -T up to -eps.
+    plan = plan_solve(
+        solver,
+        lambda s: _terms(sde, s, method, (1, 1), jax.random.key(0), -T, -1e-3, "fast"),
+        (method,),
+        start=T,
+        end=eps,
+        increasing=False,
+        num_steps=num_steps,
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        dt0=dt0,
+    )
+    if adjoint is None:
+        fast = method == "sde" and not plan.adaptive
+        adjoint = dfx.ForwardMode() if fast else dfx.RecursiveCheckpointAdjoint()
+    if method == "ode":
+        brownian = "none"
+    elif plan.adaptive or not isinstance(adjoint, dfx.ForwardMode):
+        brownian = "tree"
     else:
-        steps = max_steps
-    if adaptive and (max_steps is None or max_steps < 1):
-        raise ValueError(f"`max_steps` must be an int >= 1, got {max_steps!r}.")
-
-    if dt0 is None and (adaptive and method == "sde"):
-        dt0 = (T - eps) / 64
-    if dt0 is not None:
-        dt0 = abs(dt0)  # the solve runs forward on the reversed clock r = -t
+        brownian = "fast"
     if brownian_tol is None:
         brownian_tol = (T - eps) * 2.0**-12
-    if progress_meter is None:
-        progress_meter = dfx.NoProgressMeter()
-    if adjoint is None:
-        adjoint = dfx.RecursiveCheckpointAdjoint() if adaptive else dfx.ForwardMode()
+        if plan.min_step is not None:
+            brownian_tol = min(brownian_tol, plan.min_step / 16)
+    if plan.dt0 is None and plan.adaptive and method == "sde":
+        plan = dataclasses.replace(plan, dt0=(T - eps) / 64)
 
-    if isinstance(stepsize_controller, dfx.StepTo):
-        # The solve runs on the reversed clock r = -t, from -T up to -eps.
-        ts = stepsize_controller.ts
-        neg = -ts if isinstance(ts, (np.ndarray, jax.Array)) else -np.asarray(ts)
-        stepsize_controller = dfx.StepTo(ts=neg)
-    out = _sample_jit(
-        key,
-        sde,
-        score,
-        shape,
-        solver,
-        method,
-        stepsize_controller,
-        adaptive,
-        eps,
-        dt0,
-        denoise,
-        saveat,
-        adjoint,
-        brownian_tol,
-        steps,
-        progress_meter,
-        throw,
-        batch_sh,
+    # Solve
+    problem = _Sampling(
+        sde=sde,
+        score=score,
+        shape=shape,
+        solver=solver,
+        method=method,
+        plan=plan,
+        eps=eps,
+        denoise=bool(denoise),
+        saveat=saveat,
+        adjoint=adjoint,
+        brownian=brownian,
+        brownian_tol=brownian_tol,
+        progress_meter=dfx.NoProgressMeter()
+        if progress_meter is None
+        else progress_meter,
+        throw=bool(throw),
+        sharding=batch_sh,
     )
-    samples, ts_out, traj, result, stats = out
+    samples, ts, trajectory, result, stats = _solve(problem, key)
+
+    # Report
     if batch_sh is not None:
         raise_if_failed(samples, result, throw=throw, msg=_NOT_FINITE)
-
-    n = stats["num_steps"]
-    if probe.first < 0:
-        nfe = jnp.asarray(-1)
-    else:
-        nfe = probe.first + probe.per_step * jnp.maximum(n - 1, 0)
-        if denoise:
-            nfe = nfe + 1
+    nfe = plan.num_score_evals(stats["num_steps"])
+    if denoise and plan.first_evals >= 0:
+        nfe = nfe + 1
     stats = dict(stats, num_score_evals=jnp.asarray(nfe))
     return SampleResult(
-        samples=samples, stats=stats, ts=ts_out, trajectory=traj, result=result
+        samples=samples, stats=stats, ts=ts, trajectory=trajectory, result=result
     )
 
 
-def _terms(sde, score, method, adaptive, shape, key, eps, T, tol, sharding=None):
-    """Terms on the reversed clock r = -t, integrated from -T up to -eps."""
+class _Sampling(eqx.Module):
+    """Everything one jitted sampling solve needs (arrays traced, the rest static)."""
+
+    sde: AbstractSDE
+    score: Callable
+    shape: tuple[int, ...] = eqx.field(static=True)
+    solver: dfx.AbstractSolver
+    method: Method = eqx.field(static=True)
+    plan: SolvePlan
+    eps: float | Array
+    denoise: bool = eqx.field(static=True)
+    saveat: dfx.SaveAt | None
+    adjoint: dfx.AbstractAdjoint
+    brownian: str = eqx.field(static=True)  # "none" | "fast" | "tree"
+    brownian_tol: float | Array
+    progress_meter: dfx.AbstractProgressMeter
+    throw: bool = eqx.field(static=True)
+    sharding: jax.sharding.NamedSharding | None = eqx.field(static=True)
+
+
+def _terms(sde, score, method, shape, key, r0, r1, brownian, tol=None, sharding=None):
+    """The terms on the reversed clock r = -t, integrated from r0 = -T up to r1."""
     if method == "ode":
         return probability_flow_term(sde, score, reverse_time=True)
     keys = constrain_leading(per_sample_keys(key, shape[0]), sharding)
     one = jax.ShapeDtypeStruct(shape[1:], jnp.result_type(float))
-    if adaptive:
+    if brownian == "tree":
         template = dfx.VirtualBrownianTree(
-            -T, -eps, tol=tol, shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
+            r0, r1, tol=tol, shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
         )
     else:
         template = dfx.UnsafeBrownianPath(
             shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
         )
     # The path reports the solve's interval, so samplers can recognise the last step.
-    path = PerSampleBrownianPath(template, keys, -T, -eps)
+    path = PerSampleBrownianPath(template, keys, r0, r1)
     return reverse_sde_terms(sde, score, path)
 
 
@@ -462,77 +308,60 @@ def _to_reversed_clock(subs: PyTree) -> PyTree:
 
 
 @eqx.filter_jit
-def _sample_jit(
-    key,
-    sde,
-    score,
-    shape,
-    solver,
-    method,
-    controller,
-    adaptive,
-    eps,
-    dt0,
-    denoise,
-    saveat,
-    adjoint,
-    brownian_tol,
-    max_steps,
-    progress_meter,
-    throw,
-    sharding,
-):
-    T = sde.T
+def _solve(p: _Sampling, key: PRNGKeyArray):
+    # Initial set-up
     dtype = jnp.result_type(float)
-    keys = constrain_leading(per_sample_keys(key, shape[0]), sharding)
+    check_score_shape(p.score, p.shape[1:], dtype)  # at trace time only
+    keys = constrain_leading(per_sample_keys(key, p.shape[0]), p.sharding)
     prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-    noise_key = jax.random.fold_in(key, 1)
-    y0 = jax.vmap(lambda k: sde.prior_sample(k, shape[1:]))(prior_keys).astype(dtype)
-    y0 = constrain(y0, sharding)
-    check_score_shape(score, shape[1:], dtype)  # at trace time only
+    y0 = jax.vmap(lambda k: p.sde.prior_sample(k, p.shape[1:]))(prior_keys)
+    y0 = constrain(y0.astype(dtype), p.sharding)
     terms = _terms(
-        sde, score, method, adaptive, shape, noise_key, eps, T, brownian_tol, sharding
+        p.sde,
+        p.score,
+        p.method,
+        p.shape,
+        jax.random.fold_in(key, 1),
+        p.plan.r0,
+        -p.eps,
+        p.brownian,
+        p.brownian_tol,
+        p.sharding,
     )
     subs = [dfx.SubSaveAt(t1=True)]
-    if saveat is not None:
-        subs.append(_to_reversed_clock(saveat.subs))
-    with warnings.catch_warnings():
-        # DDIM(eta > 0) and EDMHeun(churn > 0) take the reverse-SDE terms only for their
-        # additive noise (Ito = Stratonovich) and serve the ODE without it, so they
-        # cannot carry diffrax's class marker; silence diffrax's warning about it here.
-        warnings.filterwarnings(
-            "ignore",
-            message=r"`(DDIM|EDMHeun)` is not marked as converging",
-            category=UserWarning,
-        )
-        sol = dfx.diffeqsolve(
-            terms,
-            solver,
-            t0=-T,
-            t1=-eps,
-            dt0=dt0,
-            y0=y0,
-            saveat=dfx.SaveAt(
-                subs=subs, dense=False if saveat is None else saveat.dense
-            ),
-            stepsize_controller=controller,
-            adjoint=adjoint,
-            max_steps=max_steps,
-            progress_meter=progress_meter,
-            throw=throw and sharding is None,  # sharded: raise_if_failed
-        )
+    if p.saveat is not None:
+        subs.append(_to_reversed_clock(p.saveat.subs))
+
+    # Main loop
+    sol = dfx.diffeqsolve(
+        terms,
+        p.solver,
+        t0=p.plan.r0,
+        t1=-p.eps,
+        dt0=p.plan.dt0,
+        y0=y0,
+        saveat=dfx.SaveAt(subs=subs),
+        stepsize_controller=p.plan.controller,
+        adjoint=p.adjoint,
+        max_steps=p.plan.max_steps,
+        progress_meter=p.progress_meter,
+        throw=p.throw and p.sharding is None,  # sharded: raise_if_failed
+    )
+
+    # Finish up
     samples = sol.ys[0][-1]
-    if denoise:
-        t = jnp.asarray(eps, dtype)
-        s = batched_score(score, t, samples)
-        samples = (samples + sde.std(t) ** 2 * s) / sde.mean_coeff(t)
+    if p.denoise:
+        t = jnp.asarray(p.eps, dtype)
+        s = batched_score(p.score, t, samples)
+        samples = (samples + p.sde.std(t) ** 2 * s) / p.sde.mean_coeff(t)
         samples = samples.astype(dtype)
-    samples = error_if(samples, ~jnp.all(jnp.isfinite(samples)), _NOT_FINITE, sharding)
-    samples = constrain(samples, sharding)
-    ts_out = -sol.ts[1] if saveat is not None else None
-    traj = sol.ys[1] if saveat is not None else None
+    not_finite = ~jnp.all(jnp.isfinite(samples))
+    samples = error_if(samples, not_finite, _NOT_FINITE, p.sharding)
+    samples = constrain(samples, p.sharding)
+    ts = -sol.ts[1] if p.saveat is not None else None
+    trajectory = sol.ys[1] if p.saveat is not None else None
     stats = {
         k: sol.stats[k]
         for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
     }
-    return samples, ts_out, traj, sol.result, stats
+    return samples, ts, trajectory, sol.result, stats

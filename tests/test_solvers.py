@@ -38,7 +38,7 @@ SAMPLERS = {
     "ddim": (sd.DDIM(), _steps(150)),
     "dpm_solver_pp_2m": (sd.DPMSolverPP2M(), _grid("logsnr", 80)),
     "edm_heun": (sd.EDMHeun(), _grid("edm", 50)),
-    "edm_heun_churn": (sd.EDMHeun(churn=0.1), _grid("edm", 60)),
+    "edm_heun_churn": (sd.StochasticEDMHeun(churn=0.1), _grid("edm", 60)),
 }
 
 
@@ -137,8 +137,8 @@ def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
     [
         sd.PredictorCorrector(),
         sd.PredictorCorrector(sd.AncestralSampling(), sd.AnnealedLangevin()),
-        sd.DDIM(eta=0.5),
-        sd.EDMHeun(churn=0.2),
+        sd.StochasticDDIM(eta=0.5),
+        sd.StochasticEDMHeun(churn=0.2),
     ],
     ids=["pc", "pc_ancestral", "ddim_eta", "edm_churn"],
 )
@@ -183,10 +183,10 @@ ALL_SOLVERS = {
     "pc": (sd.PredictorCorrector(corrector=sd.Langevin(num_steps=2)), "sde"),
     "pc_euler": (sd.PredictorCorrector(dfx.Euler(), sd.AnnealedLangevin()), "sde"),
     "ddim": (sd.DDIM(), "ode"),
-    "ddim_eta": (sd.DDIM(eta=1.0), "sde"),
+    "ddim_eta": (sd.StochasticDDIM(eta=1.0), "sde"),
     "dpm": (sd.DPMSolverPP2M(), "ode"),
     "edm": (sd.EDMHeun(), "ode"),
-    "edm_churn": (sd.EDMHeun(churn=0.1), "sde"),
+    "edm_churn": (sd.StochasticEDMHeun(churn=0.1), "sde"),
 }
 
 
@@ -206,7 +206,7 @@ def test_manual_stepping_matches_sample(name):
         stepsize_controller=dfx.StepTo(ts),
         saveat=dfx.SaveAt(t0=True),
     )
-    terms = _terms(sde, score, method, False, shape, jr.fold_in(key, 1), eps, 1.0, 1e-3)
+    terms = _terms(sde, score, method, shape, jr.fold_in(key, 1), -1.0, -eps, "fast")
     rs = -ts
     y = out.trajectory[0]
     state = solver.init(terms, rs[0], rs[1], y, None)
@@ -274,7 +274,9 @@ def test_pc_on_natural_clock_with_virtual_tree():
 def test_ddim_eta_one_is_ancestral_sampling():
     sde, mix = SDES["vp"], MIXTURES["2d"]()
     kw = dict(num_steps=30)
-    a = sd.sample(jr.key(2), sde, mix.score(sde), (16, 2), solver=sd.DDIM(1.0), **kw)
+    a = sd.sample(
+        jr.key(2), sde, mix.score(sde), (16, 2), solver=sd.StochasticDDIM(1.0), **kw
+    )
     b = sd.sample(
         jr.key(2),
         sde,
@@ -311,9 +313,9 @@ def test_saveat_ts_with_new_solvers():
         (sd.PredictorCorrector(corrector=sd.Langevin(num_steps=2)), 3),
         (sd.PredictorCorrector(corrector=None), 1),
         (sd.EDMHeun(), 2),
-        (sd.EDMHeun(churn=0.1), 2),
+        (sd.StochasticEDMHeun(churn=0.1), 2),
         (sd.DPMSolverPP2M(), 1),
-        (sd.DDIM(0.3), 1),
+        (sd.StochasticDDIM(0.3), 1),
     ],
     ids=["pc2", "p", "edm", "edm_churn", "dpm", "ddim"],
 )
@@ -364,9 +366,13 @@ def test_bad_input_names_the_argument():
     with pytest.raises((ValueError, TypeError), match="corrector"):
         sd.PredictorCorrector(sd.ReverseDiffusion(), sd.ReverseDiffusion())
     with pytest.raises(ValueError, match="eta"):
-        sd.DDIM(eta=1.5)
+        sd.StochasticDDIM(eta=1.5)
+    with pytest.raises(ValueError, match="StochasticDDIM"):
+        sd.DDIM(eta=0.5)  # the stochastic family is its own class
     with pytest.raises(ValueError, match="churn"):
-        sd.EDMHeun(churn=0.5)
+        sd.StochasticEDMHeun(churn=0.5)
+    with pytest.raises(ValueError, match="StochasticEDMHeun"):
+        sd.EDMHeun(churn=0.1)
     # Ancestral and PC solvers handed terms they cannot use.
     with pytest.raises(ValueError, match="method|SDE-only"):
         sd.sample(

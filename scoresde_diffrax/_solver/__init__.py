@@ -4,9 +4,9 @@ from .corrector import (
     AnnealedLangevin as AnnealedLangevin,
     Langevin as Langevin,
 )
-from .ddim import DDIM as DDIM
+from .ddim import DDIM as DDIM, StochasticDDIM as StochasticDDIM
 from .dpm_solver import DPMSolverPP2M as DPMSolverPP2M, DPMSolverState as DPMSolverState
-from .edm import EDMHeun as EDMHeun
+from .edm import EDMHeun as EDMHeun, StochasticEDMHeun as StochasticEDMHeun
 from .predictor_corrector import PredictorCorrector as PredictorCorrector
 from .reverse_diffusion import ReverseDiffusion as ReverseDiffusion
 from .time_grid import time_grid as time_grid

@@ -1,23 +1,28 @@
 """What this package's solvers read from diffrax terms: the SDE, the score, the clock and
 the noise.
 
-diffrax hands a solver its terms wrapped (`WrapTerm` with the direction of integration,
-our own noise gate inside [`PredictorCorrector`][]); the solvers here look through the
-wrappers to the [`ScoreDrift`][] they were built from, so they can step with the SDE's
-closed-form marginals instead of only calling the vector field.
+`diffrax.diffeqsolve` hands a solver its terms wrapped (each in a term that carries the
+direction of integration; our own noise gate wraps the noise inside
+[`PredictorCorrector`][]); the solvers here look through the wrappers to the
+[`ScoreDrift`][] they were built from, so they can step with the SDE's closed-form
+marginals instead of only calling the vector field.
 """
 
 import math
+from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from diffrax._term import WrapTerm  # how diffeqsolve marks the direction of time
 from jaxtyping import Array, PyTree
 
 from .._sde import AbstractSDE
 from .._term import batched_score, Diffusion, ScoreDrift
+
+
+# The reverse-time SDE terms: MultiTerm(ODETerm(ScoreDrift), ControlTerm(Diffusion, path)).
+SDETerms = dfx.MultiTerm[tuple[dfx.AbstractTerm[Any, Any], dfx.AbstractTerm]]
 
 
 class NoiseGate(dfx.AbstractTerm):
@@ -46,13 +51,22 @@ class NoiseGate(dfx.AbstractTerm):
         return self.term.prod(vf, control)
 
 
-def _unwrap(term) -> tuple[dfx.AbstractTerm, Array]:
-    direction = jnp.asarray(1)
-    while isinstance(term, (WrapTerm, NoiseGate)):
-        if isinstance(term, WrapTerm):
-            direction = direction * term.direction
-        term = term.term
-    return term, direction
+def _inner(term: dfx.AbstractTerm) -> dfx.AbstractTerm:
+    """The ODETerm or ControlTerm inside the wrappers around `term`. diffrax's wrapper
+    is private, so wrappers are recognised by what they are: terms holding a `term`."""
+    while not isinstance(term, (dfx.ODETerm, dfx.ControlTerm)):
+        inner = getattr(term, "term", None)
+        if not isinstance(inner, dfx.AbstractTerm):
+            break
+        term = inner
+    return term
+
+
+def _direction(drift: dfx.AbstractTerm) -> Array:
+    """+1 if the solver's clock is the terms' clock, -1 if diffeqsolve negated time
+    (it does so when `t1 < t0`). The control of an ODE term over `[0, 1]` of the
+    solver's clock is the time elapsed on the terms' clock: `+1` or `-1`."""
+    return jnp.sign(drift.contr(0.0, 1.0)).astype(int)
 
 
 class Problem(eqx.Module):
@@ -118,7 +132,7 @@ class Problem(eqx.Module):
 
 
 def _score_drift(term, solver: str, what: str, weight: float):
-    inner, direction = _unwrap(term)
+    inner = _inner(term)
     vf = inner.vector_field if isinstance(inner, dfx.ODETerm) else None
     if not isinstance(vf, ScoreDrift):
         raise ValueError(
@@ -136,7 +150,7 @@ def _score_drift(term, solver: str, what: str, weight: float):
             f"`terms`: {solver} integrates the {kind} (score weight {weight}), but the "
             f"ScoreDrift it was handed has score_weight={w}."
         )
-    sign = direction * (-1 if vf.reverse_time else 1)
+    sign = _direction(term) * (-1 if vf.reverse_time else 1)
     return vf, sign
 
 
@@ -162,7 +176,7 @@ def unpack_sde(terms: PyTree, solver: str) -> Problem:
         )
     drift, noise = terms.terms
     vf, sign = _score_drift(drift, solver, "reverse-SDE terms", 1.0)
-    inner, direction = _unwrap(noise)
+    inner, direction = _inner(noise), _direction(drift)
     if not (
         isinstance(inner, dfx.ControlTerm)
         and isinstance(inner.vector_field, Diffusion)

@@ -1,13 +1,10 @@
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
 
-from ._common import check_decreasing, dense_info, unpack_sde
-
-
-_SDETerms = dfx.MultiTerm[tuple[dfx.AbstractTerm[Any, Any], dfx.AbstractTerm]]
+from ._common import check_decreasing, dense_info, SDETerms, unpack_sde
 
 
 class AncestralSampling(dfx.AbstractItoSolver):
@@ -44,7 +41,7 @@ class AncestralSampling(dfx.AbstractItoSolver):
     upper_variance: bool = eqx.field(static=True, default=False)
     denoise: bool = eqx.field(static=True, default=True)
 
-    term_structure: ClassVar = _SDETerms
+    term_structure: ClassVar = SDETerms
     interpolation_cls: ClassVar = dfx.LocalLinearInterpolation
 
     def order(self, terms):

@@ -1,16 +1,13 @@
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._sample import solver_kinds
-from ._common import check_decreasing, dense_info, NoiseGate, unpack_sde
+from .._checks import solver_kinds
+from ._common import check_decreasing, dense_info, NoiseGate, SDETerms, unpack_sde
 from .corrector import AbstractCorrector, Langevin
 from .reverse_diffusion import ReverseDiffusion
-
-
-_SDETerms = dfx.MultiTerm[tuple[dfx.AbstractTerm[Any, Any], dfx.AbstractTerm]]
 
 
 class PredictorCorrector(dfx.AbstractItoSolver):
@@ -53,7 +50,7 @@ class PredictorCorrector(dfx.AbstractItoSolver):
     corrector: AbstractCorrector | None = eqx.field(default_factory=Langevin)
     denoise: bool = eqx.field(static=True, default=True)
 
-    term_structure: ClassVar = _SDETerms
+    term_structure: ClassVar = SDETerms
     interpolation_cls: ClassVar = dfx.LocalLinearInterpolation
 
     def __check_init__(self):

@@ -1,0 +1,201 @@
+"""From the user's step arguments to a solve plan, one set of rules for every solve
+(`sample`, `log_likelihood`, `encode`, `decode`).
+
+The rules:
+
+- Give at most one of `num_steps` (fixed steps, uniform in `t`) and
+  `stepsize_controller`. With neither, the solve is adaptive with
+  `diffrax.PIDController(rtol, atol, norm=batch_max_rms_norm)` (`rtol = atol = 1e-5`
+  unless the entry point takes them as arguments).
+- A solve is adaptive exactly when its controller is a
+  `diffrax.AbstractAdaptiveStepSizeController`; the solver must then return an error
+  estimate (found by running one step of it, so wrappers such as
+  `diffrax.HalfSolver` count), else a `ValueError` names `solver`.
+- `diffrax.StepTo(ts)` takes `ts` in the user's clock, strictly monotonic from the
+  solve's start to its end (`T -> eps` to sample or decode, `eps -> T` to encode),
+  each endpoint within a relative 1e-5.
+- `max_steps` is an int >= 1 for every solve that is not a `StepTo` grid (whose number
+  of steps is its length); None is refused.
+- `dt0`, when given, is a finite non-zero number; only its magnitude is used.
+- The score evaluations of a solve are `first + per_step * (num_steps - 1)`, with
+  `first` (init and first step) and `per_step` measured once per solver (-1 where
+  the count is not constant).
+"""
+
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Int
+
+from ._checks import check_int, check_nonzero, check_positive, check_time_grid
+from ._nfe import probe_solver
+from ._norm import batch_max_rms_norm
+
+
+class SolvePlan(eqx.Module):
+    """How one solve steps, on its integration clock `r = sign * t` (running from
+    `r0 = sign * start` up to `r1 = sign * end`, so always forwards).
+
+    - `controller`: the diffrax controller on the integration clock.
+    - `adaptive`: whether the controller adapts the steps.
+    - `max_steps`: the bound handed to `diffrax.diffeqsolve`.
+    - `dt0`: the initial step on the integration clock (positive) or None.
+    - `r0`, `r1`: the integration interval.
+    - `sign`: +1 (forwards in `t`) or -1 (backwards: `r = -t`).
+    - `first_evals`, `evals_per_step`: score evaluations of `init` plus the first
+      step, and of each later step (-1 if not constant).
+    - `min_step`: the smallest step of a concrete `StepTo` grid, else None.
+    """
+
+    controller: dfx.AbstractStepSizeController
+    adaptive: bool = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    dt0: float | None
+    r0: float | Array
+    r1: float | Array
+    sign: int = eqx.field(static=True)
+    first_evals: int = eqx.field(static=True)
+    evals_per_step: int = eqx.field(static=True)
+    min_step: float | None = eqx.field(static=True)
+
+    def num_score_evals(self, num_steps: Int[Array, "*batch"]) -> Int[Array, "*batch"]:
+        """Score evaluations per example of a solve that took `num_steps` steps."""
+        if self.first_evals < 0:
+            return jnp.full_like(num_steps, -1)
+        return self.first_evals + self.evals_per_step * jnp.maximum(num_steps - 1, 0)
+
+
+def _uniform_grid(start, end, num_steps: int, start_f, end_f):
+    if start_f is None or end_f is None:  # a traced endpoint
+        return jnp.linspace(start, end, num_steps + 1)
+    # Built in NumPy so the grid (and noise keyed on its exact bits) is the same with
+    # and without an outer `jax.jit`.
+    return np.linspace(start_f, end_f, num_steps + 1).astype(jnp.result_type(float))
+
+
+def plan_solve(
+    solver: dfx.AbstractSolver,
+    make_terms: Callable,
+    probe_key,
+    *,
+    start,
+    end,
+    increasing: bool,
+    num_steps: int | None,
+    stepsize_controller: dfx.AbstractStepSizeController | None,
+    max_steps: int | None,
+    dt0: float | None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> SolvePlan:
+    """Apply the module's rules. `start`/`end` are the user-clock endpoints (either
+    may be traced), `increasing` whether time runs up from `start` to `end`;
+    `make_terms(score)` builds the solve's terms around a score (for counting
+    evaluations; `probe_key` names that structure). Raises `ValueError` naming the
+    offending argument."""
+    start_f = None if isinstance(start, jax.core.Tracer) else float(start)
+    end_f = None if isinstance(end, jax.core.Tracer) else float(end)
+    sign = 1 if increasing else -1
+
+    if num_steps is not None and stepsize_controller is not None:
+        raise ValueError(
+            "Give at most one of `num_steps` (fixed steps) and `stepsize_controller`; "
+            f"got num_steps={num_steps!r}, stepsize_controller={stepsize_controller!r}."
+        )
+    if stepsize_controller is not None and not isinstance(
+        stepsize_controller, dfx.AbstractStepSizeController
+    ):
+        raise TypeError(
+            "`stepsize_controller` must be a diffrax step-size controller "
+            "(diffrax.PIDController(rtol, atol), diffrax.StepTo(ts), ...), got "
+            f"{type(stepsize_controller)}."
+        )
+    if dt0 is not None:
+        check_nonzero("dt0", dt0)
+        dt0 = abs(dt0)
+
+    min_step = None
+    if num_steps is not None:
+        n = check_int("num_steps", num_steps)
+        ts = _uniform_grid(start, end, n, start_f, end_f)
+        controller = dfx.StepTo(ts=sign * ts)
+    elif isinstance(stepsize_controller, dfx.StepTo):
+        ts = stepsize_controller.ts
+        check_time_grid(
+            "stepsize_controller", ts, start_f, end_f, increasing=increasing
+        )
+        if not isinstance(ts, (np.ndarray, jnp.ndarray)):
+            ts = np.asarray(ts)
+        controller = dfx.StepTo(ts=sign * ts)
+    elif stepsize_controller is None:
+        check_positive("rtol", rtol)
+        check_positive("atol", atol)
+        controller = dfx.PIDController(rtol=rtol, atol=atol, norm=batch_max_rms_norm)
+    else:
+        controller = stepsize_controller
+    if isinstance(controller, dfx.StepTo):
+        steps = len(controller.ts) - 1
+        if isinstance(controller.ts, np.ndarray):
+            min_step = float(np.min(np.abs(np.diff(controller.ts))))
+    else:
+        steps = check_int("max_steps", max_steps)
+    adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
+    if isinstance(controller, dfx.ConstantStepSize) and dt0 is None:
+        raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
+
+    probe = probe_solver(solver, make_terms, probe_key)
+    if adaptive and not probe.has_error_estimate:
+        raise ValueError(
+            f"`solver`: {type(solver).__name__} does not estimate its error, so it "
+            "cannot take adaptive steps (the default when neither `num_steps` nor "
+            "`stepsize_controller` is given). Pass num_steps=..., or use an adaptive "
+            "solver: Tsit5, Dopri5, Dopri8, Bosh3, Heun (ODE); ShARK, SRA1, "
+            "ReversibleHeun, HalfSolver(EulerHeun()) (SDE)."
+        )
+    return SolvePlan(
+        controller=controller,
+        adaptive=adaptive,
+        max_steps=steps,
+        dt0=dt0,
+        r0=sign * start,
+        r1=sign * end,
+        sign=sign,
+        first_evals=probe.first,
+        evals_per_step=probe.per_step,
+        min_step=min_step,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# One solve: a batched state, or a vmap of per-example solves
+# --------------------------------------------------------------------------------------
+
+_STAT_KEYS = ("num_steps", "num_accepted_steps", "num_rejected_steps")
+
+
+def _solve_to_end(terms, y0, args, **kw):
+    sol = dfx.diffeqsolve(terms, y0=y0, args=args, saveat=dfx.SaveAt(t1=True), **kw)
+    y1 = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
+    return y1, {k: sol.stats[k] for k in _STAT_KEYS}, sol.result
+
+
+def solve_batch(per_example: bool, terms, y0, args, **kw):
+    """Solve to the end with the whole batch as one state, or (`per_example`) as a
+    vmap of solves of one example each. Each per-example solve keeps a batch axis of
+    size 1, so the same terms and error norm serve both. `kw` goes to
+    `diffrax.diffeqsolve`. Returns the final state, the step statistics and the
+    result."""
+    if not per_example:
+        return _solve_to_end(terms, y0, args, **kw)
+
+    def one(y, a):
+        y = jax.tree_util.tree_map(lambda u: u[None], y)
+        a = jax.tree_util.tree_map(lambda u: u[None], a)
+        y1, stats, result = _solve_to_end(terms, y, a, **kw)
+        return jax.tree_util.tree_map(lambda u: u[0], y1), stats, result
+
+    return jax.vmap(one)(y0, args)
