@@ -210,23 +210,26 @@ def resolve_method(solver: dfx.AbstractSolver, method: Method | None) -> Method:
     return method
 
 
-def check_score_shape(score: Callable, data_shape: tuple[int, ...], dtype) -> None:
+def check_score_shape(
+    score: Callable, data_shape: tuple[int, ...], dtype, source: str = "`shape`"
+) -> None:
     """Raise a `ValueError` naming both shapes unless `score(t, x)` maps an example of
-    `data_shape` to an array of the same shape (traced once, nothing is computed)."""
+    `data_shape` (taken from the argument `source`) to an array of the same shape
+    (traced once, nothing is computed)."""
     x = jax.ShapeDtypeStruct(data_shape, dtype)
     t = jax.ShapeDtypeStruct((), dtype)
     try:
         out = eqx.filter_eval_shape(score, t, x)
     except Exception as e:  # noqa: BLE001
         raise ValueError(
-            f"`score` failed on one example of shape {data_shape} (the data shape): "
-            f"{type(e).__name__}: {e}"
+            f"`score` failed on one example of shape {data_shape} (the data shape, "
+            f"from {source}): {type(e).__name__}: {e}"
         ) from e
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != data_shape:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(
             f"`score` returned shape {got} for one example of shape {data_shape}; "
-            "a score must return an array of its input's shape. Check the data shape "
+            f"a score must return an array of its input's shape. Check {source} "
             "against the model."
         )
 
@@ -234,7 +237,7 @@ def check_score_shape(score: Callable, data_shape: tuple[int, ...], dtype) -> No
 def check_fits_score(name: str, x, score: Callable) -> None:
     """`check_score_shape` for a batch `x`, naming `x` too."""
     try:
-        check_score_shape(score, tuple(x.shape[1:]), x.dtype)
+        check_score_shape(score, tuple(x.shape[1:]), x.dtype, f"`{name}`")
     except ValueError as e:
         raise ValueError(
             f"`{name}` of shape {x.shape} does not fit the score: one example has "
