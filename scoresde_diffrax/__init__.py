@@ -5,6 +5,11 @@ The public API. Everything here is a stable name; private modules may change.
 
 from . import data as data, metrics as metrics, nn as nn
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
+from ._checkpoint import (
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+    sde_from_description as sde_from_description,
+)
 from ._divergence import (
     AbstractDivergence as AbstractDivergence,
     ExactDivergence as ExactDivergence,
@@ -26,6 +31,10 @@ from ._loss import (
     DDPMLoss as DDPMLoss,
     DSMLoss as DSMLoss,
     SMLDLoss as SMLDLoss,
+)
+from ._optim import (
+    adam_with_warmup as adam_with_warmup,
+    ema_decay_at as ema_decay_at,
 )
 from ._sample import sample as sample, SampleResult as SampleResult
 from ._score import EpsScore as EpsScore, X0Score as X0Score
@@ -57,11 +66,6 @@ from ._term import (
     ScoreDrift as ScoreDrift,
 )
 from ._train import (
-    adam_with_warmup as adam_with_warmup,
-    ema_decay_at as ema_decay_at,
-    load_checkpoint as load_checkpoint,
-    save_checkpoint as save_checkpoint,
-    sde_from_description as sde_from_description,
     train as train,
     TrainResult as TrainResult,
     TrainState as TrainState,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import scoresde_diffrax as sd
-import scoresde_diffrax._train as train_mod
+import scoresde_diffrax._checkpoint as checkpoint_mod
 
 
 SDE = sd.VPSDE()
@@ -127,7 +127,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
             f.write(data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(train_mod, "_atomic_write", broken)
+    monkeypatch.setattr(checkpoint_mod, "_atomic_write", broken)
     with pytest.raises(OSError, match="disk full"):
         sd.train(
             jr.key(8),
