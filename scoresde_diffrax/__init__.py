@@ -6,6 +6,11 @@ The public API. Everything here is a stable name; private modules may change.
 from . import data as data, metrics as metrics, nn as nn
 from ._bits import bits_per_dim as bits_per_dim, dequantize as dequantize
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
+from ._checkpoint import (
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+    sde_from_description as sde_from_description,
+)
 from ._divergence import (
     AbstractDivergence as AbstractDivergence,
     ExactDivergence as ExactDivergence,
@@ -28,6 +33,10 @@ from ._loss import (
     SMLDLoss as SMLDLoss,
 )
 from ._norm import batch_max_rms_norm as batch_max_rms_norm
+from ._optim import (
+    adam_with_warmup as adam_with_warmup,
+    ema_decay_at as ema_decay_at,
+)
 from ._sample import sample as sample, SampleResult as SampleResult
 from ._score import EpsScore as EpsScore, X0Score as X0Score
 from ._sde import (
@@ -60,11 +69,6 @@ from ._term import (
     ScoreDrift as ScoreDrift,
 )
 from ._train import (
-    adam_with_warmup as adam_with_warmup,
-    ema_decay_at as ema_decay_at,
-    load_checkpoint as load_checkpoint,
-    save_checkpoint as save_checkpoint,
-    sde_from_description as sde_from_description,
     train as train,
     TrainResult as TrainResult,
     TrainState as TrainState,

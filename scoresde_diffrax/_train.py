@@ -1,14 +1,9 @@
-import dataclasses
-import functools
-import hashlib
-import io
-import json
+"""Training: `train` runs denoising score matching with the paper's optimiser, an EMA
+of the weights and checkpoints, in jitted chunks of steps (a `lax.scan` each)."""
+
 import os
 import pathlib
-import re
-import tempfile
 import time
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -16,70 +11,49 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
+from jax.sharding import NamedSharding
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from . import _sharding, nn as _nn
+from . import _sharding
+from ._checkpoint import (
+    check_writable,
+    describe_loss,
+    describe_model,
+    describe_sde,
+    list_checkpoints,
+    load_train_state,
+    save_checkpoint,
+)
 from ._loss import AbstractLoss, DSMLoss
+from ._optim import adam_with_warmup, ema_decay_at, ema_update
 from ._score import EpsScore, X0Score
-from ._sde import AbstractSDE, SubVPSDE, VESDE, VPSDE
+from ._sde import AbstractSDE
 from .data import Dataset, dataset_from_array
 
 
-CHECKPOINT_FORMAT = "scoresde_diffrax.checkpoint"
-CHECKPOINT_VERSION = 1
-_NAME_RE = re.compile(r"^ckpt_(\d{9})\.json$")
-
-# Names recorded in checkpoints (a checkpoint must rebuild a model without the code
-# that trained it). These tables are for (de)serialisation only.
-_NETWORKS = {
-    "MLPScore": _nn.MLPScore,
-    "UNet": _nn.UNet,
-    "NoiseConditionalClassifier": _nn.NoiseConditionalClassifier,
-}
-_SDES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
-_ADAPTERS = {"eps": EpsScore, "x0": X0Score}
+# Generic argument checks (to move to a shared `_checks.py`).
 
 
-# --------------------------------------------------------------------------- optimiser
+def _check_int(name: str, value, minimum: int, *, or_none: bool = False) -> None:
+    if or_none and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+    ):
+        also = " or None" if or_none else ""
+        raise ValueError(f"`{name}` must be an int >= {minimum}{also}, got {value!r}.")
 
 
-@functools.lru_cache(maxsize=32)
-def adam_with_warmup(
-    learning_rate: float = 2e-4, warmup_steps: int = 5000, grad_clip: float = 1.0
-) -> optax.GradientTransformation:
-    r"""The paper's optimiser: Adam whose learning rate rises linearly over
-    `warmup_steps` ($\eta \min(1, (n + 1)/W)$), after global-norm clipping of the
-    gradient to `grad_clip`.
-
-    **Arguments:**
-
-    - `learning_rate`: peak learning rate. Paper default 2e-4.
-    - `warmup_steps`: length of the linear warm-up, >= 1. Paper default 5000.
-    - `grad_clip`: maximum global norm of the gradient (`None` or <= 0: no clipping).
-        Paper default 1.0.
-
-    Cached, so equal arguments give the same object (and no recompilation).
-    """
-    if not (learning_rate > 0):
-        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate!r}.")
-    if not isinstance(warmup_steps, int) or warmup_steps < 1:
-        raise ValueError(f"`warmup_steps` must be an int >= 1, got {warmup_steps!r}.")
-
-    def schedule(count):
-        return learning_rate * jnp.minimum((count + 1) / warmup_steps, 1.0)
-
-    parts = []
-    if grad_clip is not None and grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(grad_clip))
-    parts.append(optax.adam(schedule))
-    return optax.chain(*parts)
+def _check_in_unit_interval(name: str, value) -> None:
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
 
 
-def ema_decay_at(decay: float, num_updates: Int[ArrayLike, ""]) -> Float[Array, ""]:
-    r"""EMA decay with warm-up: $\min(d, (1 + n) / (10 + n))$ after `n` updates, so the
-    average is not dominated by the random initial weights."""
-    n = jnp.asarray(num_updates, jnp.result_type(float))
-    return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+def _check_isinstance(name: str, value, cls: type, what: str) -> None:
+    if not isinstance(value, cls):
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
 
 # --------------------------------------------------------------------------- state
@@ -115,373 +89,34 @@ class TrainResult(eqx.Module):
     wall_time: float
 
 
-def _split_model(model) -> tuple[str, Any]:
-    if isinstance(model, EpsScore):
-        return "eps", model.model
-    if isinstance(model, X0Score):
-        return "x0", model.model
-    return "score", model
+class _ChunkConfig(eqx.Module):
+    """Everything a chunk of training steps needs besides the [`TrainState`][]. Under
+    `eqx.filter_jit` its arrays (the data, any array in `static`) are traced and the
+    rest is static: a new value of a Python field compiles a new program.
 
-
-def describe_model(model) -> dict:
-    """The JSON description of a score model built from a `sd.nn` network, bare or
-    wrapped in `sd.EpsScore`/`sd.X0Score`."""
-    param, net = _split_model(model)
-    name = type(net).__name__
-    if _NETWORKS.get(name) is not type(net):
-        raise ValueError(
-            "`model`: checkpoints need a network from scoresde_diffrax.nn "
-            f"({', '.join(_NETWORKS)}), bare or wrapped in sd.EpsScore / sd.X0Score; "
-            f"got {type(net).__name__}."
-        )
-    desc = {
-        "class": name,
-        "config": _nn._config.config_dict(net.config),
-        "parameterization": param,
-    }
-    return json.loads(json.dumps(desc))  # as it reads back from JSON
-
-
-def describe_sde(sde: AbstractSDE) -> dict:
-    name = type(sde).__name__
-    if _SDES.get(name) is not type(sde):
-        raise ValueError(
-            f"`sde`: checkpoints support {', '.join(_SDES)}, got {type(sde).__name__}."
-        )
-    return {
-        "class": name,
-        "params": {
-            f.name: float(getattr(sde, f.name)) for f in dataclasses.fields(sde)
-        },
-    }
-
-
-def _describe_loss(loss) -> dict:
-    out = {"class": type(loss).__name__}
-    for f in dataclasses.fields(loss):
-        v = getattr(loss, f.name)
-        if isinstance(v, (bool, int, float, str)) or v is None:
-            out[f.name] = v
-    return out
-
-
-def sde_from_description(desc: dict) -> AbstractSDE:
-    try:
-        return _SDES[desc["class"]](**desc["params"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(
-            f"checkpoint: unknown or invalid SDE description {desc!r}."
-        ) from e
-
-
-def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = False):
-    """Build a fresh (randomly initialised) score model from its JSON description; with
-    `abstract`, only its structure (`jax.ShapeDtypeStruct` leaves, nothing computed),
-    to deserialise weights into."""
-    cls = _NETWORKS.get(desc.get("class"))
-    if cls is None:
-        raise ValueError(
-            f"checkpoint: unknown network {desc.get('class')!r}; known: "
-            f"{', '.join(_NETWORKS)}."
-        )
-    config = {k: _nn._config.freeze(v) for k, v in desc["config"].items()}
-    try:
-        if abstract:
-            net = eqx.filter_eval_shape(lambda k: cls(**config, key=k), jr.key(0))
-        else:
-            net = cls(**config, key=jr.key(0))
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"checkpoint: cannot rebuild {desc['class']} from {desc['config']}: {e}"
-        ) from e
-    param = desc.get("parameterization", "score")
-    if param == "score":
-        return net
-    if param not in _ADAPTERS:
-        raise ValueError(f"checkpoint: unknown parameterization {param!r}.")
-    return _ADAPTERS[param](net, sde)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _list_checkpoints(directory: pathlib.Path) -> list[int]:
-    """Steps of the complete checkpoints (JSON written last) in `directory`, ascending."""
-    if not directory.is_dir():
-        return []
-    steps = []
-    for p in directory.iterdir():
-        m = _NAME_RE.match(p.name)
-        if m and (directory / f"ckpt_{m.group(1)}.eqx").exists():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it
-    over `path` (atomic on POSIX): `path` is either the old or the new content."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(
-            fd, 0o666 & ~umask
-        )  # mkstemp makes 0600; a checkpoint is a normal file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _serialise(tree) -> bytes:
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, tree)
-    return buf.getvalue()
-
-
-def _state_tree(state: TrainState):
-    # The EMA model comes first, so a model loads from a prefix of the file without
-    # knowing the optimiser.
-    return (state.ema, state.model, state.opt_state, state.step, jr.key_data(state.key))
-
-
-def save_checkpoint(
-    directory: str | os.PathLike, state: TrainState, metadata: dict, *, keep: int = 2
-) -> pathlib.Path:
-    """Write checkpoint `ckpt_<step>.eqx` (Equinox serialisation of EMA model, model,
-    optimiser state, step, key) and `ckpt_<step>.json` (metadata with the file's
-    SHA-256) into `directory`, each through a temporary file and an atomic rename; the
-    JSON is written last, so a checkpoint counts only once complete. Older checkpoints
-    beyond the newest `keep` are deleted only after the new one is complete.
-
-    **Returns:** the path of the JSON file.
+    - `static`: the non-trainable part of the model (`eqx.partition` on
+        `eqx.is_inexact_array`).
+    - `sde`, `data`, `loss`, `optimizer`: as given to [`train`][].
+    - `batch_size`: examples per step; `ema_decay`: the EMA's decay (with warm-up).
+    - `length`: steps per chunk (per jitted call); `unroll`: unroll the `lax.scan`.
+    - `batch_sharding`, `replicated`: for data-parallel training, how a batch is
+        split over the devices and how the parameters are held; None on one device.
     """
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    step = int(state.step)
-    blob = _serialise(_sharding.to_host(_state_tree(state)))
-    meta = dict(metadata)
-    meta.update(
-        format=CHECKPOINT_FORMAT,
-        version=CHECKPOINT_VERSION,
-        step=step,
-        key_data=np.asarray(jr.key_data(state.key)).tolist(),
-        eqx_file=f"ckpt_{step:09d}.eqx",
-        eqx_sha256=hashlib.sha256(blob).hexdigest(),
-        eqx_bytes=len(blob),
-        jax_version=jax.__version__,
-        saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-    )
-    _atomic_write(directory / f"ckpt_{step:09d}.eqx", blob)
-    json_path = directory / f"ckpt_{step:09d}.json"
-    _atomic_write(json_path, (json.dumps(meta, indent=2) + "\n").encode())
-    for old in _list_checkpoints(directory)[:-keep] if keep > 0 else []:
-        for suffix in (".json", ".eqx"):  # JSON first: never a JSON without its file
-            try:
-                (directory / f"ckpt_{old:09d}{suffix}").unlink()
-            except FileNotFoundError:
-                pass
-    return json_path
+
+    static: PyTree
+    sde: AbstractSDE
+    data: Dataset
+    loss: AbstractLoss
+    optimizer: optax.GradientTransformation
+    batch_size: int
+    ema_decay: float
+    length: int
+    unroll: bool
+    batch_sharding: NamedSharding | None
+    replicated: NamedSharding | None
 
 
-def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
-    if directory.exists() and not directory.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint directory {str(directory)!r} is a file, not a directory."
-        )
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint directory {str(directory)!r} does not exist."
-        )
-    steps = _list_checkpoints(directory)
-    if not steps:
-        raise FileNotFoundError(
-            f"no complete checkpoint (ckpt_<step>.json + .eqx) in {str(directory)!r}."
-        )
-    json_path = directory / f"ckpt_{steps[-1]:09d}.json"
-    try:
-        meta = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"checkpoint metadata {str(json_path)!r} is corrupt: {e}."
-        ) from e
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(json_path)!r} is not a scoresde_diffrax checkpoint.")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"checkpoint {str(json_path)!r} has format version {meta.get('version')}; "
-            f"this version of scoresde_diffrax reads version {CHECKPOINT_VERSION}."
-        )
-    blob = (directory / meta["eqx_file"]).read_bytes()
-    if (
-        len(blob) != meta["eqx_bytes"]
-        or hashlib.sha256(blob).hexdigest() != meta["eqx_sha256"]
-    ):
-        raise ValueError(
-            f"checkpoint file {str(directory / meta['eqx_file'])!r} is truncated or "
-            f"corrupt ({len(blob)} bytes, expected {meta['eqx_bytes']}, or SHA-256 "
-            "mismatch); delete it (with its .json) to fall back to the previous one."
-        )
-    return meta, blob
-
-
-def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True):
-    """Load the newest complete checkpoint in `directory` as a ready-to-sample score
-    model, without the code that trained it: the network is rebuilt from the
-    hyperparameters in the JSON metadata and filled with the saved weights.
-
-    **Arguments:**
-
-    - `directory`: a directory written by [`train`][] (or [`save_checkpoint`][]).
-    - `ema`: load the EMA weights (True, default) or the last iterate.
-
-    **Returns:** `(model, metadata)`: the score model (e.g. `EpsScore(UNet(...), sde)`,
-    called as `model(t, x)`), and the metadata dict (`step`, `sde`, `model`, `data`,
-    `loss`, `optimizer`, ...). `sde_from_description(metadata["sde"])` rebuilds the SDE.
-
-    **Raises:** `FileNotFoundError` if there is no complete checkpoint; `ValueError`
-    if the file is truncated or corrupt or does not fit its metadata.
-    """
-    directory = pathlib.Path(directory)
-    meta, blob = _read_newest(directory)
-    sde = sde_from_description(meta["sde"])
-    like = model_from_description(meta["model"], sde, abstract=True)
-    try:
-        ema_m, model = eqx.tree_deserialise_leaves(io.BytesIO(blob), (like, like))
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(
-            f"checkpoint {str(directory)!r}: weights do not fit the network "
-            f"{meta['model']['class']} described in its metadata ({e})."
-        ) from e
-    return (ema_m if ema else model), meta
-
-
-def _check_compatible(meta: dict, model_desc: dict, sde_desc: dict, directory) -> None:
-    if meta.get("model") != model_desc:
-        raise ValueError(
-            f"`resume`: the checkpoint in {str(directory)!r} is for "
-            f"{meta.get('model', {}).get('class')} {meta.get('model', {}).get('config')} "
-            f"({meta.get('model', {}).get('parameterization')}), not "
-            f"{model_desc['class']} {model_desc['config']} "
-            f"({model_desc['parameterization']}); use the same model or another directory."
-        )
-    if meta.get("sde") != sde_desc:
-        raise ValueError(
-            f"`resume`: the checkpoint in {str(directory)!r} was trained with "
-            f"{meta.get('sde')}, not {sde_desc}."
-        )
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _apply_masked(active, new, old):
-    return jax.tree_util.tree_map(
-        lambda n, o: jnp.where(active, n, o) if eqx.is_array(n) else n, new, old
-    )
-
-
-@eqx.filter_jit
-def _run_chunk(
-    state,
-    stop,
-    length,
-    unroll,
-    static,
-    sde,
-    data,
-    loss,
-    optimizer,
-    batch_size,
-    ema_decay,
-    shardings,
-):
-    """`length` training steps in one `lax.scan`; steps at or after `stop` leave the
-    state unchanged (so every chunk runs the same compiled program). With `shardings`
-    `(batch, replicated)`, each batch is split over the mesh and the parameters,
-    optimiser state and EMA stay replicated: GSPMD inserts the all-reduces of the loss
-    mean and the gradient."""
-
-    def constrain(tree, which):  # which: 0 batch, 1 replicated
-        if shardings is None:
-            return tree
-        return jax.tree_util.tree_map(
-            lambda x: jax.lax.with_sharding_constraint(x, shardings[which]), tree
-        )
-
-    def loss_fn(params, xb, key):
-        return loss(eqx.combine(params, static), sde, xb, key)
-
-    def body(carry, _):
-        params, ema, opt_state, step = carry
-        kstep = jr.fold_in(state.key, step)
-        xb = data.batch(jr.fold_in(kstep, 0), batch_size)
-        xb = constrain(xb, 0)
-        value, grads = jax.value_and_grad(loss_fn)(params, xb, jr.fold_in(kstep, 1))
-        updates, new_opt = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        d = ema_decay_at(ema_decay, step).astype(value.dtype)
-        new_ema = jax.tree_util.tree_map(
-            lambda e, p: d * e + (1 - d) * p, ema, new_params
-        )
-        active = step < stop
-        params, ema, opt_state = _apply_masked(
-            active, (new_params, new_ema, new_opt), (params, ema, opt_state)
-        )
-        params, ema, opt_state = constrain((params, ema, opt_state), 1)
-        return (params, ema, opt_state, step + active.astype(step.dtype)), value
-
-    params, _ = eqx.partition(state.model, eqx.is_inexact_array)
-    ema, _ = eqx.partition(state.ema, eqx.is_inexact_array)
-    carry = (params, ema, state.opt_state, state.step)
-    (params, ema, opt_state, step), losses = jax.lax.scan(
-        body, carry, None, length=length, unroll=length if unroll else 1
-    )
-    losses = eqx.error_if(
-        losses,
-        ~jnp.all(jnp.isfinite(losses)),
-        "train: the loss became NaN or inf; lower the learning rate, check the data "
-        "scaling, or use gradient clipping.",
-    )
-    new_state = TrainState(
-        eqx.combine(params, static),
-        eqx.combine(ema, static),
-        opt_state,
-        step,
-        state.key,
-    )
-    return new_state, losses
-
-
-def _has_conv(model) -> bool:
-    leaves = jax.tree_util.tree_leaves(
-        model, is_leaf=lambda x: isinstance(x, eqx.nn.Conv)
-    )
-    return any(isinstance(x, eqx.nn.Conv) for x in leaves)
-
-
-def _check_fits(model, data_shape, dtype) -> None:
-    x = jax.ShapeDtypeStruct(data_shape, dtype)
-    t = jax.ShapeDtypeStruct((), dtype)
-    try:
-        out = eqx.filter_eval_shape(model, t, x)
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"`model` does not fit the data: examples of shape {data_shape} ({msg})."
-        ) from e
-    if getattr(out, "shape", None) != tuple(data_shape):
-        raise ValueError(
-            f"`model` returned shape {getattr(out, 'shape', type(out))} for an example "
-            f"of shape {data_shape}; a score model must return its input's shape."
-        )
+# --------------------------------------------------------------------------- train
 
 
 def train(
@@ -572,178 +207,87 @@ def train(
     a run-time error if the loss becomes NaN.
     """
     start = time.perf_counter()
+
+    # Checks
     if unroll is None:
         unroll = _has_conv(model)
     if steps_per_call is None:
         steps_per_call = 2 if unroll else 50
-    for name, v in (
+    for name, value in (
         ("num_steps", num_steps),
         ("batch_size", batch_size),
         ("steps_per_call", steps_per_call),
         ("keep_checkpoints", keep_checkpoints),
     ):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"`{name}` must be an int >= 1, got {v!r}.")
-    if checkpoint_every is not None and (
-        not isinstance(checkpoint_every, int) or checkpoint_every < 1
-    ):
-        raise ValueError(
-            f"`checkpoint_every` must be an int >= 1 or None, got {checkpoint_every!r}."
-        )
-    if not (0.0 <= ema_decay < 1.0):
-        raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay!r}.")
-    if not isinstance(sde, AbstractSDE):
-        raise TypeError(f"`sde` must be an AbstractSDE, got {type(sde).__name__}.")
-    if loss is None:
-        loss = DSMLoss()
-    if not isinstance(loss, AbstractLoss):
-        raise TypeError(
-            f"`loss` must be an AbstractLoss (e.g. sd.DSMLoss()), got {type(loss).__name__}."
-        )
+        _check_int(name, value, 1)
+    _check_int("checkpoint_every", checkpoint_every, 1, or_none=True)
+    _check_in_unit_interval("ema_decay", ema_decay)
+    _check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
+    loss = DSMLoss() if loss is None else loss
+    _check_isinstance("loss", loss, AbstractLoss, "an AbstractLoss (e.g. sd.DSMLoss())")
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
-    shardings = None
-    if sharding is not None:
-        if not isinstance(sharding, jax.sharding.Mesh):
-            raise TypeError(
-                "`sharding` must be a jax.sharding.Mesh (the batch is split over all its "
-                f"devices) or None, got {type(sharding).__name__}."
-            )
-        batch = _sharding.batch_sharding(
-            sharding, (int(batch_size),), batch_name="batch_size"
+    batch_sharding, replicated = _data_parallel_shardings(sharding, batch_size)
+    data = data if isinstance(data, Dataset) else dataset_from_array(data)
+    _check_model(model, sde, data)
+
+    # Initial set-up
+    optimizer, optimizer_desc = _optimizer(
+        optimizer, learning_rate, warmup_steps, grad_clip
+    )
+    state = _initial_state(key, model, optimizer)
+
+    # Resume
+    checkpoint_metadata = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = pathlib.Path(checkpoint_dir)
+        check_writable(checkpoint_dir)
+        checkpoint_metadata = _checkpoint_metadata(
+            model,
+            sde,
+            data,
+            loss,
+            optimizer_desc,
+            ema_decay=ema_decay,
+            batch_size=batch_size,
+            num_steps=num_steps,
+            extra=metadata,
         )
-        shardings = (batch, _sharding.replicated(batch.mesh))
-    if not isinstance(data, Dataset):
-        data = dataset_from_array(data)
-    dtype = data.x.dtype
-    _check_fits(model, data.data_shape, dtype)
-    if isinstance(model, (EpsScore, X0Score)) and model.sde != sde:
-        raise ValueError(
-            f"`model`: its {type(model).__name__} adapter uses {model.sde}, but "
-            f"`sde` is {sde}; they must be the same SDE."
+        state = _resume_or_start(
+            checkpoint_dir, state, checkpoint_metadata, resume=resume
         )
 
-    if optimizer is None:
-        optimizer = adam_with_warmup(float(learning_rate), int(warmup_steps), grad_clip)
-        opt_desc = {
-            "name": "adam_with_warmup",
-            "learning_rate": learning_rate,
-            "warmup_steps": warmup_steps,
-            "grad_clip": grad_clip,
-        }
-    else:
-        opt_desc = {"name": "custom"}
+    # Data-parallel placement
+    if replicated is not None:
+        _check_same_start_on_every_process(state.step)
+        state, data = _sharding.put_replicated((state, data), replicated)
 
-    params = eqx.filter(model, eqx.is_inexact_array)
-    _, static = eqx.partition(model, eqx.is_inexact_array)
-    state = TrainState(
-        model=model,
-        ema=model,
-        opt_state=optimizer.init(params),
-        step=jnp.asarray(0, jnp.int32),
-        key=key,
+    # Main loop
+    config = _ChunkConfig(
+        static=eqx.partition(model, eqx.is_inexact_array)[1],
+        sde=sde,
+        data=data,
+        loss=loss,
+        optimizer=optimizer,
+        batch_size=int(batch_size),
+        ema_decay=float(ema_decay),
+        length=int(steps_per_call),
+        unroll=bool(unroll),
+        batch_sharding=batch_sharding,
+        replicated=replicated,
+    )
+    state, losses = _main_loop(
+        state,
+        config,
+        num_steps=int(num_steps),
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
+        metadata=checkpoint_metadata,
+        keep_checkpoints=keep_checkpoints,
+        progress=progress,
     )
 
-    ckpt_dir = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
-    meta_base: dict = {}
-    if ckpt_dir is not None:
-        check_writable(ckpt_dir)
-        model_desc = describe_model(model)
-        sde_desc = describe_sde(sde)
-        meta_base = {
-            "model": model_desc,
-            "sde": sde_desc,
-            "data": data.metadata(),
-            "loss": _describe_loss(loss),
-            "optimizer": opt_desc,
-            "ema_decay": ema_decay,
-            "batch_size": int(batch_size),
-            "num_steps": int(num_steps),
-            **(metadata or {}),
-        }
-        existing = _list_checkpoints(ckpt_dir)
-        if existing and not resume:
-            raise ValueError(
-                f"`checkpoint_dir` {str(ckpt_dir)!r} already holds checkpoints (newest "
-                f"at step {existing[-1]}); pass resume=True (--resume) to continue, or "
-                "use an empty directory."
-            )
-        if existing and resume:
-            meta, blob = _read_newest(ckpt_dir)
-            _check_compatible(meta, model_desc, sde_desc, ckpt_dir)
-            like = _state_tree(state)
-            try:
-                ema_m, model_m, opt_state, step, key_data = eqx.tree_deserialise_leaves(
-                    io.BytesIO(blob), like
-                )
-            except Exception as e:  # noqa: BLE001
-                raise ValueError(
-                    f"`resume`: the checkpoint in {str(ckpt_dir)!r} does not fit this "
-                    f"model/optimiser ({e})."
-                ) from e
-            state = TrainState(
-                model_m, ema_m, opt_state, jnp.asarray(step), jr.wrap_key_data(key_data)
-            )
-
-    if shardings is not None and jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        starts = np.asarray(
-            multihost_utils.process_allgather(np.int32(state.step))
-        ).tolist()
-        if len(set(starts)) > 1:
-            raise ValueError(
-                f"`checkpoint_dir`: the processes would start from different steps "
-                f"{starts} (process i at entry i); with resume=True every process must "
-                "see the same checkpoints (a shared file system)."
-            )
-    if shardings is not None:
-        state, data = _sharding.put_replicated((state, data), shardings[1])
-    writer = jax.process_index() == 0  # one process writes checkpoints
-    done = int(state.step)
-    losses = []
-    if done < num_steps:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=int(num_steps),
-            initial=done,
-            disable=not (progress and writer),
-            unit="step",
-            dynamic_ncols=True,
-            desc="train",
-        )
-        try:
-            while done < num_steps:
-                stop = num_steps
-                if checkpoint_every is not None:
-                    stop = min(stop, (done // checkpoint_every + 1) * checkpoint_every)
-                stop = min(stop, done + steps_per_call)
-                state, chunk = _run_chunk(
-                    state,
-                    jnp.asarray(stop, jnp.int32),
-                    int(steps_per_call),
-                    bool(unroll),
-                    static,
-                    sde,
-                    data,
-                    loss,
-                    optimizer,
-                    int(batch_size),
-                    float(ema_decay),
-                    shardings,
-                )
-                chunk = np.asarray(chunk)[: stop - done]
-                losses.append(chunk)
-                bar.update(stop - done)
-                bar.set_postfix(loss=f"{float(np.mean(chunk)):.4g}")
-                done = stop
-                at_ckpt = checkpoint_every is not None and done % checkpoint_every == 0
-                if writer and ckpt_dir is not None and (at_ckpt or done == num_steps):
-                    save_checkpoint(ckpt_dir, state, meta_base, keep=keep_checkpoints)
-        finally:
-            bar.close()
-    losses = np.concatenate(losses) if losses else np.zeros((0,), np.float32)
+    # Finish up
     return TrainResult(
         model=state.model,
         ema_model=state.ema,
@@ -753,19 +297,287 @@ def train(
     )
 
 
-def check_writable(directory: pathlib.Path, name: str = "`checkpoint_dir`") -> None:
-    """Create `directory` if needed and check a file can be written there; else a
-    `ValueError` naming the argument `name` (also used by the CLI for its flags)."""
+# --------------------------------------------------------------------------- checks
+
+
+def _has_conv(model) -> bool:
+    leaves = jax.tree_util.tree_leaves(
+        model, is_leaf=lambda x: isinstance(x, eqx.nn.Conv)
+    )
+    return any(isinstance(x, eqx.nn.Conv) for x in leaves)
+
+
+def _data_parallel_shardings(
+    sharding, batch_size: int
+) -> tuple[NamedSharding, NamedSharding] | tuple[None, None]:
+    """`(batch, replicated)`: how a batch is split over the mesh `sharding` and how the
+    parameters are held (a full copy on every device); `(None, None)` for one device."""
+    if sharding is None:
+        return None, None
+    if not isinstance(sharding, jax.sharding.Mesh):
+        raise TypeError(
+            "`sharding` must be a jax.sharding.Mesh (the batch is split over all its "
+            f"devices) or None, got {type(sharding).__name__}."
+        )
+    batch = _sharding.batch_sharding(
+        sharding, (int(batch_size),), batch_name="batch_size"
+    )
+    return batch, _sharding.replicated(batch.mesh)
+
+
+def _check_model(model, sde: AbstractSDE, data: Dataset) -> None:
+    """`model` maps one example of the data to the data's shape, and an `EpsScore` or
+    `X0Score` adapter uses `sde`."""
+    shape, dtype = data.data_shape, data.x.dtype
+    x = jax.ShapeDtypeStruct(shape, dtype)
+    t = jax.ShapeDtypeStruct((), dtype)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+        out = eqx.filter_eval_shape(model, t, x)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
-            f"{name} {str(directory)!r} cannot be created: {e.strerror}."
+            f"`model` does not fit the data: examples of shape {shape} ({msg})."
         ) from e
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
+    if getattr(out, "shape", None) != tuple(shape):
         raise ValueError(
-            f"{name} {str(directory)!r} is not writable: {e.strerror}."
-        ) from e
+            f"`model` returned shape {getattr(out, 'shape', type(out))} for an example "
+            f"of shape {shape}; a score model must return its input's shape."
+        )
+    if isinstance(model, (EpsScore, X0Score)) and model.sde != sde:
+        raise ValueError(
+            f"`model`: its {type(model).__name__} adapter uses {model.sde}, but "
+            f"`sde` is {sde}; they must be the same SDE."
+        )
+
+
+def _check_same_start_on_every_process(step: Int[Array, ""]) -> None:
+    """Across several processes, every one must resume from the same step."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    starts = np.asarray(multihost_utils.process_allgather(np.int32(step))).tolist()
+    if len(set(starts)) > 1:
+        raise ValueError(
+            f"`checkpoint_dir`: the processes would start from different steps "
+            f"{starts} (process i at entry i); with resume=True every process must "
+            "see the same checkpoints (a shared file system)."
+        )
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _optimizer(
+    optimizer: optax.GradientTransformation | None,
+    learning_rate: float,
+    warmup_steps: int,
+    grad_clip: float | None,
+) -> tuple[optax.GradientTransformation, dict]:
+    """The optimiser to use (the user's, or the paper's) and its description for the
+    checkpoint metadata."""
+    if optimizer is not None:
+        return optimizer, {"name": "custom"}
+    desc = {
+        "name": "adam_with_warmup",
+        "learning_rate": learning_rate,
+        "warmup_steps": warmup_steps,
+        "grad_clip": grad_clip,
+    }
+    return adam_with_warmup(float(learning_rate), int(warmup_steps), grad_clip), desc
+
+
+def _initial_state(
+    key: PRNGKeyArray, model: PyTree, optimizer: optax.GradientTransformation
+) -> TrainState:
+    params = eqx.filter(model, eqx.is_inexact_array)
+    return TrainState(
+        model=model,
+        ema=model,
+        opt_state=optimizer.init(params),
+        step=jnp.asarray(0, jnp.int32),
+        key=key,
+    )
+
+
+def _checkpoint_metadata(
+    model: PyTree,
+    sde: AbstractSDE,
+    data: Dataset,
+    loss: AbstractLoss,
+    optimizer_desc: dict,
+    *,
+    ema_decay: float,
+    batch_size: int,
+    num_steps: int,
+    extra: dict | None,
+) -> dict:
+    """What every checkpoint of this run records (the user's `extra` entries last)."""
+    return {
+        "model": describe_model(model),
+        "sde": describe_sde(sde),
+        "data": data.metadata(),
+        "loss": describe_loss(loss),
+        "optimizer": optimizer_desc,
+        "ema_decay": ema_decay,
+        "batch_size": int(batch_size),
+        "num_steps": int(num_steps),
+        **(extra or {}),
+    }
+
+
+def _resume_or_start(
+    directory: pathlib.Path, state: TrainState, metadata: dict, *, resume: bool
+) -> TrainState:
+    """The state of the newest checkpoint in `directory` (with `resume`), or `state`
+    if there is none; a directory that holds checkpoints needs `resume`."""
+    existing = list_checkpoints(directory)
+    if not existing:
+        return state
+    if not resume:
+        raise ValueError(
+            f"`checkpoint_dir` {str(directory)!r} already holds checkpoints (newest "
+            f"at step {existing[-1]}); pass resume=True (--resume) to continue, or "
+            "use an empty directory."
+        )
+    return load_train_state(directory, state, metadata)
+
+
+# --------------------------------------------------------------------------- main loop
+
+
+def _chunk_stops(
+    done: int, num_steps: int, steps_per_call: int, checkpoint_every: int | None
+):
+    """The step at which each chunk ends: at most `steps_per_call` steps, never past a
+    multiple of `checkpoint_every`, the last at `num_steps`."""
+    while done < num_steps:
+        stop = min(num_steps, done + steps_per_call)
+        if checkpoint_every is not None:
+            stop = min(stop, (done // checkpoint_every + 1) * checkpoint_every)
+        yield int(stop)
+        done = stop
+
+
+def _main_loop(
+    state: TrainState,
+    config: _ChunkConfig,
+    *,
+    num_steps: int,
+    checkpoint_every: int | None,
+    checkpoint_dir: pathlib.Path | None,
+    metadata: dict | None,
+    keep_checkpoints: int,
+    progress: bool,
+) -> tuple[TrainState, np.ndarray]:
+    """Run chunks until `num_steps` steps are done, with a progress bar, writing a
+    checkpoint (process 0 only) every `checkpoint_every` steps and at the end.
+
+    **Returns:** the final state and the losses of the steps run here."""
+    done = int(state.step)
+    if done >= num_steps:
+        return state, np.zeros((0,), np.float32)
+    from tqdm.auto import tqdm
+
+    writer = jax.process_index() == 0  # one process writes checkpoints
+    losses = []
+    with tqdm(
+        total=num_steps,
+        initial=done,
+        disable=not (progress and writer),
+        unit="step",
+        dynamic_ncols=True,
+        desc="train",
+    ) as bar:
+        for stop in _chunk_stops(done, num_steps, config.length, checkpoint_every):
+            state, chunk = _run_chunk(state, jnp.asarray(stop, jnp.int32), config)
+            chunk = np.asarray(chunk)[: stop - done]
+            losses.append(chunk)
+            bar.update(stop - done)
+            bar.set_postfix(loss=f"{float(np.mean(chunk)):.4g}")
+            done = stop
+            at_checkpoint = (
+                checkpoint_every is not None and done % checkpoint_every == 0
+            )
+            if writer and checkpoint_dir is not None:
+                if at_checkpoint or done == num_steps:
+                    save_checkpoint(
+                        checkpoint_dir, state, metadata, keep=keep_checkpoints
+                    )
+    return state, np.concatenate(losses)
+
+
+# --------------------------------------------------------------------------- one chunk
+
+
+def _train_step(
+    config: _ChunkConfig,
+    params: PyTree,
+    ema: PyTree,
+    opt_state: PyTree,
+    step: Int[Array, ""],
+    key: PRNGKeyArray,
+) -> tuple[tuple[PyTree, PyTree, PyTree], Float[Array, ""]]:
+    """One optimiser step and EMA update on the batch and noise of `fold_in(key, step)`.
+
+    **Returns:** `((params, ema, opt_state), loss)` after the step."""
+
+    def loss_fn(params, xb, key):
+        return config.loss(eqx.combine(params, config.static), config.sde, xb, key)
+
+    key = jr.fold_in(key, step)
+    xb = config.data.batch(jr.fold_in(key, 0), config.batch_size)
+    xb = _sharding.constrain(xb, config.batch_sharding)
+    value, grads = jax.value_and_grad(loss_fn)(params, xb, jr.fold_in(key, 1))
+    updates, opt_state = config.optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    ema = ema_update(ema, params, ema_decay_at(config.ema_decay, step))
+    return (params, ema, opt_state), value
+
+
+def _where(active: Bool[Array, ""], new: PyTree, old: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(
+        lambda n, o: jnp.where(active, n, o) if eqx.is_array(n) else n, new, old
+    )
+
+
+@eqx.filter_jit
+def _run_chunk(
+    state: TrainState, stop: Int[Array, ""], config: _ChunkConfig
+) -> tuple[TrainState, Float[Array, " length"]]:
+    """`config.length` training steps in one `lax.scan`; steps at or after `stop` leave
+    the state unchanged (so every chunk runs the same compiled program). Data-parallel
+    (`config.replicated` set), each batch is split over the mesh and the parameters,
+    optimiser state and EMA stay replicated: GSPMD inserts the all-reduces of the loss
+    mean and the gradient."""
+
+    def body(carry, _):
+        params, ema, opt_state, step = carry
+        new, value = _train_step(config, params, ema, opt_state, step, state.key)
+        active = step < stop
+        params, ema, opt_state = _sharding.constrain(
+            _where(active, new, (params, ema, opt_state)), config.replicated
+        )
+        return (params, ema, opt_state, step + active.astype(step.dtype)), value
+
+    params = eqx.filter(state.model, eqx.is_inexact_array)
+    ema = eqx.filter(state.ema, eqx.is_inexact_array)
+    carry = (params, ema, state.opt_state, state.step)
+    unroll = config.length if config.unroll else 1
+    (params, ema, opt_state, step), losses = jax.lax.scan(
+        body, carry, None, length=config.length, unroll=unroll
+    )
+    losses = eqx.error_if(
+        losses,
+        ~jnp.all(jnp.isfinite(losses)),
+        "train: the loss became NaN or inf; lower the learning rate, check the data "
+        "scaling, or use gradient clipping.",
+    )
+    new_state = TrainState(
+        model=eqx.combine(params, config.static),
+        ema=eqx.combine(ema, config.static),
+        opt_state=opt_state,
+        step=step,
+        key=state.key,
+    )
+    return new_state, losses

@@ -265,7 +265,7 @@ _unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _writable_dir(path: pathlib.Path, flag: str) -> None:
-    from ._train import check_writable
+    from ._checkpoint import check_writable
 
     try:
         check_writable(path, flag)

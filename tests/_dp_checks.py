@@ -113,19 +113,30 @@ def checks() -> dict:
         import equinox as eqx
 
         mesh = sd._sharding.auto_mesh(explicit)
-        shardings = (
-            sd._sharding.batch_sharding(mesh, (64,), batch_name="batch_size"),
-            sd._sharding.replicated(mesh),
-        )
-        opt = _train.adam_with_warmup(1e-2, 5, 1.0)
+        opt = sd.adam_with_warmup(1e-2, 5, 1.0)
         params, static = eqx.partition(model, eqx.is_inexact_array)
         state = _train.TrainState(
             model, model, opt.init(params), jax.numpy.asarray(0), jr.key(2)
         )
-        state, d = sd._sharding.put_replicated((state, data), shardings[1])
-        args = (state, jax.numpy.asarray(40), 20, False, static, sde, d)
+        replicated = sd._sharding.replicated(mesh)
+        state, d = sd._sharding.put_replicated((state, data), replicated)
+        config = _train._ChunkConfig(
+            static=static,
+            sde=sde,
+            data=d,
+            loss=sd.DSMLoss(),
+            optimizer=opt,
+            batch_size=64,
+            ema_decay=0.9999,
+            length=20,
+            unroll=False,
+            batch_sharding=sd._sharding.batch_sharding(
+                mesh, (64,), batch_name="batch_size"
+            ),
+            replicated=replicated,
+        )
         text = (
-            _train._run_chunk.lower(*args, sd.DSMLoss(), opt, 64, 0.9999, shardings)
+            _train._run_chunk.lower(state, jax.numpy.asarray(40), config)
             .compile()
             .compiled.as_text()
         )

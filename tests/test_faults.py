@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import scoresde_diffrax as sd
-import scoresde_diffrax._train as train_mod
+import scoresde_diffrax._checkpoint as checkpoint_mod
 from scoresde_diffrax import cli
 
 
@@ -712,7 +712,7 @@ def test_failed_json_rename_leaves_previous_checkpoint(ckpt, tmp_path, monkeypat
             raise OSError("EIO on rename")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(train_mod.os, "replace", failing_replace)
+    monkeypatch.setattr(checkpoint_mod.os, "replace", failing_replace)
     argv = [*TRAIN[:8], "4", "--out", str(d), "--resume", *TINY]
     with pytest.raises(OSError, match="EIO"):
         cli.cmd_train(cli.build_parser().parse_args(argv))
@@ -721,7 +721,7 @@ def test_failed_json_rename_leaves_previous_checkpoint(ckpt, tmp_path, monkeypat
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
     again, meta2 = sd.load_checkpoint(d)
     assert meta2["step"] == meta["step"] and _equal(again, good)
-    monkeypatch.setattr(train_mod.os, "replace", real_replace)
+    monkeypatch.setattr(checkpoint_mod.os, "replace", real_replace)
     assert cli.main(argv) == 0
     assert sd.load_checkpoint(d)[1]["step"] == 4
 
@@ -733,7 +733,7 @@ _CHILD = textwrap.dedent(
     import os, pathlib, sys, time
     import jax.random as jr
     import scoresde_diffrax as sd
-    import scoresde_diffrax._train as train_mod
+    import scoresde_diffrax._checkpoint as checkpoint_mod
 
     d = pathlib.Path(sys.argv[1])
     calls = [0]
@@ -746,7 +746,7 @@ _CHILD = textwrap.dedent(
             time.sleep(600)
         return real_fsync(fd)
 
-    train_mod.os.fsync = fsync
+    checkpoint_mod.os.fsync = fsync
     exec(sys.argv[2])
     sd.train(jr.key(3), model(), sd.VPSDE(), data(), num_steps=10_000,
              checkpoint_dir=d, **KW)

@@ -1,0 +1,372 @@
+"""The checkpoint format: a directory of `ckpt_<step>.eqx` (Equinox serialisation of
+the training state) and `ckpt_<step>.json` (metadata: the model, SDE, loss and
+optimiser descriptions that rebuild the model without the code that trained it, and
+the SHA-256 of the weights), each written atomically, the JSON last."""
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pathlib
+import re
+import tempfile
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import PyTree
+
+from . import _sharding, nn as _nn
+from ._loss import AbstractLoss
+from ._score import EpsScore, X0Score
+from ._sde import AbstractSDE, SubVPSDE, VESDE, VPSDE
+
+
+CHECKPOINT_FORMAT = "scoresde_diffrax.checkpoint"
+CHECKPOINT_VERSION = 1
+_NAME_RE = re.compile(r"^ckpt_(\d{9})\.json$")
+
+# Names recorded in checkpoints (a checkpoint must rebuild a model without the code
+# that trained it). These tables are for (de)serialisation only.
+_NETWORKS = {
+    "MLPScore": _nn.MLPScore,
+    "UNet": _nn.UNet,
+    "NoiseConditionalClassifier": _nn.NoiseConditionalClassifier,
+}
+_SDES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
+_ADAPTERS = {"eps": EpsScore, "x0": X0Score}
+
+
+# --------------------------------------------------------------------------- descriptions
+
+
+def _split_model(model) -> tuple[str, Any]:
+    if isinstance(model, EpsScore):
+        return "eps", model.model
+    if isinstance(model, X0Score):
+        return "x0", model.model
+    return "score", model
+
+
+def describe_model(model) -> dict:
+    """The JSON description of a score model built from a `sd.nn` network, bare or
+    wrapped in `sd.EpsScore`/`sd.X0Score`."""
+    param, net = _split_model(model)
+    name = type(net).__name__
+    if _NETWORKS.get(name) is not type(net):
+        raise ValueError(
+            "`model`: checkpoints need a network from scoresde_diffrax.nn "
+            f"({', '.join(_NETWORKS)}), bare or wrapped in sd.EpsScore / sd.X0Score; "
+            f"got {type(net).__name__}."
+        )
+    desc = {
+        "class": name,
+        "config": _nn._config.config_dict(net.config),
+        "parameterization": param,
+    }
+    return json.loads(json.dumps(desc))  # as it reads back from JSON
+
+
+def describe_sde(sde: AbstractSDE) -> dict:
+    """The JSON description of one of the package's SDEs (its class and parameters)."""
+    name = type(sde).__name__
+    if _SDES.get(name) is not type(sde):
+        raise ValueError(
+            f"`sde`: checkpoints support {', '.join(_SDES)}, got {type(sde).__name__}."
+        )
+    return {
+        "class": name,
+        "params": {
+            f.name: float(getattr(sde, f.name)) for f in dataclasses.fields(sde)
+        },
+    }
+
+
+def describe_loss(loss: AbstractLoss) -> dict:
+    """The JSON description of a loss: its class and its scalar fields (for the
+    record; a checkpoint does not rebuild its loss)."""
+    out = {"class": type(loss).__name__}
+    for f in dataclasses.fields(loss):
+        v = getattr(loss, f.name)
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            out[f.name] = v
+    return out
+
+
+def sde_from_description(desc: dict) -> AbstractSDE:
+    """The SDE described by `desc` (a checkpoint's `metadata["sde"]`)."""
+    try:
+        return _SDES[desc["class"]](**desc["params"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(
+            f"checkpoint: unknown or invalid SDE description {desc!r}."
+        ) from e
+
+
+def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = False):
+    """Build a fresh (randomly initialised) score model from its JSON description; with
+    `abstract`, only its structure (`jax.ShapeDtypeStruct` leaves, nothing computed),
+    to deserialise weights into."""
+    cls = _NETWORKS.get(desc.get("class"))
+    if cls is None:
+        raise ValueError(
+            f"checkpoint: unknown network {desc.get('class')!r}; known: "
+            f"{', '.join(_NETWORKS)}."
+        )
+    config = {k: _nn._config.freeze(v) for k, v in desc["config"].items()}
+    try:
+        if abstract:
+            net = eqx.filter_eval_shape(lambda k: cls(**config, key=k), jr.key(0))
+        else:
+            net = cls(**config, key=jr.key(0))
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"checkpoint: cannot rebuild {desc['class']} from {desc['config']}: {e}"
+        ) from e
+    param = desc.get("parameterization", "score")
+    if param == "score":
+        return net
+    if param not in _ADAPTERS:
+        raise ValueError(f"checkpoint: unknown parameterization {param!r}.")
+    return _ADAPTERS[param](net, sde)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def check_writable(directory: pathlib.Path, name: str = "`checkpoint_dir`") -> None:
+    """Create `directory` if needed and check a file can be written there; else a
+    `ValueError` naming the argument `name` (also used by the CLI for its flags)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"{name} {str(directory)!r} cannot be created: {e.strerror}."
+        ) from e
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"{name} {str(directory)!r} is not writable: {e.strerror}."
+        ) from e
+
+
+def list_checkpoints(directory: pathlib.Path) -> list[int]:
+    """Steps of the complete checkpoints (JSON written last) in `directory`, ascending."""
+    if not directory.is_dir():
+        return []
+    steps = []
+    for p in directory.iterdir():
+        m = _NAME_RE.match(p.name)
+        if m and (directory / f"ckpt_{m.group(1)}.eqx").exists():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it
+    over `path` (atomic on POSIX): `path` is either the old or the new content."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        # mkstemp makes 0600; a checkpoint is a normal file.
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------- the weights
+
+
+def _payload(state) -> tuple:
+    """What the `.eqx` file holds, in order, for a [`TrainState`][]. The EMA model comes
+    first, so a model loads from a prefix of the file without knowing the optimiser."""
+    return (state.ema, state.model, state.opt_state, state.step, jr.key_data(state.key))
+
+
+def _serialise(tree: PyTree) -> bytes:
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, tree)
+    return buf.getvalue()
+
+
+def _deserialise(blob: bytes, like: PyTree, mismatch: str) -> PyTree:
+    """The leaves of `like` (a prefix of the payload) read from `blob`; a `ValueError`
+    starting with `mismatch` if they do not fit."""
+    try:
+        return eqx.tree_deserialise_leaves(io.BytesIO(blob), like)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{mismatch} ({e}).") from e
+
+
+def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
+    """The metadata and the verified `.eqx` bytes of the newest complete checkpoint."""
+    if directory.exists() and not directory.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint directory {str(directory)!r} is a file, not a directory."
+        )
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint directory {str(directory)!r} does not exist."
+        )
+    steps = list_checkpoints(directory)
+    if not steps:
+        raise FileNotFoundError(
+            f"no complete checkpoint (ckpt_<step>.json + .eqx) in {str(directory)!r}."
+        )
+    json_path = directory / f"ckpt_{steps[-1]:09d}.json"
+    try:
+        meta = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"checkpoint metadata {str(json_path)!r} is corrupt: {e}."
+        ) from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(json_path)!r} is not a scoresde_diffrax checkpoint.")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {str(json_path)!r} has format version {meta.get('version')}; "
+            f"this version of scoresde_diffrax reads version {CHECKPOINT_VERSION}."
+        )
+    blob = (directory / meta["eqx_file"]).read_bytes()
+    if (
+        len(blob) != meta["eqx_bytes"]
+        or hashlib.sha256(blob).hexdigest() != meta["eqx_sha256"]
+    ):
+        raise ValueError(
+            f"checkpoint file {str(directory / meta['eqx_file'])!r} is truncated or "
+            f"corrupt ({len(blob)} bytes, expected {meta['eqx_bytes']}, or SHA-256 "
+            "mismatch); delete it (with its .json) to fall back to the previous one."
+        )
+    return meta, blob
+
+
+def save_checkpoint(
+    directory: str | os.PathLike, state: eqx.Module, metadata: dict, *, keep: int = 2
+) -> pathlib.Path:
+    """Write checkpoint `ckpt_<step>.eqx` (Equinox serialisation of EMA model, model,
+    optimiser state, step, key) and `ckpt_<step>.json` (metadata with the file's
+    SHA-256) into `directory`, each through a temporary file and an atomic rename; the
+    JSON is written last, so a checkpoint counts only once complete. Older checkpoints
+    beyond the newest `keep` are deleted only after the new one is complete.
+
+    **Arguments:**
+
+    - `directory`: where to write (created if needed).
+    - `state`: a [`TrainState`][].
+    - `metadata`: JSON-able entries for the `.json` file (for [`load_checkpoint`][]:
+        `model` from `describe_model`, `sde` from `describe_sde`).
+    - `keep`: how many of the newest checkpoints to keep (<= 0: all).
+
+    **Returns:** the path of the JSON file.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    step = int(state.step)
+    blob = _serialise(_sharding.to_host(_payload(state)))
+    meta = dict(metadata)
+    meta.update(
+        format=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_VERSION,
+        step=step,
+        key_data=np.asarray(jr.key_data(state.key)).tolist(),
+        eqx_file=f"ckpt_{step:09d}.eqx",
+        eqx_sha256=hashlib.sha256(blob).hexdigest(),
+        eqx_bytes=len(blob),
+        jax_version=jax.__version__,
+        saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    _atomic_write(directory / f"ckpt_{step:09d}.eqx", blob)
+    json_path = directory / f"ckpt_{step:09d}.json"
+    _atomic_write(json_path, (json.dumps(meta, indent=2) + "\n").encode())
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        for suffix in (".json", ".eqx"):  # JSON first: never a JSON without its file
+            try:
+                (directory / f"ckpt_{old:09d}{suffix}").unlink()
+            except FileNotFoundError:
+                pass
+    return json_path
+
+
+def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True):
+    """Load the newest complete checkpoint in `directory` as a ready-to-sample score
+    model, without the code that trained it: the network is rebuilt from the
+    hyperparameters in the JSON metadata and filled with the saved weights.
+
+    **Arguments:**
+
+    - `directory`: a directory written by [`train`][] (or [`save_checkpoint`][]).
+    - `ema`: load the EMA weights (True, default) or the last iterate.
+
+    **Returns:** `(model, metadata)`: the score model (e.g. `EpsScore(UNet(...), sde)`,
+    called as `model(t, x)`), and the metadata dict (`step`, `sde`, `model`, `data`,
+    `loss`, `optimizer`, ...). `sde_from_description(metadata["sde"])` rebuilds the SDE.
+
+    **Raises:** `FileNotFoundError` if there is no complete checkpoint; `ValueError`
+    if the file is truncated or corrupt or does not fit its metadata.
+    """
+    directory = pathlib.Path(directory)
+    meta, blob = _read_newest(directory)
+    sde = sde_from_description(meta["sde"])
+    like = model_from_description(meta["model"], sde, abstract=True)
+    ema_model, model = _deserialise(
+        blob,
+        (like, like),
+        f"checkpoint {str(directory)!r}: weights do not fit the network "
+        f"{meta['model']['class']} described in its metadata",
+    )
+    return (ema_model if ema else model), meta
+
+
+def _check_compatible(meta: dict, model_desc: dict, sde_desc: dict, directory) -> None:
+    if meta.get("model") != model_desc:
+        raise ValueError(
+            f"`resume`: the checkpoint in {str(directory)!r} is for "
+            f"{meta.get('model', {}).get('class')} {meta.get('model', {}).get('config')} "
+            f"({meta.get('model', {}).get('parameterization')}), not "
+            f"{model_desc['class']} {model_desc['config']} "
+            f"({model_desc['parameterization']}); use the same model or another directory."
+        )
+    if meta.get("sde") != sde_desc:
+        raise ValueError(
+            f"`resume`: the checkpoint in {str(directory)!r} was trained with "
+            f"{meta.get('sde')}, not {sde_desc}."
+        )
+
+
+def load_train_state(directory: pathlib.Path, like: eqx.Module, metadata: dict):
+    """The [`TrainState`][] of the newest complete checkpoint in `directory`, read into
+    the structure of `like` (a fresh state of the same model and optimiser), after
+    checking that its model and SDE descriptions equal those of `metadata`."""
+    meta, blob = _read_newest(directory)
+    _check_compatible(meta, metadata["model"], metadata["sde"], directory)
+    ema, model, opt_state, step, key_data = _deserialise(
+        blob,
+        _payload(like),
+        f"`resume`: the checkpoint in {str(directory)!r} does not fit this "
+        "model/optimiser",
+    )
+    return dataclasses.replace(
+        like,
+        model=model,
+        ema=ema,
+        opt_state=opt_state,
+        step=jnp.asarray(step),
+        key=jr.wrap_key_data(key_data),
+    )
