@@ -164,11 +164,19 @@ def batch_mesh(command: str, flag: str, size: int, when: str) -> Mesh:
     return jax.make_mesh((n,), ("batch",))
 
 
+# What a command reports after running on a mesh: read from its results, not from the
+# mesh it asked for.
+
+
 def devices_holding(tree) -> int:
-    """How many devices hold the arrays of `tree` (all processes'): what a command
-    reports, from its results, after running on a mesh."""
+    """How many devices (of all processes) hold the arrays of `tree`."""
     leaves = [x for x in jax.tree_util.tree_leaves(tree) if isinstance(x, jax.Array)]
     return len(set().union(*(x.sharding.device_set for x in leaves)))
+
+
+def devices_splitting(x: jax.Array) -> int:
+    """Over how many devices the leading (batch) axis of `x` is split."""
+    return x.shape[0] // x.sharding.shard_shape(x.shape)[0]
 
 
 # --------------------------------------------------------------------------- sampling

@@ -7,7 +7,7 @@ from ._args import add_sampling_flags
 from ._common import (
     batch_mesh,
     check_sample_files,
-    devices_holding,
+    devices_splitting,
     load_for_sampling,
     save_samples,
     UserError,
@@ -52,8 +52,9 @@ def run(args) -> int:
     # Write and report
     save_samples(res.samples, data_meta, out, args.png)
     nfe = int(res.stats["num_score_evals"])
-    # The devices that hold the samples, not those asked for.
-    devices = f" on {devices_holding(res.samples)} devices" if mesh is not None else ""
+    devices = ""
+    if mesh is not None:
+        devices = f" on {devices_splitting(res.samples)} devices"
     print(
         f"{args.num_samples} samples ({args.solver}, {int(res.stats['num_steps'])} steps, "
         f"{nfe} score evaluations each){devices} -> {out}"

@@ -97,8 +97,9 @@ def run(args) -> int:
         if jax.process_index() == 0
         else f"process {jax.process_index()}: checkpoints are written by process 0"
     )
-    # The devices that hold the trained parameters, not those asked for.
-    devices = f" on {devices_holding(res.model)} devices" if mesh is not None else ""
+    devices = ""
+    if mesh is not None:
+        devices = f" on {devices_holding(res.model)} devices"
     print(
         f"trained {args.model} on {args.data} ({args.sde}){devices}: {n} steps in "
         f"{res.wall_time:.1f} s, final loss {last:.4g}; {where}"
