@@ -370,6 +370,15 @@ def test_console_script_declared_and_runs(tmp_path):
         and "--solver" in help_.stdout
         and "euler-maruyama" in help_.stdout
     )
+    # The same command as a module.
+    as_module = subprocess.run(
+        [sys.executable, "-m", "scoresde_diffrax.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=pathlib.Path(__file__).parents[1],
+    )
+    assert as_module.returncode == 0, as_module.stderr
+    assert as_module.stdout.startswith("usage: scoresde train")
     bad = subprocess.run(
         [
             *cmd,
