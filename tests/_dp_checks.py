@@ -208,6 +208,44 @@ def checks() -> dict:
 
     run("cli_bad_batch", cli_bad_batch)
 
+    def cli_devices():
+        # `--data-parallel` train and sample: what each command reports about the
+        # devices holding its results (the trained parameters; the samples' split).
+        import contextlib
+        import io
+
+        out = {}
+        with tempfile.TemporaryDirectory() as d:
+            ck = d + "/ck"
+            for name, argv in (
+                (
+                    "train",
+                    ["train", "--data", "moons", "--sde", "vp", "--model", "mlp"]
+                    + ["--steps", "4", "--batch-size", "16", "--steps-per-call", "4"]
+                    + ["--out", ck, "--quiet", "--data-parallel"],
+                ),
+                (
+                    "sample",
+                    ["sample", "--checkpoint", ck, "--num-samples", "16"]
+                    + ["--solver", "euler-maruyama", "--steps", "4"]
+                    + ["--out", d + "/x.npy", "--data-parallel"],
+                ),
+            ):
+                stdout, stderr = io.StringIO(), io.StringIO()
+                with (
+                    contextlib.redirect_stdout(stdout),
+                    contextlib.redirect_stderr(stderr),
+                ):
+                    code = cli.main(argv)
+                out[name] = {
+                    "code": code,
+                    "stdout": stdout.getvalue(),
+                    "stderr": stderr.getvalue(),
+                }
+        return out
+
+    run("cli_devices", cli_devices)
+
     def named_sharding():
         from jax.sharding import NamedSharding, PartitionSpec
 

@@ -129,6 +129,26 @@ def test_cli_data_parallel_indivisible_batch(checks):
     assert "--batch-size 12" in c["stderr"] and "(8)" in c["stderr"]
 
 
+@pytest.mark.parametrize(
+    "command, needle",
+    [
+        ("train", "trained mlp on moons (vp) on 8 devices:"),
+        (
+            "sample",
+            "16 samples (euler-maruyama, 4 steps, 4 score evaluations each) on 8",
+        ),
+    ],
+)
+def test_cli_data_parallel_runs_on_all_devices(checks, command, needle):
+    """`scoresde train/sample --data-parallel` report the devices that hold their
+    results (replicated parameters; samples split over the batch): all 8. Process 0
+    writes, and the values are those of one device, with or without the mesh; this
+    tells them apart."""
+    c = _case(checks, "cli_devices")[command]
+    assert c["code"] == 0, c["stderr"][-3000:]
+    assert needle in c["stdout"], c["stdout"]
+
+
 def test_batch_sharding_of_a_named_sharding(checks):
     # Only the mesh axes named in the spec's first entry split the batch (4 of 8).
     c = _case(checks, "named_sharding")
@@ -178,6 +198,7 @@ def test_two_processes_match_one_device(tmp_path, capsys):
         if p.returncode != 0 and "implemented on the CPU backend" in err:
             pytest.skip("this jaxlib has no CPU collectives across processes: " + err)
         assert p.returncode == 0, err[-3000:]
+    # Read from the trained parameters: they are on both processes' devices.
     assert "on 4 devices" in outs[0][0] and "checkpoint in" in outs[0][0]
     assert "written by process 0" in outs[1][0]
     assert (tmp_path / "p0" / "ckpt_000000020.json").exists()

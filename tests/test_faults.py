@@ -715,7 +715,7 @@ def test_failed_json_rename_leaves_previous_checkpoint(ckpt, tmp_path, monkeypat
     monkeypatch.setattr(checkpoint_mod.os, "replace", failing_replace)
     argv = [*TRAIN[:8], "4", "--out", str(d), "--resume", *TINY]
     with pytest.raises(OSError, match="EIO"):
-        cli.cmd_train(cli.build_parser().parse_args(argv))
+        cli.train.run(cli.build_parser().parse_args(argv))
     assert (d / "ckpt_000000004.eqx").exists()  # orphaned weights, no JSON
     assert not (d / "ckpt_000000004.json").exists()
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,66 @@
+"""The `scoresde` command: `scoresde train ...` and `scoresde sample ...`.
+
+This package is the one place where names (strings) map to objects: data sets, SDEs,
+models and solvers. Each command is a module with `add_parser(subparsers)` and
+`run(args) -> int`, listed in `COMMANDS`; `build_parser` assembles them.
+
+- `_common.py`: the user error and the objects that flag values name (data sets,
+    SDEs, models, the device mesh, checkpoints, sample files);
+- `_solvers.py`: the solver names of `--solver` (`SOLVERS`; `register_solver`);
+- `_args.py`: the parser with one-line errors, number arguments, shared flags;
+- `train.py`, `sample.py`: the commands.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import sample as sample, train as train
+from ._args import Parser
+from ._common import DATASETS as DATASETS, UserError as UserError
+from ._solvers import (
+    register_solver as register_solver,
+    SolverEntry as SolverEntry,
+    SOLVERS as SOLVERS,
+)
+
+
+COMMANDS = (train, sample)  # in the order of `scoresde --help`
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="scoresde",
+        description="Score-based generative modelling with SDEs: train a score model on "
+        "embedded data, then sample from it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `scoresde` command with `argv` (default `sys.argv[1:]`); returns the
+    exit code. User errors print one line to stderr and return 2."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.run(args)
+    except UserError as e:
+        msg = str(e)
+    except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
+        msg = f"scoresde: error: {e}"
+    except KeyboardInterrupt:
+        print("scoresde: interrupted (completed checkpoints are kept)", file=sys.stderr)
+        return 130
+    msg = " ".join(msg.split())  # one line
+    if not msg.startswith("scoresde"):
+        msg = f"scoresde: error: {msg}"
+    print(msg, file=sys.stderr)
+    return 2
+
+
+def console_main() -> None:  # pragma: no cover - the console-script entry point
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Command-line arguments: the parser with one-line errors, number arguments, and the
+flags several commands share, each group added by one function."""
+
+import argparse
+import math
+from collections.abc import Callable
+
+from ._common import DATASETS, MODELS, SDES, UserError
+from ._solvers import SOLVERS
+
+
+class Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one `UserError` line, no usage dump."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def number(convert: Callable, ok: Callable, allowed: str) -> Callable:
+    """An argparse `type=` that converts with `convert` and accepts values with `ok`;
+    its errors say what is `allowed` (argparse adds the flag)."""
+
+    def parse(s: str):
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {s}")
+        return v
+
+    return parse
+
+
+positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
+nonnegative_int = number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+unit_float = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def _add_data_parallel_flag(parser, splits: str, flag: str) -> None:
+    parser.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help=f"split {splits}; {flag} must be divisible by the number of devices",
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def add_data_flag(parser) -> None:
+    """`--data NAME`, one of `DATASETS`."""
+    parser.add_argument(
+        "--data",
+        required=True,
+        choices=list(DATASETS),
+        metavar="NAME",
+        help=f"data set: {', '.join(DATASETS)}",
+    )
+
+
+def add_sde_flag(parser) -> None:
+    """`--sde {vp,subvp,ve}`."""
+    parser.add_argument(
+        "--sde",
+        required=True,
+        choices=SDES,
+        help="forward SDE: vp (VPSDE), subvp (SubVPSDE), ve (VESDE with "
+        "sigma_max = largest distance between training examples)",
+    )
+
+
+def add_model_flag(parser) -> None:
+    """`--model {mlp,unet}`, a score network."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        choices=MODELS,
+        help="network: mlp (MLPScore, any data) or unet (UNet, images); both "
+        "predict the noise (EpsScore)",
+    )
+
+
+def add_training_flags(parser) -> None:
+    """The run of `sd.train`: steps, batch, seed, checkpoints, optimiser, EMA."""
+    parser.add_argument(
+        "--steps",
+        required=True,
+        type=positive_int,
+        metavar="N",
+        help="total optimiser steps (with --resume: including those done)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=128,
+        metavar="B",
+        help="examples per step (default 128)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the initial weights, batches and noise (default 0)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory (created; must be empty unless --resume)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in --out",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="peak learning rate (default 2e-4 for unet, 1e-3 for mlp)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=positive_int,
+        default=None,
+        help="learning-rate warm-up steps (default min(5000, N/10))",
+    )
+    parser.add_argument(
+        "--ema",
+        type=unit_float,
+        default=0.999,
+        help="EMA decay of the weights (default 0.999)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=1000,
+        metavar="K",
+        help="steps between checkpoints (default 1000; also at the end)",
+    )
+    parser.add_argument(
+        "--steps-per-call",
+        type=positive_int,
+        default=100,
+        metavar="K",
+        help="steps per jit-compiled call (default 100)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_distributed_flags(parser) -> None:
+    """`--data-parallel` for training, and the multi-process flags read by
+    `init_distributed`."""
+    _add_data_parallel_flag(
+        parser,
+        "each batch over all devices (of all processes), parameters replicated "
+        "(jax.sharding)",
+        "--batch-size",
+    )
+    parser.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="several processes (hosts): address of process 0, passed to "
+        "jax.distributed.initialize; needs --num-processes and --process-id, implies "
+        "--data-parallel; start the same command on every process (to --resume, "
+        "--out must be on a file system they all see)",
+    )
+    parser.add_argument(
+        "--num-processes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="number of processes (with --coordinator)",
+    )
+    parser.add_argument(
+        "--process-id",
+        type=nonnegative_int,
+        default=None,
+        metavar="I",
+        help="this process's index, 0..N-1 (with --coordinator); process 0 writes "
+        "the checkpoints",
+    )
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def add_sampling_flags(parser) -> None:
+    """Drawing samples from a checkpoint: the checkpoint, how many, the solver and its
+    steps, the seed, the output files, the end time, `--data-parallel`."""
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory written by `scoresde train`",
+    )
+    parser.add_argument(
+        "--num-samples",
+        required=True,
+        type=positive_int,
+        metavar="N",
+        help="number of samples",
+    )
+    parser.add_argument(
+        "--solver",
+        required=True,
+        choices=list(SOLVERS),
+        metavar="NAME",
+        help="; ".join(f"{k}: {v.help}" for k, v in SOLVERS.items()),
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=1000,
+        metavar="K",
+        help="fixed steps, or the maximum for adaptive solvers (default 1000)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.npy",
+        help="samples in data units (images in [0, 1]), shape (N, *data_shape)",
+    )
+    parser.add_argument(
+        "--png",
+        default=None,
+        metavar="FILE.png",
+        help="also write a picture: an image grid (first 64) or a 2-D histogram",
+    )
+    parser.add_argument(
+        "--eps",
+        type=positive_float,
+        default=None,
+        help="end time of sampling (default: the SDE's, 1e-3 VP / 1e-5 VE)",
+    )
+    parser.add_argument(
+        "--denoise", action="store_true", help="finish with Tweedie's denoising step"
+    )
+    _add_data_parallel_flag(
+        parser,
+        "the samples over all devices (jax.sharding; the same samples as on one "
+        "device)",
+        "--num-samples",
+    )
