@@ -23,8 +23,8 @@ from .. import (
     VESDE,
     VPSDE,
 )
-from .._png import image_grid, scatter_image, write_png
 from .._checkpoint import check_writable
+from .._png import image_grid, scatter_image, write_png
 
 
 class UserError(Exception):
