@@ -66,6 +66,14 @@ def check_positive(name: str, value) -> float | None:
     return v
 
 
+def check_unit_interval(name: str, value) -> float | None:
+    """`value` as a float in `[0, 1)` (None if traced)."""
+    v = concrete_float(value, name)
+    if v is not None and not (0.0 <= v < 1.0):
+        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+    return v
+
+
 def check_nonzero(name: str, value) -> float | None:
     """`value` as a finite non-zero float (None if traced)."""
     v = concrete_float(value, name)

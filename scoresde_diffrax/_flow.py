@@ -109,12 +109,8 @@ def _solve(p: _Flow, y: Array):
         y,
         None,
         solver=p.solver,
-        t0=jnp.asarray(p.plan.r0, y.dtype),
-        t1=jnp.asarray(p.plan.r1, y.dtype),
-        dt0=p.plan.dt0,
-        stepsize_controller=p.plan.controller,
+        plan=p.plan,
         adjoint=p.adjoint,
-        max_steps=p.plan.max_steps,
         throw=p.throw and p.sharding is None,  # sharded: raise_if_failed
     )
     y1 = error_if(y1, ~jnp.all(jnp.isfinite(y1)), _NOT_FINITE, p.sharding)

@@ -290,12 +290,8 @@ def _solve(p: _Likelihood, key: PRNGKeyArray, x: Array):
         y0,
         states,
         solver=p.solver,
-        t0=jnp.asarray(p.plan.r0, x.dtype),
-        t1=jnp.asarray(p.plan.r1, x.dtype),
-        dt0=p.plan.dt0,
-        stepsize_controller=p.plan.controller,
+        plan=p.plan,
         adjoint=p.adjoint,
-        max_steps=p.plan.max_steps,
         throw=p.throw and p.sharding is None,  # sharded: raise_if_failed
     )
 

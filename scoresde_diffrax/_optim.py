@@ -8,18 +8,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
-
-# Generic argument checks (to move to a shared `_checks.py`).
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-
-
-def _check_positive(name: str, value) -> None:
-    if not (value > 0):
-        raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+from ._checks import check_int, check_positive
 
 
 @functools.lru_cache(maxsize=32)
@@ -39,8 +28,8 @@ def adam_with_warmup(
 
     Cached, so equal arguments give the same object (and no recompilation).
     """
-    _check_positive("learning_rate", learning_rate)
-    _check_int("warmup_steps", warmup_steps, 1)
+    check_positive("learning_rate", learning_rate)
+    check_int("warmup_steps", warmup_steps, 1)
 
     def schedule(count):
         return learning_rate * jnp.minimum((count + 1) / warmup_steps, 1.0)

@@ -183,12 +183,32 @@ def _solve_to_end(terms, y0, args, **kw):
     return y1, {k: sol.stats[k] for k in _STAT_KEYS}, sol.result
 
 
-def solve_batch(per_example: bool, terms, y0, args, **kw):
-    """Solve to the end with the whole batch as one state, or (`per_example`) as a
-    vmap of solves of one example each. Each per-example solve keeps a batch axis of
-    size 1, so the same terms and error norm serve both. `kw` goes to
-    `diffrax.diffeqsolve`. Returns the final state, the step statistics and the
-    result."""
+def solve_batch(
+    per_example: bool,
+    terms,
+    y0,
+    args,
+    *,
+    solver: dfx.AbstractSolver,
+    plan: SolvePlan,
+    adjoint: dfx.AbstractAdjoint,
+    throw: bool,
+):
+    """Solve `plan`'s interval to its end with the whole batch as one state, or
+    (`per_example`) as a vmap of solves of one example each. Each per-example solve
+    keeps a batch axis of size 1, so the same terms and error norm serve both.
+    Returns the final state, the step statistics and the result."""
+    dtype = jax.tree_util.tree_leaves(y0)[0].dtype
+    kw = dict(
+        solver=solver,
+        t0=jnp.asarray(plan.r0, dtype),
+        t1=jnp.asarray(plan.r1, dtype),
+        dt0=plan.dt0,
+        stepsize_controller=plan.controller,
+        adjoint=adjoint,
+        max_steps=plan.max_steps,
+        throw=throw,
+    )
     if not per_example:
         return _solve_to_end(terms, y0, args, **kw)
 

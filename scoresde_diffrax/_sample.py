@@ -15,6 +15,7 @@ from ._checks import (
     check_score_shape,
     check_sde_score_solver,
     check_shape,
+    is_concrete,
     Method,
     resolve_method,
 )
@@ -204,19 +205,9 @@ def sample(
         max_steps=max_steps,
         dt0=dt0,
     )
-    if adjoint is None:
-        fast = method == "sde" and not plan.adaptive
-        adjoint = dfx.ForwardMode() if fast else dfx.RecursiveCheckpointAdjoint()
-    if method == "ode":
-        brownian = "none"
-    elif plan.adaptive or not isinstance(adjoint, dfx.ForwardMode):
-        brownian = "tree"
-    else:
-        brownian = "fast"
-    if brownian_tol is None:
-        brownian_tol = (T - eps) * 2.0**-12
-        if plan.min_step is not None:
-            brownian_tol = min(brownian_tol, plan.min_step / 16)
+    adjoint, brownian, brownian_tol = _noise_and_adjoint(
+        plan, method, adjoint, brownian_tol, T - eps
+    )
     if plan.dt0 is None and plan.adaptive and method == "sde":
         plan = dataclasses.replace(plan, dt0=(T - eps) / 64)
 
@@ -252,6 +243,29 @@ def sample(
     return SampleResult(
         samples=samples, stats=stats, ts=ts, trajectory=trajectory, result=result
     )
+
+
+def _noise_and_adjoint(plan: SolvePlan, method, adjoint, brownian_tol, span):
+    """The adjoint (default: reverse mode, except the fast forward-mode path of
+    fixed-step SDE solves), the Brownian path that goes with it ("none" for the ODE,
+    "fast" = UnsafeBrownianPath, "tree" = VirtualBrownianTree) and the tree's
+    tolerance (default: `span * 2**-12`, at most a sixteenth of a fixed grid's step)."""
+    if adjoint is None:
+        fast = method == "sde" and not plan.adaptive
+        adjoint = dfx.ForwardMode() if fast else dfx.RecursiveCheckpointAdjoint()
+    if method == "ode":
+        brownian = "none"
+    elif plan.adaptive or not isinstance(adjoint, dfx.ForwardMode):
+        brownian = "tree"
+    else:
+        brownian = "fast"
+    if brownian_tol is None:
+        brownian_tol = span * 2.0**-12
+        if plan.min_step is not None:  # `span` is traced with a traced eps
+            brownian_tol = jnp.minimum(brownian_tol, plan.min_step / 16)
+            if is_concrete(span):
+                brownian_tol = float(brownian_tol)
+    return adjoint, brownian, brownian_tol
 
 
 class _Sampling(eqx.Module):

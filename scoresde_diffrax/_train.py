@@ -24,31 +24,12 @@ from ._checkpoint import (
     load_train_state,
     save_checkpoint,
 )
+from ._checks import check_int, check_unit_interval
 from ._loss import AbstractLoss, DSMLoss
 from ._optim import adam_with_warmup, ema_decay_at, ema_update
 from ._score import EpsScore, X0Score
 from ._sde import AbstractSDE
 from .data import Dataset, dataset_from_array
-
-
-# Generic argument checks (to move to a shared `_checks.py`).
-
-
-def _check_int(name: str, value, minimum: int, *, or_none: bool = False) -> None:
-    if or_none and value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < minimum
-    ):
-        also = " or None" if or_none else ""
-        raise ValueError(f"`{name}` must be an int >= {minimum}{also}, got {value!r}.")
-
-
-def _check_in_unit_interval(name: str, value) -> None:
-    if not (0.0 <= value < 1.0):
-        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
 
 
 def _check_isinstance(name: str, value, cls: type, what: str) -> None:
@@ -219,9 +200,10 @@ def train(
         ("steps_per_call", steps_per_call),
         ("keep_checkpoints", keep_checkpoints),
     ):
-        _check_int(name, value, 1)
-    _check_int("checkpoint_every", checkpoint_every, 1, or_none=True)
-    _check_in_unit_interval("ema_decay", ema_decay)
+        check_int(name, value, 1)
+    if checkpoint_every is not None:
+        check_int("checkpoint_every", checkpoint_every, 1)
+    check_unit_interval("ema_decay", ema_decay)
     _check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
     loss = DSMLoss() if loss is None else loss
     _check_isinstance("loss", loss, AbstractLoss, "an AbstractLoss (e.g. sd.DSMLoss())")
