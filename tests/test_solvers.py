@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import MIXTURES, SDES
-from test_sample import _check_reproduces, _CountingCalls, _gaussian_case
+from helpers import check_reproduces, CountingCalls, gaussian_case, MIXTURES, SDES
 
 import scoresde_diffrax as sd
 from scoresde_diffrax._sample import _terms
@@ -51,7 +50,7 @@ def test_sampler_reproduces_mixture(sde_name, mix_name, sampler):
     out = sd.sample(
         jr.key(7), sde, mix.score(sde), (2000, mix.dim), solver=solver, **kw(sde)
     )
-    _check_reproduces(mix, out.samples, jr.key(99))
+    check_reproduces(mix, out.samples, jr.key(99))
 
 
 def _langevin_chain(corrector, sde, mix, t, n, iters, key):
@@ -78,7 +77,7 @@ def test_langevin_leaves_p_t_invariant(mix_name):
         sd.AnnealedLangevin(snr=0.1, num_steps=2),
     ]:
         pt, x0, x = _langevin_chain(corrector, sde, mix, t, 4000, 100, jr.key(2))
-        _check_reproduces(pt, x, jr.key(3))
+        check_reproduces(pt, x, jr.key(3))
         # ... and the chain moved: it is not invariant by standing still.
         moved = jnp.mean(jnp.sum((x - x0) ** 2, axis=1)) / jnp.mean(pt.stds**2)
         assert moved > 0.5 * mix.dim, moved
@@ -113,7 +112,7 @@ def test_langevin_per_example_norms_bias_matches_theory():
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
     sde = SDES[sde_name]
-    mix, exact = _gaussian_case(sde)
+    mix, exact = gaussian_case(sde)
     steps = np.array([16, 32, 64, 128])
     errs = []
     for n in steps:
@@ -250,7 +249,7 @@ def test_pc_on_natural_clock_with_virtual_tree():
     # The reverse SDE on the natural clock, T down to eps, with a VirtualBrownianTree:
     # Gaussian data come out with the right mean and variance.
     sde = SDES["vp"]
-    mix, _ = _gaussian_case(sde)
+    mix, _ = gaussian_case(sde)
     score = mix.score(sde)
     n, eps = 2000, 1e-3
     keys = jax.vmap(lambda i: jr.fold_in(jr.key(0), i))(jnp.arange(n))
@@ -323,7 +322,7 @@ def test_num_score_evals_is_exact(solver, per_step):
     out = sd.sample(
         jr.key(0),
         sde,
-        _CountingCalls(mix.score(sde), counter),
+        CountingCalls(mix.score(sde), counter),
         (1, 2),
         solver=solver,
         num_steps=7,
