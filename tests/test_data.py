@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 import scoresde_diffrax as sd
 
@@ -24,10 +25,11 @@ def test_digits_split_scaling_padding():
     np.testing.assert_allclose(tr.to_data(m), tr.x)
     b = tr.batch(jr.key(0), 256)
     assert b.shape == (256, 1, 8, 8)
-    # Dequantised: within [-1, 1), and not on the 17 grey levels.
+    # Dequantised: within [-1, 1), each grey level k spread uniformly over its bin
+    # [k, k + 1) / 17 (bin centres or a constant offset fail the KS test).
     assert float(b.min()) >= -1.0 and float(b.max()) < 1.0
-    levels = np.asarray((tr.to_data(b) * 17) % 1)
-    assert np.mean(levels > 1e-3) > 0.9
+    offsets = np.asarray(tr.to_data(b), np.float64).ravel() * 17 % 1
+    assert scipy_stats.kstest(offsets, "uniform").pvalue > 1e-3
     p = sd.data.digits(pad_to_16=True, centered=False, dequantize=False)
     assert p.data_shape == (1, 16, 16)
     np.testing.assert_array_equal(np.asarray(p.x[:, :, 4:12, 4:12]), xtr)
@@ -87,3 +89,19 @@ def test_frechet_distance_gaussian():
     b = rs.randn(4000, 3) * 2 + 1
     # Exact: |mu|^2 + tr(I + 4I - 2 * 2I) = 3 + 3.
     assert sd.metrics.frechet_distance(a, b) == pytest.approx(6.0, rel=0.1)
+
+
+def test_dequantize_is_uniform_within_bins():
+    # y = lo + (hi - lo) (k + u) / 2^n with u ~ U[0, 1): the offsets u within the bins
+    # are uniform, independent of the pixel value, and the bins are the right ones.
+    lo, hi, bits = -1.0, 1.0, 3
+    k = jnp.tile(jnp.arange(2**bits), (2000, 1))  # every level, 2000 times each
+    y = np.asarray(sd.dequantize(jr.key(0), k, num_bits=bits, data_range=(lo, hi)))
+    z = (y.astype(np.float64) - lo) / (hi - lo) * 2**bits
+    np.testing.assert_array_equal(np.floor(z), k)
+    u = z - np.asarray(k)
+    for level in range(2**bits):  # 2000 offsets per level
+        assert scipy_stats.kstest(u[:, level], "uniform").pvalue > 1e-3, level
+    assert scipy_stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
+    # Examples draw their own noise.
+    assert np.mean(np.abs(np.diff(u, axis=0)) > 1e-6) > 0.99

@@ -50,6 +50,24 @@ def test_exact_divergence_matches_exact_log_density(sde_name, mix_name):
     assert int(out.stats["num_score_evals"]) > 6 * int(out.stats["num_steps"]) - 6
 
 
+def test_ve_default_prior_is_the_exact_gaussian():
+    # VE's default prior is the paper's N(0, sigma_max^2 I) (the exact p_T of data at
+    # the origin has variance sigma_max^2 - sigma_min^2: take sigma_min large enough to
+    # tell them apart), with its normalising constant over every pixel of an image.
+    from scipy import stats as scipy_stats
+
+    sde = sd.VESDE(sigma_min=0.5, sigma_max=5.0)
+    x = 7.0 * jr.normal(jr.key(0), (6, 1, 3, 4))
+    want = scipy_stats.norm.logpdf(np.asarray(x, np.float64), scale=5.0)
+    got = jax.vmap(sde.prior_log_prob)(x)
+    np.testing.assert_allclose(got, want.sum((1, 2, 3)), rtol=1e-6)
+    # The samples it draws are the same Gaussian's.
+    z = np.asarray(
+        jax.vmap(lambda k: sde.prior_sample(k, (4,)))(jr.split(jr.key(1), 5000))
+    )
+    assert scipy_stats.kstest(z.ravel(), scipy_stats.norm(scale=5.0).cdf).pvalue > 1e-3
+
+
 @pytest.mark.parametrize(
     "divergence",
     [sd.Hutchinson("rademacher"), sd.Hutchinson("gaussian", num_probes=2)],

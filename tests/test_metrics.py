@@ -2,6 +2,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from scipy import linalg as scipy_linalg
 
 import scoresde_diffrax as sd
 
@@ -26,3 +27,29 @@ def test_sliced_wasserstein_bad_input():
         sd.metrics.sliced_wasserstein(jr.key(0), x, jnp.zeros((10, 3)))
     with pytest.raises(ValueError, match="num_projections"):
         sd.metrics.sliced_wasserstein(jr.key(0), x, x, num_projections=0)
+
+
+def _with_moments(x, mean, cov):
+    """`x` moved to have exactly this sample mean and (ddof=1) covariance."""
+    x = x - x.mean(0)
+    white = x @ np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False))).T
+    return mean + white @ np.linalg.cholesky(cov).T
+
+
+def test_frechet_distance_non_commuting_covariances():
+    # Covariances that do not commute: tr((S_a S_b)^(1/2)) differs from
+    # tr(S_a^(1/2) S_b^(1/2)) and from elementwise square roots. Samples with exactly
+    # these moments make the distance exact; scipy's sqrtm is the reference.
+    rs = np.random.RandomState(1)
+    d = 5
+    m_a, m_b = rs.randn(2, d)
+    g_a, g_b = rs.randn(2, d, d)
+    s_a, s_b = g_a @ g_a.T + 0.5 * np.eye(d), g_b @ g_b.T + 0.5 * np.eye(d)
+    assert np.abs(s_a @ s_b - s_b @ s_a).max() > 1.0
+    a = _with_moments(rs.randn(300, d), m_a, s_a)
+    b = _with_moments(rs.randn(500, d), m_b, s_b)
+    cross = np.real(np.trace(scipy_linalg.sqrtm(s_a @ s_b)))
+    exact = np.sum((m_a - m_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * cross
+    assert sd.metrics.frechet_distance(a, b) == pytest.approx(exact, rel=1e-8)
+    assert sd.metrics.frechet_distance(b, a) == pytest.approx(exact, rel=1e-8)
+    assert sd.metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-7)

@@ -1,21 +1,121 @@
-"""Execute every notebook's code cells, in order, in a fresh namespace."""
+"""Execute every notebook's code cells, in order, in a fresh namespace; then check what
+each computed (kept in its namespace, or printed) against the exact truth it shows."""
 
+import contextlib
+import io
 import json
+import math
 import pathlib
+import re
 
+import jax
+import jax.numpy as jnp
+import jax.random as jr
 import matplotlib
+import numpy as np
 import pytest
+from helpers import check_reproduces
+
+import scoresde_diffrax as sd
 
 
 matplotlib.use("Agg")
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path):
+def _execute(path: pathlib.Path) -> tuple[dict, str]:
+    """The namespace after running every code cell, and everything they printed."""
     cells = json.loads(path.read_text())["cells"]
     namespace: dict = {"__name__": "__main__"}
+    printed = io.StringIO()
     for i, cell in enumerate(cells):
         if cell["cell_type"] == "code":
             source = "".join(cell["source"])
-            exec(compile(source, f"{path.name}[cell {i}]", "exec"), namespace)
+            with contextlib.redirect_stdout(printed):
+                exec(compile(source, f"{path.name}[cell {i}]", "exec"), namespace)
+    return namespace, printed.getvalue()
+
+
+def _mean_log_prob_z(mix: sd.GaussianMixture, x, key) -> float:
+    """Mean exact log-density of `x` against as many true samples, in standard errors."""
+    lp = np.asarray(jax.vmap(mix.log_prob)(x), np.float64)
+    lp_true = np.asarray(
+        jax.vmap(mix.log_prob)(mix.sample(key, x.shape[0])), np.float64
+    )
+    se = math.hypot(lp.std(ddof=1), lp_true.std(ddof=1)) / math.sqrt(len(lp))
+    return float((lp.mean() - lp_true.mean()) / se)
+
+
+def _printed(pattern: str, printed: str) -> list[tuple[str, ...]]:
+    rows = re.findall(pattern, printed, flags=re.MULTILINE)
+    assert rows, f"no printed line matches {pattern!r} in:\n{printed}"
+    return rows
+
+
+def _check_quickstart(ns: dict, printed: str) -> None:
+    mix, sde = ns["mix"], ns["sde"]
+    # Each of the three samplers reproduces the mixture (NUM_SAMPLES of them).
+    assert len(ns["results"]) == 3
+    for name, x in ns["results"].items():
+        assert x.shape == (ns["NUM_SAMPLES"], 2), name
+        check_reproduces(mix, x, jr.key(11))
+    # The trajectory: at every saved time the states are distributed as p_t.
+    traj = ns["out"]
+    np.testing.assert_allclose(traj.ts, ns["ts"], rtol=1e-6)
+    for i, (t, x) in enumerate(zip(traj.ts, traj.trajectory, strict=True)):
+        z = _mean_log_prob_z(mix.marginal(sde, t), x, jr.key(20 + i))
+        assert abs(z) < 4, (float(t), z)
+    check_reproduces(mix.marginal(sde, traj.ts[-1]), traj.trajectory[-1], jr.key(12))
+    # Several devices: the same samples as one device.
+    np.testing.assert_array_equal(ns["x_sharded"], ns["x_one"])
+    assert "same samples as one device: True" in printed
+
+
+def _check_samplers_and_likelihoods(ns: dict, printed: str) -> None:
+    true, n = ns["true"], ns["NUM_SAMPLES"]
+    rows = _printed(
+        r"^(.+?)\s+NFE=\s*(\d+) mean log p0=(\S+) var ratio=(\S+)$", printed
+    )
+    assert len(rows) == len(ns["runs"]), rows
+    per_step = {"PC": 2, "DPM": 1, "EDM": 2, "DDIM": 1}  # score evaluations
+    se = math.sqrt(2) * true.mean_log_prob_se  # of a difference of two means
+    for name, nfe, lp, vr in rows:
+        kind = re.match(r"[A-Z]+", name).group()
+        steps = int(re.search(r"(\d+) steps", name).group(1))
+        assert int(nfe) == steps * per_step[kind], (name, nfe)
+        gap, ratio = float(lp) - true.mean_log_prob, float(vr)
+        if kind == "PC":  # 200 steps: within the noise of NUM_SAMPLES true samples
+            # (the variance ratio pools n * 2 squared deviations: SE sqrt(1 / n)).
+            assert abs(gap) < 4 * se and abs(ratio - 1) < 4 / math.sqrt(n), name
+        else:  # 10-20 steps: visibly off (a few tenths of a nat), never far off
+            assert abs(gap) < 0.6 and 0.8 < ratio < 1.5, (name, gap, ratio)
+    # Likelihoods: the exact trace is exact to the solver's tolerance; Hutchinson is
+    # unbiased (its last run is kept: a z-test); the N(0, I) prior costs little on
+    # sub-VP (a(T) = 7e-3).
+    (err,) = _printed(r"^exact trace .* mean error (\S+) nats$", printed)
+    assert abs(float(err)) < 1e-4, err
+    diff = np.asarray(ns["out"].log_prob - ns["exact"], np.float64)
+    assert abs(diff.mean()) < 4 * diff.std(ddof=1) / math.sqrt(len(diff))
+    (err,) = _printed(
+        r"^with the SDE's prior N\(0, I\): mean error (\S+) nats$", printed
+    )
+    assert abs(float(err)) < 5e-3, err
+    # Encoding then decoding gives the data back.
+    np.testing.assert_allclose(ns["back"], ns["x"][:8], atol=1e-3)
+    assert float(jnp.std(ns["z"])) > 0.5  # latents spread like the prior's N(0, I)
+
+
+CHECKS = {
+    "quickstart.ipynb": _check_quickstart,
+    "samplers_and_likelihoods.ipynb": _check_samplers_and_likelihoods,
+}
+
+
+def test_every_notebook_is_checked():
+    assert {p.name for p in NOTEBOOKS} == set(CHECKS), "add a check for each notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path):
+    namespace, printed = _execute(path)
+    CHECKS[path.name](namespace, printed)

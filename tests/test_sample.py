@@ -5,8 +5,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import MIXTURES, SDES
-from scipy import stats as scipy_stats
+from helpers import (
+    check_reproduces,
+    CountingCalls,
+    gaussian_case,
+    gaussian_posterior_mean,
+    MIXTURES,
+    SDES,
+)
 
 import scoresde_diffrax as sd
 
@@ -16,22 +22,6 @@ SOLVERS = {
     "euler_maruyama": dict(solver=dfx.Euler(), method="sde", num_steps=1000),
     "tsit5_ode": dict(solver=dfx.Tsit5(), stepsize_controller=PID),
 }
-
-
-def _check_reproduces(mix, x, key):
-    """Generated samples vs the mixture, with tolerances from the sampling noise."""
-    n = x.shape[0]
-    gen = sd.metrics.mixture_report(mix, x)
-    true = sd.metrics.mixture_report(mix, mix.sample(key, n))
-    # Within-mode variance ratio within 3 standard errors of 1.
-    assert abs(gen.variance_ratio - 1) < 3 * gen.variance_ratio_se, gen
-    # Mode weights: chi-square goodness of fit of the counts.
-    counts = np.round(gen.mode_weights * n)
-    p = scipy_stats.chisquare(counts, np.asarray(mix.weights) * n).pvalue
-    assert p > 1e-3, (gen.mode_weights, mix.weights)
-    # Mean exact log p_0 within noise of as many true samples.
-    se = np.hypot(gen.mean_log_prob_se, true.mean_log_prob_se)
-    assert abs(gen.mean_log_prob - true.mean_log_prob) < 3 * se, (gen, true)
 
 
 @pytest.mark.parametrize("solver_name", list(SOLVERS))
@@ -49,30 +39,15 @@ def test_sampler_reproduces_mixture(sde_name, mix_name, solver_name):
         **SOLVERS[solver_name],
     )
     assert out.samples.shape == (n, mix.dim)
-    _check_reproduces(mix, out.samples, jr.key(99))
-
-
-def _gaussian_case(sde):
-    """Gaussian data N(mu, s0^2 I): the probability-flow ODE map is affine, in closed
-    form: x_eps = a(eps) mu + (sig_eps / sig_T) (x_T - a(T) mu), sig_t^2 = a^2 s0^2 + s^2.
-    """
-    mu, s0 = jnp.array([1.0, -2.0, 0.5]), 0.7
-    mix = sd.GaussianMixture(mu[None], jnp.array([s0]))
-
-    def exact(x_T, eps):
-        def sig(t):
-            return jnp.sqrt((sde.mean_coeff(t) * s0) ** 2 + sde.std(t) ** 2)
-
-        ratio = sig(eps) / sig(sde.T)
-        m_eps, m_T = sde.mean_coeff(eps) * mu, sde.mean_coeff(sde.T) * mu
-        return m_eps[None] + ratio * (x_T - m_T[None])
-
-    return mix, exact
+    check_reproduces(mix, out.samples, jr.key(99))
 
 
 def test_probability_flow_maps_prior_to_gaussian_exactly(sde):
-    mix, exact = _gaussian_case(sde)
+    # Every saved state, not only the last, is the exact affine map of x_T: the saved
+    # times are in t, and a sign error in the reversed clock would send the states away.
+    mix, exact = gaussian_case(sde)
     eps = sde.default_eps
+    ts = jnp.array([sde.T, 0.7, 0.3, 0.1, 0.02, eps])
     out = sd.sample(
         jr.key(0),
         sde,
@@ -80,12 +55,55 @@ def test_probability_flow_maps_prior_to_gaussian_exactly(sde):
         (64, 3),
         solver=dfx.Tsit5(),
         stepsize_controller=dfx.PIDController(rtol=1e-6, atol=1e-6),
-        saveat=dfx.SaveAt(t0=True),
+        saveat=dfx.SaveAt(ts=ts),
     )
     x_T = out.trajectory[0]
-    np.testing.assert_allclose(out.ts, [sde.T])
+    np.testing.assert_allclose(out.ts, ts, rtol=1e-6)
+    np.testing.assert_allclose(x_T, out.trajectory[0])
+    for t, x in zip(ts, out.trajectory, strict=True):
+        # Relative to the state's scale: 50 for VE at T, under 3 at eps.
+        scale = float(jnp.max(jnp.abs(x)))
+        np.testing.assert_allclose(x, exact(x_T, t), atol=1e-4 * scale + 1e-4)
     np.testing.assert_allclose(out.samples, exact(x_T, eps), atol=2e-4)
-    # A sign error in the reversed clock would send samples away from the data.
+
+
+# Where the denoising step moves the samples by O(1): s(eps)^2 comparable to a^2 s0^2.
+DENOISE_EPS = {"vp": 0.2, "subvp": 0.3, "ve": 0.5}
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_denoise_is_the_exact_posterior_mean(sde_name):
+    # For Gaussian data E[x0 | x_eps] is affine in x_eps, and the probability-flow map
+    # x_T -> x_eps is known: the denoised samples are known exactly. At the default eps
+    # the step changes the samples by 1e-8 (VE) to 1e-3 (VP): it must be tested here.
+    sde, eps = SDES[sde_name], DENOISE_EPS[sde_name]
+    mix, exact = gaussian_case(sde)
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        mix.score(sde),
+        (64, 3),
+        solver=dfx.Tsit5(),
+        stepsize_controller=dfx.PIDController(rtol=1e-6, atol=1e-6),
+        eps=eps,
+        denoise=True,
+        saveat=dfx.SaveAt(t0=True),
+    )
+    x_eps = exact(out.trajectory[0], eps)
+    want = gaussian_posterior_mean(sde, x_eps, eps)
+    assert float(jnp.max(jnp.abs(want - x_eps))) > 0.3  # a step worth testing
+    np.testing.assert_allclose(out.samples, want, atol=2e-4)
+
+
+def test_denoise_after_the_reverse_sde():
+    # Same key, same noise: the denoised samples are the posterior mean of the others.
+    sde, eps = SDES["vp"], DENOISE_EPS["vp"]
+    mix, _ = gaussian_case(sde)
+    kw = dict(solver=dfx.Euler(), method="sde", num_steps=50, eps=eps)
+    plain = sd.sample(jr.key(1), sde, mix.score(sde), (64, 3), **kw).samples
+    den = sd.sample(jr.key(1), sde, mix.score(sde), (64, 3), denoise=True, **kw)
+    want = gaussian_posterior_mean(sde, plain, eps)
+    np.testing.assert_allclose(den.samples, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +111,7 @@ def test_probability_flow_maps_prior_to_gaussian_exactly(sde):
 )
 def test_convergence_order_on_probability_flow(solver, order):
     sde = SDES["vp"]
-    mix, exact = _gaussian_case(sde)
+    mix, exact = gaussian_case(sde)
     steps = np.array([16, 32, 64, 128])
     errs = []
     for n in steps:
@@ -164,15 +182,6 @@ def test_no_retrace_on_repeated_calls():
     assert len(score.log) == traced
 
 
-class _CountingCalls(eqx.Module):
-    inner: sd.MixtureScore
-    counter: list = eqx.field(static=True)
-
-    def __call__(self, t, x):
-        jax.debug.callback(lambda: self.counter.append(1))
-        return self.inner(t, x)
-
-
 @pytest.mark.parametrize(
     "kw",
     [
@@ -192,7 +201,7 @@ def test_num_score_evals_is_exact(kw):
     sde, mix = SDES["vp"], MIXTURES["2d"]()
     counter = []
     out = sd.sample(
-        jr.key(0), sde, _CountingCalls(mix.score(sde), counter), (1, 2), **kw
+        jr.key(0), sde, CountingCalls(mix.score(sde), counter), (1, 2), **kw
     )
     jax.effects_barrier()
     assert int(out.stats["num_score_evals"]) == len(counter), out.stats
@@ -209,7 +218,7 @@ def test_sde_solvers_with_levy_area_on_reversed_clock():
         solver=dfx.ShARK(),
         stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3),
     )
-    _check_reproduces(mix, out.samples, jr.key(98))
+    check_reproduces(mix, out.samples, jr.key(98))
 
 
 def test_reversed_clock_terms_sign():

@@ -6,8 +6,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import MIXTURES, SDES
-from test_sample import _check_reproduces, _CountingCalls, _gaussian_case
+from helpers import (
+    check_reproduces,
+    CountingCalls,
+    failed_tests,
+    gaussian_case,
+    MIXTURES,
+    SDES,
+)
 
 import scoresde_diffrax as sd
 from scoresde_diffrax._sample import _terms
@@ -51,7 +57,7 @@ def test_sampler_reproduces_mixture(sde_name, mix_name, sampler):
     out = sd.sample(
         jr.key(7), sde, mix.score(sde), (2000, mix.dim), solver=solver, **kw(sde)
     )
-    _check_reproduces(mix, out.samples, jr.key(99))
+    check_reproduces(mix, out.samples, jr.key(99))
 
 
 def _langevin_chain(corrector, sde, mix, t, n, iters, key):
@@ -78,7 +84,7 @@ def test_langevin_leaves_p_t_invariant(mix_name):
         sd.AnnealedLangevin(snr=0.1, num_steps=2),
     ]:
         pt, x0, x = _langevin_chain(corrector, sde, mix, t, 4000, 100, jr.key(2))
-        _check_reproduces(pt, x, jr.key(3))
+        check_reproduces(pt, x, jr.key(3))
         # ... and the chain moved: it is not invariant by standing still.
         moved = jnp.mean(jnp.sum((x - x0) ** 2, axis=1)) / jnp.mean(pt.stds**2)
         assert moved > 0.5 * mix.dim, moved
@@ -113,7 +119,7 @@ def test_langevin_per_example_norms_bias_matches_theory():
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
     sde = SDES[sde_name]
-    mix, exact = _gaussian_case(sde)
+    mix, exact = gaussian_case(sde)
     steps = np.array([16, 32, 64, 128])
     errs = []
     for n in steps:
@@ -160,21 +166,35 @@ def test_same_key_same_samples_under_jit_and_vmap(solver):
     np.testing.assert_allclose(v[1], draw(jr.key(5), 10), rtol=1e-5, atol=1e-5)
 
 
-def test_pc_default_on_subvp_is_finite_and_near_the_data():
-    # The paper's code fails on sub-VP with a corrector; here alpha comes from a(t).
-    sde, mix = SDES["subvp"], MIXTURES["16d"]()
+# The default PredictorCorrector() (Langevin(snr=0.16) with per-example norms) is
+# biased: in d dimensions its Langevin steps inflate the variance by about
+# ((d + 2) / d)^2 (test_langevin_per_example_norms_bias_matches_theory). Measured with
+# 100,000 samples on the isotropic modes below, sub-VP, 100 steps: 1.2570 +- 0.0011
+# (theory for vanishing steps: 1.2656), the same in every mode and direction (per mode
+# 1.250-1.260); the means and weights are off by less than 2,000 samples can see
+# (means by ~0.016 sigma, weights by ~3 % of themselves). On modes of unequal widths per
+# direction (MIXTURES["16d"]) the inflation is anisotropic: 1.12 in the widest to 1.61 in
+# the narrowest directions. In 2-D it is far larger (x3.5 to x22 per mode).
+PC_DEFAULT_VARIANCE_INFLATION = 1.257
+
+
+def test_pc_default_inflates_the_variance_as_measured():
+    sde, m16 = SDES["subvp"], MIXTURES["16d"]()
+    mix = sd.GaussianMixture(m16.means, jnp.array([0.5, 0.7, 0.85, 1.0]), m16.weights)
     out = sd.sample(
         jr.key(0),
         sde,
         mix.score(sde),
-        (500, 16),
+        (2000, 16),
         solver=sd.PredictorCorrector(),
         num_steps=100,
     )
+    # The paper's code fails on sub-VP with a corrector; here alpha comes from a(t).
     assert np.all(np.isfinite(out.samples))
-    rep = sd.metrics.mixture_report(mix, out.samples)
-    # Per-example norms in 16-D inflate the variance by about ((16+2)/16)^2 = 1.27.
-    assert 1.0 < rep.variance_ratio < 1.5, rep
+    scale = PC_DEFAULT_VARIANCE_INFLATION**0.5
+    inflated = sd.GaussianMixture(mix.means, mix.stds * scale, mix.weights)
+    check_reproduces(inflated, out.samples, jr.key(1))
+    assert failed_tests(mix, out.samples, jr.key(1))  # the bias is visible
 
 
 ALL_SOLVERS = {
@@ -250,7 +270,7 @@ def test_pc_on_natural_clock_with_virtual_tree():
     # The reverse SDE on the natural clock, T down to eps, with a VirtualBrownianTree:
     # Gaussian data come out with the right mean and variance.
     sde = SDES["vp"]
-    mix, _ = _gaussian_case(sde)
+    mix, _ = gaussian_case(sde)
     score = mix.score(sde)
     n, eps = 2000, 1e-3
     keys = jax.vmap(lambda i: jr.fold_in(jr.key(0), i))(jnp.arange(n))
@@ -325,7 +345,7 @@ def test_num_score_evals_is_exact(solver, per_step):
     out = sd.sample(
         jr.key(0),
         sde,
-        _CountingCalls(mix.score(sde), counter),
+        CountingCalls(mix.score(sde), counter),
         (1, 2),
         solver=solver,
         num_steps=7,

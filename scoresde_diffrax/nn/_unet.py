@@ -19,8 +19,18 @@ _SQRT2 = math.sqrt(2.0)
 _MAX_MID_ATTN_PIXELS = 64 * 64
 
 
-def _norm(groups: int, channels: int) -> eqx.nn.GroupNorm:
-    return eqx.nn.GroupNorm(math.gcd(groups, channels), channels)
+def _norm(groups: int, channels: int, min_group_size: int = 1) -> eqx.nn.GroupNorm:
+    """GroupNorm over `channels` with the most groups that divide both `groups` and
+    `channels` and hold at least `min_group_size` channels each."""
+    g = max(
+        (
+            d
+            for d in range(1, channels + 1)
+            if groups % d == 0 and channels % d == 0 and channels // d >= min_group_size
+        ),
+        default=1,
+    )
+    return eqx.nn.GroupNorm(g, channels)
 
 
 def _scaled(layer, scale: float):
@@ -30,7 +40,12 @@ def _scaled(layer, scale: float):
 class ResBlock(eqx.Module):
     """DDPM++ residual block: GroupNorm, SiLU, 3x3 conv, + time projection, GroupNorm,
     SiLU, 3x3 conv; a 1x1 conv on the skip path when the width changes; the sum is
-    divided by sqrt(2) when `skip_rescale`."""
+    divided by sqrt(2) when `skip_rescale`.
+
+    The time projection adds one constant per channel, and a GroupNorm over a single
+    channel subtracts exactly that constant: the GroupNorm after it keeps at least two
+    channels per group (fewer groups than asked if need be), else the block, and a
+    network of such blocks, would not depend on the time at all."""
 
     norm1: eqx.nn.GroupNorm
     conv1: eqx.nn.Conv2d
@@ -45,7 +60,7 @@ class ResBlock(eqx.Module):
         self.norm1 = _norm(groups, cin)
         self.conv1 = eqx.nn.Conv2d(cin, cout, 3, padding=1, key=k1)
         self.temb = eqx.nn.Linear(temb_dim, cout, key=k2)
-        self.norm2 = _norm(groups, cout)
+        self.norm2 = _norm(groups, cout, min_group_size=2)
         self.conv2 = _scaled(eqx.nn.Conv2d(cout, cout, 3, padding=1, key=k3), 0.1)
         self.skip = None if cin == cout else eqx.nn.Conv2d(cin, cout, 1, key=k4)
         self.skip_rescale = skip_rescale
@@ -224,7 +239,9 @@ class UNet(eqx.Module):
         need more levels (e.g. 5 levels for 1024x1024).
     - `num_res_blocks`: residual blocks per level. Default 1.
     - `attn_resolutions`: spatial sizes (height) that get self-attention. Default `(4,)`.
-    - `groups`: GroupNorm groups (reduced to a divisor of each width). Default 8.
+    - `groups`: GroupNorm groups (reduced to a divisor of each width; after the time
+        projection, also to at least two channels per group, since a GroupNorm over one
+        channel would cancel the time). Default 8.
     - `fourier_time`: Gaussian Fourier time features instead of sinusoidal. Default
         False.
     - `skip_rescale`: divide residual sums by sqrt(2). Default True.
