@@ -72,5 +72,5 @@ def round_down(n: int) -> int:
     return n // scale * scale
 
 
-def gib(n: float) -> str:
+def gib(n: int | float) -> str:
     return f"{n / 2**30:.3g} GiB"
