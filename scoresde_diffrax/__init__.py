@@ -8,6 +8,7 @@ from ._bits import bits_per_dim as bits_per_dim, dequantize as dequantize
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
 from ._checkpoint import (
     load_checkpoint as load_checkpoint,
+    read_metadata as read_metadata,
     save_checkpoint as save_checkpoint,
     sde_from_description as sde_from_description,
 )
@@ -69,6 +70,7 @@ from ._term import (
     ScoreDrift as ScoreDrift,
 )
 from ._train import (
+    NonFiniteLossError as NonFiniteLossError,
     train as train,
     TrainResult as TrainResult,
     TrainState as TrainState,

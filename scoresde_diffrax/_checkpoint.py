@@ -4,6 +4,7 @@ optimiser descriptions that rebuild the model without the code that trained it, 
 the SHA-256 of the weights), each written atomically, the JSON last."""
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -40,6 +41,12 @@ _NETWORKS = {
 }
 _SDES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
 _ADAPTERS = {"eps": EpsScore, "x0": X0Score}
+# Fields added to a network's config after checkpoints of it were first written, with
+# the value that rebuilds what those older checkpoints hold (the field's default in
+# the code may differ: it is for new networks).
+_ADDED_FIELDS = {"MLPScore": {"input_fourier_features": 0, "input_fourier_scale": 1.0}}
+# What a checkpoint's training state is of (metadata `kind`; absent: a score model).
+SCORE_MODEL = "score_model"
 
 
 # --------------------------------------------------------------------------- descriptions
@@ -108,6 +115,15 @@ def sde_from_description(desc: dict) -> AbstractSDE:
         ) from e
 
 
+def _with_added_fields(desc: dict) -> dict:
+    """A model description with the config fields its checkpoint predates filled in
+    (the values that rebuild the network it holds)."""
+    added = _ADDED_FIELDS.get(desc.get("class"), {})
+    if not added or not isinstance(desc.get("config"), dict):
+        return desc
+    return desc | {"config": added | desc["config"]}
+
+
 def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = False):
     """Build a fresh (randomly initialised) score model from its JSON description; with
     `abstract`, only its structure (`jax.ShapeDtypeStruct` leaves, nothing computed),
@@ -118,7 +134,9 @@ def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = Fal
             f"checkpoint: unknown network {desc.get('class')!r}; known: "
             f"{', '.join(_NETWORKS)}."
         )
-    config = {k: _nn._config.freeze(v) for k, v in desc["config"].items()}
+    config = {
+        k: _nn._config.freeze(v) for k, v in _with_added_fields(desc)["config"].items()
+    }
     try:
         if abstract:
             net = eqx.filter_eval_shape(lambda k: cls(**config, key=k), jr.key(0))
@@ -140,21 +158,40 @@ def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = Fal
 
 
 def check_writable(directory: pathlib.Path, name: str = "`checkpoint_dir`") -> None:
-    """Create `directory` if needed and check a file can be written there; else a
-    `ValueError` naming the argument `name` (also used by the CLI for its flags)."""
+    """Create `directory` (and its parents) if needed and check a file can be written
+    there; else a `ValueError` naming the argument `name` (also used by the CLI for
+    its flags) and saying why."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{name} {str(directory)!r} is a file, not a directory.")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(
-            f"{name} {str(directory)!r} cannot be created: {e.strerror}."
+            f"{name} {str(directory)!r} cannot be created: {_why(e)}."
         ) from e
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
         raise ValueError(
-            f"{name} {str(directory)!r} is not writable: {e.strerror}."
+            f"{name} {str(directory)!r} is not writable: {_why(e)}."
         ) from e
+
+
+def _why(e: OSError) -> str:
+    """Why a file or directory could not be created, in words (a special directory
+    such as /proc refuses new files with ENOENT, which would read 'no such file')."""
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if e.errno == errno.EROFS:
+        return "read-only file system"
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if e.errno == errno.ENOTDIR:
+        return "a parent is a file, not a directory"
+    if e.errno == errno.ENOENT:
+        return "it refuses new files (a special file system?)"
+    return e.strerror or str(e)
 
 
 def list_checkpoints(directory: pathlib.Path) -> list[int]:
@@ -215,8 +252,11 @@ def _deserialise(blob: bytes, like: PyTree, mismatch: str) -> PyTree:
         raise ValueError(f"{mismatch} ({e}).") from e
 
 
-def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
-    """The metadata and the verified `.eqx` bytes of the newest complete checkpoint."""
+def _read_newest(
+    directory: pathlib.Path, *, weights: bool = True
+) -> tuple[dict, bytes | None]:
+    """The metadata and the verified `.eqx` bytes (None without `weights`) of the
+    newest complete checkpoint."""
     if directory.exists() and not directory.is_dir():
         raise FileNotFoundError(
             f"checkpoint directory {str(directory)!r} is a file, not a directory."
@@ -244,6 +284,8 @@ def _read_newest(directory: pathlib.Path) -> tuple[dict, bytes]:
             f"checkpoint {str(json_path)!r} has format version {meta.get('version')}; "
             f"this version of scoresde_diffrax reads version {CHECKPOINT_VERSION}."
         )
+    if not weights:
+        return meta, None
     blob = (directory / meta["eqx_file"]).read_bytes()
     if (
         len(blob) != meta["eqx_bytes"]
@@ -334,10 +376,55 @@ def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True):
     return (ema_model if ema else model), meta
 
 
-def _check_compatible(meta: dict, model_desc: dict, sde_desc: dict, directory) -> None:
-    if meta.get("model") != model_desc:
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """The metadata (JSON) of the newest complete checkpoint in `directory`, without
+    reading the weights: what a run was started with, to continue it.
+
+    **Raises:** `FileNotFoundError` if there is no complete checkpoint; `ValueError` if
+    the JSON is corrupt or of another format or version."""
+    meta, _ = _read_newest(pathlib.Path(directory), weights=False)
+    return meta
+
+
+# What a resumed run must share with the run that wrote the checkpoint, as
+# (metadata key, sub-key or None, the argument of `train` that sets it); only
+# `num_steps` may grow, and nothing else in the metadata changes the run's arithmetic.
+_SAME_RUN = (
+    ("data", None, "data"),
+    ("loss", None, "loss"),
+    ("optimizer", "name", "optimizer"),
+    ("optimizer", "learning_rate", "learning_rate"),
+    ("optimizer", "warmup_steps", "warmup_steps"),
+    ("optimizer", "grad_clip", "grad_clip"),
+    ("ema_decay", None, "ema_decay"),
+    ("batch_size", None, "batch_size"),
+)
+
+
+def _same(key: str, old, new) -> bool:
+    """Equal entries of two metadata dicts; the data's `summary` statistics to
+    round-off (data made on another platform may differ in the last bits)."""
+    if key == "summary":
+        return np.allclose(old, new, rtol=1e-4, atol=1e-6)
+    return old == new
+
+
+def check_same_run(meta: dict, metadata: dict, directory) -> None:
+    """A `ValueError` naming the argument and both values unless `metadata` (of the
+    run about to continue) describes the run that wrote the checkpoint `meta`: the
+    same kind of training state, model, SDE, data, loss, optimiser, EMA decay and
+    batch size. Entries an older checkpoint does not record are not compared."""
+    where = f"the checkpoint in {str(directory)!r}"
+    kind, want = meta.get("kind", SCORE_MODEL), metadata.get("kind", SCORE_MODEL)
+    if kind != want:
         raise ValueError(
-            f"`resume`: the checkpoint in {str(directory)!r} is for "
+            f"`resume`: {where} holds a {kind.replace('_', ' ')}, not a "
+            f"{want.replace('_', ' ')}; use another directory."
+        )
+    model_desc, sde_desc = metadata["model"], metadata["sde"]
+    if _with_added_fields(meta.get("model", {})) != model_desc:
+        raise ValueError(
+            f"`resume`: {where} is for "
             f"{meta.get('model', {}).get('class')} {meta.get('model', {}).get('config')} "
             f"({meta.get('model', {}).get('parameterization')}), not "
             f"{model_desc['class']} {model_desc['config']} "
@@ -345,17 +432,40 @@ def _check_compatible(meta: dict, model_desc: dict, sde_desc: dict, directory) -
         )
     if meta.get("sde") != sde_desc:
         raise ValueError(
-            f"`resume`: the checkpoint in {str(directory)!r} was trained with "
-            f"{meta.get('sde')}, not {sde_desc}."
+            f"`resume`: {where} was trained with {meta.get('sde')}, not {sde_desc}."
+        )
+    new = json.loads(json.dumps(metadata))  # as it would read back
+    for key, sub, arg in _SAME_RUN:
+        old_v, new_v = meta.get(key), new.get(key)
+        if sub is not None:
+            old_v = old_v.get(sub) if isinstance(old_v, dict) else None
+            new_v = new_v.get(sub) if isinstance(new_v, dict) else None
+        same = f"pass {arg}={old_v!r}"
+        if isinstance(old_v, dict) and isinstance(
+            new_v, dict
+        ):  # the entries that differ
+            diff = sorted(
+                k
+                for k in old_v.keys() & new_v.keys()
+                if not _same(k, old_v[k], new_v[k])
+            )
+            old_v, new_v = {k: old_v[k] for k in diff}, {k: new_v[k] for k in diff}
+            same = f"pass the same {arg}"
+        if old_v is None or new_v is None or old_v == new_v:
+            continue
+        raise ValueError(
+            f"`resume`: {where} was trained with {arg} {old_v!r}, not {new_v!r}; a "
+            "resumed run keeps the settings it started with (only num_steps may grow): "
+            f"{same}, or use another directory for a new run."
         )
 
 
 def load_train_state(directory: pathlib.Path, like: eqx.Module, metadata: dict):
     """The [`TrainState`][] of the newest complete checkpoint in `directory`, read into
     the structure of `like` (a fresh state of the same model and optimiser), after
-    checking that its model and SDE descriptions equal those of `metadata`."""
+    checking that it is the run `metadata` describes ([`check_same_run`][])."""
     meta, blob = _read_newest(directory)
-    _check_compatible(meta, metadata["model"], metadata["sde"], directory)
+    check_same_run(meta, metadata, directory)
     ema, model, opt_state, step, key_data = _deserialise(
         blob,
         _payload(like),

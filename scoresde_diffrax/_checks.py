@@ -49,13 +49,32 @@ def concrete_float(x, name: str) -> float | None:
         raise ValueError(f"`{name}` must be a real scalar, got {x!r}.") from e
 
 
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """`value` as an `int >= minimum` (bools refused)."""
+def check_int(
+    name: str, value, minimum: int = 1, *, or_none: bool = False
+) -> int | None:
+    """`value` as an `int >= minimum` (bools refused); with `or_none`, None passes."""
+    if or_none and value is None:
+        return None
+    also = " or None" if or_none else ""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        raise ValueError(f"`{name}` must be an int >= {minimum}{also}, got {value!r}.")
     if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value}.")
+        raise ValueError(f"`{name}` must be an int >= {minimum}{also}, got {value}.")
     return int(value)
+
+
+def check_unit_interval(name: str, value) -> float:
+    """`value` as a float in `[0, 1)` (e.g. a decay)."""
+    v = concrete_float(value, name)
+    if v is None or not (0.0 <= v < 1.0):
+        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
+    return v
+
+
+def check_isinstance(name: str, value, cls: type, what: str) -> None:
+    """A `TypeError` naming `name` unless `value` is a `cls` (described as `what`)."""
+    if not isinstance(value, cls):
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
 
 def check_positive(name: str, value) -> float | None:
@@ -63,14 +82,6 @@ def check_positive(name: str, value) -> float | None:
     v = concrete_float(value, name)
     if v is not None and not (math.isfinite(v) and v > 0):
         raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-    return v
-
-
-def check_unit_interval(name: str, value) -> float | None:
-    """`value` as a float in `[0, 1)` (None if traced)."""
-    v = concrete_float(value, name)
-    if v is not None and not (0.0 <= v < 1.0):
-        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
     return v
 
 
@@ -109,7 +120,31 @@ def check_shape(shape) -> tuple[int, ...]:
             "`shape` must be (num_samples, *data_shape) with at least one data axis and "
             f"every size >= 1, got {shape}. For scalar data use (num_samples, 1)."
         )
+    if shape[0] > MAX_BATCH:
+        raise ValueError(
+            f"`shape`: at most {MAX_BATCH} samples per call (example i draws its noise "
+            f"from fold_in(key, i), a 32-bit index), got {shape[0]}. Sample in chunks, "
+            "each with its own key."
+        )
     return shape
+
+
+# The largest batch: example i is driven by `fold_in(key, i)` with a 32-bit `i`, and
+# XLA indexes with int32 unless x64 is on.
+MAX_BATCH = 2**31 - 1
+
+
+def check_floating(name: str, x) -> None:
+    """The one rule for data, in training, likelihoods and encoding alike: examples are
+    floating point. Integer (quantised) data is refused with the same message
+    everywhere: dequantise and scale it first."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"`{name}` must be a floating-point array, got dtype {dtype}. For "
+            "integer (e.g. 8-bit) data, dequantise it first (sd.dequantize) and scale "
+            "it as the model expects."
+        )
 
 
 def check_batch(name: str, x) -> jax.Array:
@@ -118,12 +153,7 @@ def check_batch(name: str, x) -> jax.Array:
     Integer data is refused everywhere with the same message (the models and the
     likelihood work on continuous data): dequantise and scale it first."""
     x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"`{name}` must be a floating-point array, got dtype {x.dtype}. For "
-            "integer (e.g. 8-bit) data, dequantise it first (sd.dequantize) and scale "
-            "it as the model expects."
-        )
+    check_floating(name, x)
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(
             f"`{name}` must have shape (batch, *data_shape) with at least one data "

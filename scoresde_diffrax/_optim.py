@@ -16,22 +16,25 @@ def adam_with_warmup(
     learning_rate: float = 2e-4, warmup_steps: int = 5000, grad_clip: float = 1.0
 ) -> optax.GradientTransformation:
     r"""The paper's optimiser: Adam whose learning rate rises linearly over
-    `warmup_steps` ($\eta \min(1, (n + 1)/W)$), after global-norm clipping of the
-    gradient to `grad_clip`.
+    `warmup_steps` ($\eta \min(1, (n + 1)/W)$; constant $\eta$ for $W = 0$), after
+    global-norm clipping of the gradient to `grad_clip`.
 
     **Arguments:**
 
     - `learning_rate`: peak learning rate. Paper default 2e-4.
-    - `warmup_steps`: length of the linear warm-up, >= 1. Paper default 5000.
+    - `warmup_steps`: length of the linear warm-up, >= 0 (0: none). Paper default
+        5000.
     - `grad_clip`: maximum global norm of the gradient (`None` or <= 0: no clipping).
         Paper default 1.0.
 
     Cached, so equal arguments give the same object (and no recompilation).
     """
     check_positive("learning_rate", learning_rate)
-    check_int("warmup_steps", warmup_steps, 1)
+    check_int("warmup_steps", warmup_steps, 0)
 
     def schedule(count):
+        if warmup_steps == 0:
+            return jnp.full_like(count, learning_rate, jnp.result_type(float))
         return learning_rate * jnp.minimum((count + 1) / warmup_steps, 1.0)
 
     parts = []

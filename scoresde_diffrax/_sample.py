@@ -19,6 +19,13 @@ from ._checks import (
     Method,
     resolve_method,
 )
+from ._memory import (
+    compiled_bytes,
+    gib,
+    is_out_of_memory,
+    largest_batch,
+    round_down,
+)
 from ._plan import plan_solve, SolvePlan
 from ._sde import AbstractSDE
 from ._sharding import (
@@ -159,10 +166,11 @@ def sample(
     **Returns:** a [`SampleResult`][] with `.samples` and `.stats`.
 
     **Raises:** `ValueError` naming the argument for inconsistent input (shapes,
-    `eps`, `num_steps`/`stepsize_controller`/`max_steps`, a solver that cannot integrate the chosen terms, a batch that
-    does not divide over `sharding`); `TypeError` for a `sharding` that is neither a
-    `Mesh` nor a `NamedSharding`; a run-time error if the score produces NaN or inf
-    during the solve.
+    `eps`, `num_steps`/`stepsize_controller`/`max_steps`, a solver that cannot
+    integrate the chosen terms, a batch that does not divide over `sharding`); `TypeError` for a `sharding` that is neither a
+    `Mesh` nor a `NamedSharding`; `MemoryError` if the samples do not fit in memory
+    (it says how many would: sample in chunks); a run-time error if the score
+    produces NaN or inf during the solve.
 
     **Example:**
 
@@ -231,7 +239,15 @@ def sample(
         throw=bool(throw),
         sharding=batch_sh,
     )
-    samples, ts, trajectory, result, stats = _solve(problem, key)
+    try:
+        samples, ts, trajectory, result, stats = _solve(problem, key)
+    except jax.errors.JaxRuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        msg, largest = _out_of_memory(problem, key)
+        err = MemoryError(msg)
+        err.largest = largest  # the largest number of samples that fits, or None
+        raise err from e
 
     # Report
     if batch_sh is not None:
@@ -266,6 +282,35 @@ def _noise_and_adjoint(plan: SolvePlan, method, adjoint, brownian_tol, span):
             if is_concrete(span):
                 brownian_tol = float(brownian_tol)
     return adjoint, brownian, brownian_tol
+
+
+def _out_of_memory(problem: "_Sampling", key: PRNGKeyArray) -> tuple[str, int | None]:
+    """What to say when the solve for `problem` did not fit in memory, and how many
+    samples would (read from the programs compiled for small batches; None if
+    unknown)."""
+    n, data_shape = problem.shape[0], problem.shape[1:]
+    msg = f"`shape`: {n} samples of shape {data_shape} do not fit in memory"
+    fit = None
+    if problem.sharding is None:
+
+        def bytes_at(m: int) -> int:
+            small = dataclasses.replace(problem, shape=(m, *data_shape))
+            return compiled_bytes(_solve.lower(small, key).compile())
+
+        fit = largest_batch(bytes_at, probe=256)
+    if fit is None:
+        return (
+            f"{msg}; sample fewer at a time (in chunks, each with its own key).",
+            None,
+        )
+    largest, per = fit
+    largest = round_down(largest)
+    return (
+        f"{msg} (they need {gib(per * n)}, {gib(per)} per sample); about {largest} "
+        "fit at once: sample at most that many per call (in chunks, each with its own "
+        "key).",
+        largest,
+    )
 
 
 class _Sampling(eqx.Module):

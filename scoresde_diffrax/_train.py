@@ -1,6 +1,7 @@
 """Training: `train` runs denoising score matching with the paper's optimiser, an EMA
 of the weights and checkpoints, in jitted chunks of steps (a `lax.scan` each)."""
 
+import dataclasses
 import os
 import pathlib
 import time
@@ -23,18 +24,32 @@ from ._checkpoint import (
     list_checkpoints,
     load_train_state,
     save_checkpoint,
+    SCORE_MODEL,
 )
-from ._checks import check_int, check_unit_interval
+from ._checks import check_floating, check_int, check_isinstance, check_unit_interval
 from ._loss import AbstractLoss, DSMLoss
+from ._memory import (
+    compiled_bytes,
+    gib,
+    is_out_of_memory,
+    largest_batch,
+    round_down,
+)
 from ._optim import adam_with_warmup, ema_decay_at, ema_update
+from ._progress import Progress
 from ._score import EpsScore, X0Score
 from ._sde import AbstractSDE
 from .data import Dataset, dataset_from_array
 
 
-def _check_isinstance(name: str, value, cls: type, what: str) -> None:
-    if not isinstance(value, cls):
-        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
+class NonFiniteLossError(FloatingPointError):
+    """Raised by [`train`][] when the loss becomes NaN or inf: the step is in
+    `.step` (counted from 1, over the whole run). The state of that step is dropped;
+    the checkpoints written before it are kept."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 # --------------------------------------------------------------------------- state
@@ -128,12 +143,16 @@ def train(
     (Adam, linear warm-up, global-norm clipping) and an EMA of the weights.
 
     `steps_per_call` steps run inside one jit-compiled `lax.scan` with the data on the
-    device; a tqdm progress bar shows the step, the loss and the rate. Step `n` draws
+    device; a progress report shows the step, the loss and the rate. Step `n` draws
     its batch and noise from `fold_in(key, n)` alone, so training is a deterministic
     function of `key`: with `checkpoint_dir`, a checkpoint is written every
-    `checkpoint_every` steps and at the end, and `resume=True` continues from the
-    newest complete one and ends, bit for bit (on CPU), with the same parameters as an
-    uninterrupted run.
+    `checkpoint_every` steps, at the end, and on `KeyboardInterrupt` (Ctrl-C: the
+    completed steps are kept, then the interrupt propagates), and `resume=True`
+    continues from the newest complete one and ends, bit for bit (on CPU), with the
+    same parameters as an uninterrupted run. A resumed run is the same run: the
+    checkpoint must record the same model, SDE, data, loss, optimiser settings, EMA
+    decay and batch size as this call (a `ValueError` names the first that differs);
+    only `num_steps` may grow.
 
     **Arguments:**
 
@@ -144,13 +163,16 @@ def train(
         NCSN++ scaling by 1/sigma) or `sd.X0Score(...)`. Any Equinox module trains;
         checkpoints need one from `sd.nn`.
     - `sde`: the forward SDE.
-    - `data`: an `sd.data.Dataset` (e.g. `sd.data.digits()`), or an array
-        `(n, *data_shape)` of examples in model units.
+    - `data`: an `sd.data.Dataset` (e.g. `sd.data.digits()`), or a floating-point
+        array `(n, *data_shape)` of examples in model units (integer data is refused,
+        as by `log_likelihood`: dequantise and scale it first, or use a `Dataset`
+        with `levels`).
     - `num_steps`: total number of optimiser steps (counting resumed ones), >= 1.
     - `batch_size`: examples per step (drawn with replacement). Default 128.
     - `loss`: an `AbstractLoss`. Default (None) `sd.DSMLoss()` (sigma^2 weighting, eps=1e-5).
     - `learning_rate`, `warmup_steps`, `grad_clip`: of [`adam_with_warmup`][] (paper:
-        2e-4, 5000, 1.0); ignored if `optimizer` is given.
+        2e-4, 5000, 1.0; `warmup_steps=0`: no warm-up); ignored if `optimizer` is
+        given.
     - `optimizer`: any optax transformation instead.
     - `ema_decay`: EMA decay (with warm-up, [`ema_decay_at`][]). Paper: 0.9999 (VP),
         0.999 (VE).
@@ -165,7 +187,8 @@ def train(
     - `keep_checkpoints`: how many of the newest checkpoints to keep, >= 1.
     - `resume`: continue from the newest checkpoint in `checkpoint_dir` (start fresh if
         there is none).
-    - `progress`: show a tqdm progress bar (on stderr).
+    - `progress`: report progress on stderr: a tqdm bar on a terminal, a plain line
+        per tenth of the run when stderr is piped or a file.
     - `metadata`: extra JSON-able entries for the checkpoint metadata.
     - `sharding`: a `jax.sharding.Mesh` for data-parallel training (default None: one
         device). Each step's batch is split over *all* the mesh's axes (every device
@@ -183,9 +206,11 @@ def train(
     **Returns:** a [`TrainResult`][] (`.ema_model` is the one to sample with).
 
     **Raises:** `ValueError` naming the argument for bad input (model/data shapes,
-    non-positive steps, a directory that holds another run or another architecture,
-    a `batch_size` not divisible by the number of devices of `sharding`);
-    a run-time error if the loss becomes NaN.
+    non-positive steps, a directory that holds another run, a resume whose settings
+    differ from the checkpoint's, a `batch_size` not divisible by the number of
+    devices of `sharding`); [`NonFiniteLossError`][] (a `FloatingPointError`) naming
+    the step where the loss became NaN or inf; `MemoryError` if a step does not fit
+    in memory (it says which `batch_size` would).
     """
     start = time.perf_counter()
 
@@ -201,15 +226,15 @@ def train(
         ("keep_checkpoints", keep_checkpoints),
     ):
         check_int(name, value, 1)
-    if checkpoint_every is not None:
-        check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("checkpoint_every", checkpoint_every, 1, or_none=True)
     check_unit_interval("ema_decay", ema_decay)
-    _check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
+    check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
     loss = DSMLoss() if loss is None else loss
-    _check_isinstance("loss", loss, AbstractLoss, "an AbstractLoss (e.g. sd.DSMLoss())")
+    check_isinstance("loss", loss, AbstractLoss, "an AbstractLoss (e.g. sd.DSMLoss())")
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
     batch_sharding, replicated = _data_parallel_shardings(sharding, batch_size)
+    check_floating("data", data.x if isinstance(data, Dataset) else data)
     data = data if isinstance(data, Dataset) else dataset_from_array(data)
     _check_model(model, sde, data)
 
@@ -396,6 +421,7 @@ def _checkpoint_metadata(
 ) -> dict:
     """What every checkpoint of this run records (the user's `extra` entries last)."""
     return {
+        "kind": SCORE_MODEL,
         "model": describe_model(model),
         "sde": describe_sde(sde),
         "data": data.metadata(),
@@ -452,41 +478,105 @@ def _main_loop(
     keep_checkpoints: int,
     progress: bool,
 ) -> tuple[TrainState, np.ndarray]:
-    """Run chunks until `num_steps` steps are done, with a progress bar, writing a
-    checkpoint (process 0 only) every `checkpoint_every` steps and at the end.
+    """Run chunks until `num_steps` steps are done, with a progress report, writing a
+    checkpoint (process 0 only) every `checkpoint_every` steps, at the end, and when
+    interrupted (`KeyboardInterrupt`: the steps of the chunks completed so far are
+    kept, then the interrupt goes on). The losses of each chunk are checked on the
+    host before its state is kept.
 
     **Returns:** the final state and the losses of the steps run here."""
     done = int(state.step)
     if done >= num_steps:
         return state, np.zeros((0,), np.float32)
-    from tqdm.auto import tqdm
-
     writer = jax.process_index() == 0  # one process writes checkpoints
+    saving = writer and checkpoint_dir is not None
+    saved = done
     losses = []
-    with tqdm(
-        total=num_steps,
-        initial=done,
-        disable=not (progress and writer),
-        unit="step",
-        dynamic_ncols=True,
-        desc="train",
-    ) as bar:
-        for stop in _chunk_stops(done, num_steps, config.length, checkpoint_every):
-            state, chunk = _run_chunk(state, jnp.asarray(stop, jnp.int32), config)
-            chunk = np.asarray(chunk)[: stop - done]
-            losses.append(chunk)
-            bar.update(stop - done)
-            bar.set_postfix(loss=f"{float(np.mean(chunk)):.4g}")
-            done = stop
-            at_checkpoint = (
-                checkpoint_every is not None and done % checkpoint_every == 0
-            )
-            if writer and checkpoint_dir is not None:
-                if at_checkpoint or done == num_steps:
-                    save_checkpoint(
-                        checkpoint_dir, state, metadata, keep=keep_checkpoints
-                    )
+
+    def save(state):
+        save_checkpoint(checkpoint_dir, state, metadata, keep=keep_checkpoints)
+
+    with Progress(num_steps, done, enabled=progress and writer, desc="train") as bar:
+        try:
+            for stop in _chunk_stops(done, num_steps, config.length, checkpoint_every):
+                new_state, chunk = _run_chunk_or_raise(
+                    state, jnp.asarray(stop, jnp.int32), config
+                )
+                chunk = np.asarray(chunk)[: stop - done]
+                _check_finite(chunk, done, config)
+                state = new_state
+                losses.append(chunk)
+                done = stop
+                bar.update(done, float(np.mean(chunk)))
+                at_checkpoint = (
+                    checkpoint_every is not None and done % checkpoint_every == 0
+                )
+                if saving and (at_checkpoint or done == num_steps):
+                    save(state)
+                    saved = done
+        except KeyboardInterrupt:
+            # Keep what is done; a second interrupt during this write leaves the
+            # previous checkpoint (the write is atomic).
+            if saving and done > saved:
+                save(state)
+            raise
     return state, np.concatenate(losses)
+
+
+def _check_finite(chunk: np.ndarray, done: int, config: "_ChunkConfig") -> None:
+    """A `NonFiniteLossError` naming the first step whose loss is NaN or inf."""
+    bad = np.flatnonzero(~np.isfinite(chunk))
+    if bad.size:
+        step = done + int(bad[0]) + 1
+        raise NonFiniteLossError(
+            f"train: the loss became NaN or inf at step {step}: training diverged. "
+            "Lower the learning rate (or keep gradient clipping on) and check the "
+            "data's scale; the checkpoints written before are kept.",
+            step,
+        )
+
+
+def _run_chunk_or_raise(state: TrainState, stop, config: "_ChunkConfig"):
+    """`_run_chunk`, with XLA running out of memory turned into a `MemoryError` that
+    says how large a batch would fit."""
+    try:
+        new_state, chunk = _run_chunk(state, stop, config)
+        chunk.block_until_ready()
+    except jax.errors.JaxRuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        msg, largest = _out_of_memory(state, stop, config)
+        err = MemoryError(msg)
+        err.largest = largest  # the largest batch_size that fits, or None
+        raise err from e
+    return new_state, chunk
+
+
+def _out_of_memory(
+    state: TrainState, stop, config: "_ChunkConfig"
+) -> tuple[str, int | None]:
+    """What to say when a chunk of steps did not fit in memory, and the largest
+    `batch_size` that would (read from the programs compiled for small batches; None
+    if unknown)."""
+    b, k = config.batch_size, config.length
+    msg = f"train: a batch_size of {b} with steps_per_call {k} does not fit in memory"
+    fit = None
+    if config.batch_sharding is None:
+
+        def bytes_at(m: int) -> int:
+            small = dataclasses.replace(config, batch_size=m)
+            return compiled_bytes(_run_chunk.lower(state, stop, small).compile())
+
+        fit = largest_batch(bytes_at, probe=8)
+    if fit is None:
+        return f"{msg}; lower batch_size (or steps_per_call).", None
+    largest, per = fit
+    largest = round_down(largest)
+    return (
+        f"{msg} ({gib(per)} per example); a batch_size of about {largest} fits at "
+        "this steps_per_call: lower batch_size (or steps_per_call).",
+        largest,
+    )
 
 
 # --------------------------------------------------------------------------- one chunk
@@ -548,12 +638,6 @@ def _run_chunk(
     unroll = config.length if config.unroll else 1
     (params, ema, opt_state, step), losses = jax.lax.scan(
         body, carry, None, length=config.length, unroll=unroll
-    )
-    losses = eqx.error_if(
-        losses,
-        ~jnp.all(jnp.isfinite(losses)),
-        "train: the loss became NaN or inf; lower the learning rate, check the data "
-        "scaling, or use gradient clipping.",
     )
     new_state = TrainState(
         model=eqx.combine(params, config.static),

@@ -3,6 +3,7 @@
 
 import contextlib
 import io
+import os
 import pathlib
 import subprocess
 import sys
@@ -591,16 +592,26 @@ def test_ve_sigma_max_from_data_with_denoise_and_eps(tmp_path):
 
 @pytest.mark.slow
 def test_unet_on_digits(tmp_path):
-    """`--model unet` on the smallest images (8x8 digits): one training step, then
-    DDIM from the checkpoint, clipped to [0, 1] and drawn as a PNG grid."""
+    """`--model unet` on the smallest images (8x8 digits), from the shell with the
+    default --steps-per-call (2 unrolled steps per call, sd.train's; the CLI's old
+    default of 100 compiled 100 unrolled U-Net steps and was killed at ~24 GB): two
+    training steps within 3 GB of peak RSS, measured on the child process; then DDIM
+    from the checkpoint, clipped to [0, 1] and drawn as a PNG grid."""
     ck, npy, png = tmp_path / "ck", tmp_path / "x.npy", tmp_path / "x.png"
-    _cli(
-        ["train", "--data", "digits", "--sde", "vp", "--model", "unet"]
-        + ["--steps", "1", "--steps-per-call", "1", "--batch-size", "8", "--quiet"]
-        + ["--out", str(ck)]
-    )
-    model, _ = sd.load_checkpoint(ck)
-    assert isinstance(model.model, sd.nn.UNet)
+    argv = [sys.executable, "-m", "scoresde_diffrax.cli", "train", "--data", "digits"]
+    argv += ["--sde", "vp", "--model", "unet", "--steps", "2", "--batch-size", "8"]
+    argv += ["--quiet", "--out", str(ck)]
+    root = pathlib.Path(__file__).parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, (tmp_path / "err").read_text()[-2000:]
+    peak = usage.ru_maxrss * 1024  # KiB on Linux
+    assert peak < 3e9, f"peak RSS {peak / 2**30:.2f} GiB"
+    model, meta = sd.load_checkpoint(ck)
+    assert isinstance(model.model, sd.nn.UNet) and meta["step"] == 2
     _cli(
         ["sample", "--checkpoint", str(ck), "--num-samples", "4", "--solver", "ddim"]
         + ["--steps", "3", "--out", str(npy), "--png", str(png)]

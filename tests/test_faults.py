@@ -292,6 +292,22 @@ API_CASES = [
         TypeError,  # fixed
         r"`model`",
     ),
+    (
+        "sample-too-many-samples",
+        lambda: _sample(shape=(2**31, 2)),
+        ValueError,
+        r"`shape`: at most 2147483647 samples per call",
+    ),
+    (
+        # The first offending pair, not the (correct) endpoints.
+        "sample-stepto-not-decreasing",
+        lambda: _sample(
+            num_steps=None,
+            stepsize_controller=dfx.StepTo(jnp.array([1.0, 0.5, 0.6, 0.2, 1e-3])),
+        ),
+        ValueError,
+        r"ts\[1\] = 0\.5 and ts\[2\] = 0\.6\d* are not",
+    ),
     # train
     (
         "train-batch-size-zero",
@@ -332,6 +348,20 @@ API_CASES = [
         r"`model`",
     ),
     ("train-resume-without-dir", lambda: _train(resume=True), ValueError, r"`resume"),
+    (
+        # One rule for integer data: training refuses it as log_likelihood does.
+        "train-integer-data",
+        lambda: _train(data=jnp.zeros((16, 2), jnp.int32)),
+        ValueError,
+        r"`data` must be a floating-point array, got dtype int32\. For integer "
+        r"\(e\.g\. 8-bit\) data, dequantise it first",
+    ),
+    (
+        "train-warmup-negative",
+        lambda: _train(warmup_steps=-1),
+        ValueError,
+        r"`warmup_steps` must be an int >= 0",
+    ),
     ("train-loss-string", lambda: _train(loss="dsm"), TypeError, r"`loss`"),
     (
         "train-checkpoint-every-float",
@@ -479,8 +509,11 @@ def test_nan_loss_in_training_raises():
         MODEL,
         MODEL.model.layers[0].weight.at[0, 0].set(jnp.nan),
     )
-    with pytest.raises(Exception, match="loss became NaN"):
+    with pytest.raises(
+        sd.NonFiniteLossError, match="became NaN or inf at step 1:"
+    ) as e:
         _train(model=bad, steps_per_call=2)
+    assert isinstance(e.value, FloatingPointError) and e.value.step == 1
 
 
 # ------------------------------------------------------------------ the CLI

@@ -43,22 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `scoresde` command with `argv` (default `sys.argv[1:]`); returns the
-    exit code. User errors print one line to stderr and return 2."""
+    exit code. User errors, and failures the user can fix (a diverging loss, too
+    little memory), print one line `scoresde COMMAND: error: ...` to stderr and return
+    2; an interrupt (Ctrl-C) returns 130."""
     parser = build_parser()
+    prog = "scoresde"
     try:
         args = parser.parse_args(argv)
+        prog = f"scoresde {args.command}"
         return args.run(args)
     except UserError as e:
-        msg = str(e)
+        prog, msg = e.prog or prog, str(e)
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
-        msg = f"scoresde: error: {e}"
+        msg = str(e)
     except KeyboardInterrupt:
-        print("scoresde: interrupted (completed checkpoints are kept)", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     msg = " ".join(msg.split())  # one line
-    if not msg.startswith("scoresde"):
-        msg = f"scoresde: error: {msg}"
-    print(msg, file=sys.stderr)
+    print(f"{prog}: error: {msg}", file=sys.stderr)
     return 2
 
 

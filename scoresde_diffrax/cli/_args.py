@@ -10,10 +10,11 @@ from ._solvers import SOLVERS
 
 
 class Parser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose errors are one `UserError` line, no usage dump."""
+    """An `ArgumentParser` whose errors are one `UserError` line, no usage dump,
+    prefixed like every other error of the command (`scoresde train: error: ...`)."""
 
     def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
+        raise UserError(message, prog=self.prog)
 
 
 def number(convert: Callable, ok: Callable, allowed: str) -> Callable:
@@ -49,14 +50,20 @@ def _add_data_parallel_flag(parser, splits: str, flag: str) -> None:
 # --------------------------------------------------------------------------- training
 
 
+# Training flags that define the run default to None here, so that a flag given on
+# the command line can be told from one left out: with --resume, the settings come
+# from the checkpoint and a given flag must agree with it. `train.run` fills in the
+# defaults of a new run (`RUN_DEFAULTS`).
+_WITH_RESUME = "; with --resume: the checkpoint's"
+
+
 def add_data_flag(parser) -> None:
     """`--data NAME`, one of `DATASETS`."""
     parser.add_argument(
         "--data",
-        required=True,
         choices=list(DATASETS),
         metavar="NAME",
-        help=f"data set: {', '.join(DATASETS)}",
+        help=f"data set: {', '.join(DATASETS)} (required{_WITH_RESUME})",
     )
 
 
@@ -64,10 +71,10 @@ def add_sde_flag(parser) -> None:
     """`--sde {vp,subvp,ve}`."""
     parser.add_argument(
         "--sde",
-        required=True,
         choices=SDES,
         help="forward SDE: vp (VPSDE), subvp (SubVPSDE), ve (VESDE with "
-        "sigma_max = largest distance between training examples)",
+        f"sigma_max = largest distance between training examples) (required"
+        f"{_WITH_RESUME})",
     )
 
 
@@ -75,10 +82,9 @@ def add_model_flag(parser) -> None:
     """`--model {mlp,unet}`, a score network."""
     parser.add_argument(
         "--model",
-        required=True,
         choices=MODELS,
         help="network: mlp (MLPScore, any data) or unet (UNet, images); both "
-        "predict the noise (EpsScore)",
+        f"predict the noise (EpsScore) (required{_WITH_RESUME})",
     )
 
 
@@ -86,69 +92,75 @@ def add_training_flags(parser) -> None:
     """The run of `sd.train`: steps, batch, seed, checkpoints, optimiser, EMA."""
     parser.add_argument(
         "--steps",
-        required=True,
         type=positive_int,
         metavar="N",
-        help="total optimiser steps (with --resume: including those done)",
+        help="total optimiser steps, counting those done before a --resume "
+        "(required; with --resume: default the checkpoint's, and it may grow)",
     )
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=128,
         metavar="B",
-        help="examples per step (default 128)",
+        help=f"examples per step (default 128{_WITH_RESUME})",
     )
     parser.add_argument(
         "--seed",
         type=int,
-        default=0,
         metavar="S",
-        help="seed of the initial weights, batches and noise (default 0)",
+        help=f"seed of the initial weights, batches and noise (default 0"
+        f"{_WITH_RESUME})",
     )
     parser.add_argument(
         "--out",
         required=True,
         metavar="DIR",
-        help="checkpoint directory (created; must be empty unless --resume)",
+        help="checkpoint directory (created with its parents; must hold no "
+        "checkpoint unless --resume)",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest complete checkpoint in --out",
+        help="continue the run whose newest complete checkpoint is in --out, with "
+        "its settings (a flag that contradicts them is refused; --steps may grow, "
+        "and --checkpoint-every, --steps-per-call, --quiet, --data-parallel may "
+        "change); without a checkpoint, start it",
     )
     parser.add_argument(
         "--lr",
         type=positive_float,
-        default=None,
-        help="peak learning rate (default 2e-4 for unet, 1e-3 for mlp)",
+        help=f"peak learning rate (default 2e-4 for unet, 2e-3 for mlp{_WITH_RESUME})",
     )
     parser.add_argument(
         "--warmup",
-        type=positive_int,
-        default=None,
-        help="learning-rate warm-up steps (default min(5000, N/10))",
+        type=nonnegative_int,
+        metavar="W",
+        help=f"learning-rate warm-up steps, 0 for none (default min(5000, N/10)"
+        f"{_WITH_RESUME})",
     )
     parser.add_argument(
         "--ema",
         type=unit_float,
-        default=0.999,
-        help="EMA decay of the weights (default 0.999)",
+        help=f"EMA decay of the weights (default 0.999{_WITH_RESUME})",
     )
     parser.add_argument(
         "--checkpoint-every",
         type=positive_int,
         default=1000,
         metavar="K",
-        help="steps between checkpoints (default 1000; also at the end)",
+        help="steps between checkpoints (default 1000; also at the end, and on Ctrl-C)",
     )
     parser.add_argument(
         "--steps-per-call",
         type=positive_int,
-        default=100,
+        default=None,
         metavar="K",
-        help="steps per jit-compiled call (default 100)",
+        help="steps per jit-compiled call (default: sd.train's, 50, or 2 for "
+        "models with convolutions, whose steps are unrolled: compile time and "
+        "memory grow with K)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress report on stderr"
+    )
 
 
 def add_distributed_flags(parser) -> None:
@@ -226,13 +238,15 @@ def add_sampling_flags(parser) -> None:
         "--out",
         required=True,
         metavar="FILE.npy",
-        help="samples in data units (images in [0, 1]), shape (N, *data_shape)",
+        help="samples in data units (images in [0, 1]), shape (N, *data_shape); "
+        "its directory is created with its parents",
     )
     parser.add_argument(
         "--png",
         default=None,
         metavar="FILE.png",
-        help="also write a picture: an image grid (first 64) or a 2-D histogram",
+        help="also write a picture: an image grid (first 64) or a 2-D histogram; "
+        "its directory is created with its parents",
     )
     parser.add_argument(
         "--eps",

@@ -5,7 +5,9 @@ from, the files samples are written to).
 The checkpoint helpers of the library are imported here and nowhere else in the CLI.
 """
 
+import math
 import pathlib
+import shutil
 from collections.abc import Callable
 
 import jax
@@ -18,17 +20,55 @@ from .. import (
     EpsScore,
     load_checkpoint,
     nn,
+    read_metadata,
     sde_from_description,
     SubVPSDE,
     VESDE,
     VPSDE,
 )
-from .._checkpoint import check_writable
+from .._checkpoint import (
+    check_writable,
+    list_checkpoints,
+    model_from_description,
+    SCORE_MODEL as SCORE_MODEL,
+)
+from .._checks import MAX_BATCH
 from .._png import image_grid, scatter_image, write_png
 
 
 class UserError(Exception):
-    """A mistake in the command line: reported in one line, exit code 2."""
+    """A mistake in the command line, or a failure the user can fix: reported in one
+    line (`scoresde COMMAND: error: ...`), exit code 2. `prog` overrides the command
+    named in the prefix (the parser's own errors)."""
+
+    def __init__(self, message: str, *, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
+
+
+def missing_ancestor(path: pathlib.Path) -> pathlib.Path | None:
+    """The outermost directory of `path` (itself included) that does not exist yet:
+    what creating `path` creates; None if `path` exists."""
+    created = None
+    p = path.absolute()
+    while not p.exists():
+        created, p = p, p.parent
+    return created
+
+
+def remove_if_empty(path: pathlib.Path, created: pathlib.Path | None) -> None:
+    """Remove the directories this command created on the way to `path`, if empty."""
+    if created is None:
+        return
+    p = path.absolute()
+    while True:
+        try:
+            p.rmdir()  # only if empty
+        except OSError:
+            return
+        if p == created:
+            return
+        p = p.parent
 
 
 def writable_dir(path: pathlib.Path, flag: str) -> None:
@@ -111,11 +151,10 @@ def make_model(name: str, data_shape: tuple[int, ...], sde, key) -> EpsScore:
 # --------------------------------------------------------------------------- devices
 
 
-def init_distributed(args, command: str) -> bool:
+def init_distributed(args) -> bool:
     """Check the multi-process flags of `add_distributed_flags` and call
     `jax.distributed.initialize` (before any JAX computation). Returns whether this
     is a multi-process run."""
-    prog = f"scoresde {command}"
     flags = {
         "--coordinator": args.coordinator,
         "--num-processes": args.num_processes,
@@ -126,18 +165,18 @@ def init_distributed(args, command: str) -> bool:
     missing = [f for f, v in flags.items() if v is None]
     if missing:
         raise UserError(
-            f"{prog}: {', '.join(missing)} missing: --coordinator, "
+            f"{', '.join(missing)} missing: --coordinator, "
             "--num-processes and --process-id go together"
         )
     host, sep, port = args.coordinator.rpartition(":")
     if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
         raise UserError(
-            f"{prog}: --coordinator must be HOST:PORT with a port in "
+            "--coordinator must be HOST:PORT with a port in "
             f"1..65535 (e.g. 10.0.0.1:12345), got {args.coordinator!r}"
         )
     if args.process_id >= args.num_processes:
         raise UserError(
-            f"{prog}: --process-id must be in 0..{args.num_processes - 1} "
+            f"--process-id must be in 0..{args.num_processes - 1} "
             f"for --num-processes {args.num_processes}, got {args.process_id}"
         )
     try:
@@ -146,20 +185,19 @@ def init_distributed(args, command: str) -> bool:
         )
     except Exception as e:  # noqa: BLE001
         raise UserError(
-            f"{prog}: jax.distributed.initialize with --coordinator "
+            "jax.distributed.initialize with --coordinator "
             f"{args.coordinator} failed: {e}"
         ) from e
     return True
 
 
-def batch_mesh(command: str, flag: str, size: int, when: str) -> Mesh:
+def batch_mesh(flag: str, size: int, when: str) -> Mesh:
     """A one-axis mesh `("batch",)` over all devices (of all processes), to split a
     batch of `size` (set by `flag`) over; a `UserError` if it does not divide."""
     n = jax.device_count()
     if size % n != 0:
         raise UserError(
-            f"scoresde {command}: {flag} {size} must be divisible by the number of "
-            f"devices ({n}) {when}"
+            f"{flag} {size} must be divisible by the number of devices ({n}) {when}"
         )
     return jax.make_mesh((n,), ("batch",))
 
@@ -179,6 +217,31 @@ def devices_splitting(x: jax.Array) -> int:
     return x.shape[0] // x.sharding.shard_shape(x.shape)[0]
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_steps(directory: pathlib.Path) -> list[int]:
+    """Steps of the complete checkpoints in `directory`, ascending."""
+    return list_checkpoints(directory)
+
+
+def newest_checkpoint(out: pathlib.Path) -> dict | None:
+    """The metadata of the newest complete checkpoint in `out` (`--out`), or None."""
+    if not list_checkpoints(out):
+        return None
+    try:
+        return read_metadata(out)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--out: {e}") from e
+
+
+def checkpoint_model(meta: dict):
+    """The SDE and the network (freshly initialised) a checkpoint's metadata
+    describes: what a resumed run trains."""
+    sde = sde_from_description(meta["sde"])
+    return sde, model_from_description(meta["model"], sde)
+
+
 # --------------------------------------------------------------------------- sampling
 
 
@@ -192,20 +255,52 @@ def load_for_sampling(checkpoint: str):
     return nn.loop_friendly(model), sde_from_description(meta["sde"]), meta["data"]
 
 
-def check_sample_files(out: str, png: str | None) -> pathlib.Path:
-    """Check `--out FILE.npy` and `--png FILE.png` (their directories are created);
-    returns `--out` as a path."""
+def check_sample_suffixes(out: str, png: str | None) -> pathlib.Path:
+    """`--out` names a `.npy` file and `--png` a `.png` file; returns `--out`."""
     path = pathlib.Path(out)
     if path.suffix != ".npy":
         raise UserError(f"--out must name a .npy file, got {str(path)!r}")
-    writable_dir(
-        path.parent if str(path.parent) else pathlib.Path("."), "--out's directory"
-    )
-    if png is not None:
-        if pathlib.Path(png).suffix != ".png":
-            raise UserError(f"--png must name a .png file, got {png!r}")
-        writable_dir(pathlib.Path(png).parent, "--png's directory")
+    if png is not None and pathlib.Path(png).suffix != ".png":
+        raise UserError(f"--png must name a .png file, got {png!r}")
     return path
+
+
+def make_sample_dirs(
+    out: pathlib.Path, png: str | None
+) -> list[tuple[pathlib.Path, pathlib.Path]]:
+    """Create the directories of `--out` and `--png` (with their parents) if needed,
+    checking they are writable; returns those created as `(directory, outermost
+    created)` pairs, for `remove_if_empty`."""
+    created = []
+    for file, flag in ((out, "--out"), (png, "--png")):
+        if file is None:
+            continue
+        directory = pathlib.Path(file).parent
+        first = missing_ancestor(directory)
+        writable_dir(directory, f"{flag}'s directory")
+        if first is not None:
+            created.append((directory, first))
+    return created
+
+
+def check_room(shape: tuple[int, ...], out: pathlib.Path) -> None:
+    """`--num-samples` within what one call can index, and its samples (float32)
+    within the free space of `--out`'s file system."""
+    if shape[0] > MAX_BATCH:
+        raise UserError(
+            f"--num-samples must be at most {MAX_BATCH} per run (each sample's noise "
+            f"is indexed by a 32-bit number), got {shape[0]}; run again with other "
+            "--seed values for more"
+        )
+    size = 4 * math.prod(shape) + 128  # float32 and the .npy header
+    free = shutil.disk_usage(out.parent if str(out.parent) else ".").free
+    if size > free:
+        per = 4 * math.prod(shape[1:])
+        raise UserError(
+            f"--num-samples {shape[0]}: the samples take {size / 2**30:.3g} GiB, but "
+            f"--out's file system has {free / 2**30:.3g} GiB free; at most about "
+            f"{free // per} fit there"
+        )
 
 
 def save_samples(samples, data_meta: dict, out: pathlib.Path, png: str | None):

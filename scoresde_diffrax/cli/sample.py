@@ -6,9 +6,12 @@ from .. import sample as sd_sample
 from ._args import add_sampling_flags
 from ._common import (
     batch_mesh,
-    check_sample_files,
+    check_room,
+    check_sample_suffixes,
     devices_splitting,
     load_for_sampling,
+    make_sample_dirs,
+    remove_if_empty,
     save_samples,
     UserError,
 )
@@ -25,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     # Checks and set-up
-    out = check_sample_files(args.out, args.png)
+    out = check_sample_suffixes(args.out, args.png)
     model, sde, data_meta = load_for_sampling(args.checkpoint)
     if args.eps is not None and not args.eps < sde.T:
         raise UserError(
@@ -33,24 +36,19 @@ def run(args) -> int:
         )
     mesh = None
     if args.data_parallel:
-        mesh = batch_mesh(
-            "sample", "--num-samples", args.num_samples, "with --data-parallel"
-        )
+        mesh = batch_mesh("--num-samples", args.num_samples, "with --data-parallel")
+    shape = (args.num_samples, *data_meta["data_shape"])
+    created = make_sample_dirs(out, args.png)
+    try:
+        check_room(shape, out)
+        res = _sample(args, sde, model, shape, mesh)
+        save_samples(res.samples, data_meta, out, args.png)
+    except BaseException:
+        for directory, first in created:  # leave no empty directory behind
+            remove_if_empty(directory, first)
+        raise
 
-    # Sample
-    res = sd_sample(
-        jr.key(args.seed),
-        sde,
-        model,
-        (args.num_samples, *data_meta["data_shape"]),
-        **SOLVERS[args.solver].sample_kwargs(sde, args.steps, args.eps),
-        denoise=args.denoise,
-        eps=args.eps,
-        sharding=mesh,
-    )
-
-    # Write and report
-    save_samples(res.samples, data_meta, out, args.png)
+    # Report
     nfe = int(res.stats["num_score_evals"])
     devices = ""
     if mesh is not None:
@@ -61,3 +59,30 @@ def run(args) -> int:
         + (f", {args.png}" if args.png else "")
     )
     return 0
+
+
+def _sample(args, sde, model, shape, mesh):
+    """`sd.sample` for the flags; running out of memory is a `UserError` saying how
+    many samples fit."""
+    try:
+        return sd_sample(
+            jr.key(args.seed),
+            sde,
+            model,
+            shape,
+            **SOLVERS[args.solver].sample_kwargs(sde, args.steps, args.eps),
+            denoise=args.denoise,
+            eps=args.eps,
+            sharding=mesh,
+        )
+    except MemoryError as e:
+        largest = getattr(e, "largest", None)
+        fix = (
+            f"about {largest} fit at once: pass --num-samples {largest} or fewer, "
+            "and run again with other --seed values for more"
+            if largest
+            else "lower --num-samples, and run again with other --seed values for more"
+        )
+        raise UserError(
+            f"--num-samples {args.num_samples} does not fit in memory; {fix}"
+        ) from e

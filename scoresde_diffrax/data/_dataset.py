@@ -2,6 +2,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 
@@ -88,7 +89,11 @@ class Dataset(eqx.Module):
         return self.to_model(self.x)
 
     def metadata(self) -> dict:
-        """What a checkpoint records about the data (JSON-able)."""
+        """What a checkpoint records about the data (JSON-able): its name, shape,
+        scaling and size, and `summary`, the mean, standard deviation, minimum and
+        maximum of all its entries (to tell data sets of the same shape apart when a
+        run is resumed, to round-off)."""
+        x = np.asarray(self.x, np.float64)
         return {
             "name": self.name,
             "data_shape": list(self.data_shape),
@@ -96,6 +101,12 @@ class Dataset(eqx.Module):
             "shift": self.shift,
             "levels": self.levels,
             "num_examples": int(self.x.shape[0]),
+            "summary": [
+                float(x.mean()),
+                float(x.std()),
+                float(x.min()),
+                float(x.max()),
+            ],
         }
 
 

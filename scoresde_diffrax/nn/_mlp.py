@@ -22,6 +22,8 @@ class MLPConfig:
     depth: int = 3
     time_dim: int = 32
     fourier_time: bool = False
+    input_fourier_features: int = 0
+    input_fourier_scale: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "data_shape", freeze(self.data_shape))
@@ -40,17 +42,35 @@ class MLPConfig:
             raise ValueError(
                 f"MLPScore: `time_dim` must be even and >= 4, got {self.time_dim}."
             )
+        n = self.input_fourier_features
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n % 2:
+            raise ValueError(
+                "MLPScore: `input_fourier_features` must be an even int >= 0, got "
+                f"{n!r}."
+            )
+        scale = self.input_fourier_scale
+        if isinstance(scale, bool) or not (
+            isinstance(scale, (int, float)) and 0 < scale < math.inf
+        ):
+            raise ValueError(
+                "MLPScore: `input_fourier_scale` must be a finite number > 0, got "
+                f"{scale!r}."
+            )
 
 
 class MLPScore(eqx.Module):
     r"""A multilayer perceptron on one example, conditioned on time through sinusoidal
     (or random Fourier) features, for low-dimensional data such as the 2-D toys.
 
-    The example is flattened, concatenated with the time features, and passed through
-    `depth` hidden layers of `width` SiLU units (the time features enter every layer);
-    the output has the example's shape. What it predicts (score, noise or data) is up to
-    the wrapper: use it bare as a score, or as `sd.EpsScore(MLPScore(...), sde)` /
-    `sd.X0Score(...)`.
+    The example is flattened and, for low-dimensional data, extended by random Fourier
+    features of itself, $[\sin(2\pi B x), \cos(2\pi B x)]$ with a fixed
+    $B_{ij} \sim \mathcal{N}(0, s^2)$ (Tancik et al. 2020): without them an MLP is
+    slow to learn functions that vary on a finer scale than the data's spread (its
+    spectral bias), such as the score near thin rings at small noise. It is then
+    concatenated with the time features and passed through `depth` hidden layers of
+    `width` SiLU units (the time features enter every layer); the output has the
+    example's shape. What it predicts (score, noise or data) is up to the wrapper: use
+    it bare as a score, or as `sd.EpsScore(MLPScore(...), sde)` / `sd.X0Score(...)`.
 
     **Arguments:**
 
@@ -60,6 +80,12 @@ class MLPScore(eqx.Module):
     - `time_dim`: number of time features (even). Default 32.
     - `fourier_time`: random Gaussian Fourier features (scale 16, NCSN++) instead of
         sinusoidal ones (DDPM). Default False.
+    - `input_fourier_features`: number of random Fourier features of the input (even;
+        0: none). Default None: 64 for examples of at most 4 numbers (coordinates,
+        such as the 2-D toys), else 0. (Checkpoints written before this option
+        existed rebuild with 0.)
+    - `input_fourier_scale`: the standard deviation $s$ of $B$, in cycles per unit
+        of the (model-unit) input. Default 1.
     - `key`: PRNG key for the initial weights.
 
     **Example:**
@@ -72,6 +98,7 @@ class MLPScore(eqx.Module):
 
     config: MLPConfig = eqx.field(static=True)
     embed: SinusoidalEmbedding | GaussianFourierEmbedding
+    input_freqs: Float[Array, "features d"] | None
     layers: tuple[eqx.nn.Linear, ...]
     out: eqx.nn.Linear
 
@@ -83,16 +110,34 @@ class MLPScore(eqx.Module):
         depth: int = 3,
         time_dim: int = 32,
         fourier_time: bool = False,
+        input_fourier_features: int | None = None,
+        input_fourier_scale: float = 1.0,
         key: PRNGKeyArray,
     ):
-        self.config = MLPConfig(tuple(data_shape), width, depth, time_dim, fourier_time)
-        d = math.prod(self.config.data_shape)
+        d = math.prod(tuple(data_shape))
+        if input_fourier_features is None:
+            input_fourier_features = 64 if d <= 4 else 0
+        self.config = MLPConfig(
+            tuple(data_shape),
+            width,
+            depth,
+            time_dim,
+            fourier_time,
+            input_fourier_features,
+            input_fourier_scale,
+        )
         kt, ko, *kl = jr.split(key, depth + 2)
         if fourier_time:
             self.embed = GaussianFourierEmbedding(time_dim, key=kt)
         else:
             self.embed = SinusoidalEmbedding(time_dim)
-        sizes = [d + time_dim] + [width + time_dim] * (depth - 1)
+        n = input_fourier_features
+        self.input_freqs = (
+            input_fourier_scale * jr.normal(jr.fold_in(key, 1), (n // 2, d))
+            if n
+            else None
+        )
+        sizes = [d + n + time_dim] + [width + time_dim] * (depth - 1)
         self.layers = tuple(
             eqx.nn.Linear(i, width, key=k) for i, k in zip(sizes, kl, strict=True)
         )
@@ -111,6 +156,9 @@ class MLPScore(eqx.Module):
             )
         temb = self.embed(t).astype(x.dtype)
         h = einops.rearrange(x, "... -> (...)")
+        if self.input_freqs is not None:
+            arg = 2 * jnp.pi * (jax.lax.stop_gradient(self.input_freqs) @ h)
+            h = jnp.concatenate([h, jnp.sin(arg), jnp.cos(arg)])
         for layer in self.layers:
             h = jax.nn.silu(layer(jnp.concatenate([h, temb])))
         return self.out(h).reshape(self.config.data_shape)
