@@ -41,10 +41,6 @@ CASES = {
         dfx.Euler(),
         dict(method="sde", num_steps=16, adjoint=dfx.RecursiveCheckpointAdjoint()),
     ),
-    "sde-pc-checkpoint": (
-        sd.PredictorCorrector(corrector=sd.Langevin(snr=0.16, batch_norm=True)),
-        dict(num_steps=12, adjoint=dfx.RecursiveCheckpointAdjoint()),
-    ),
 }
 
 
