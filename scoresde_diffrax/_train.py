@@ -24,7 +24,7 @@ from ._checkpoint import (
     load_train_state,
     save_checkpoint,
 )
-from ._loss import AbstractLoss, DSMLoss
+from ._loss import AbstractLoss, ClassifierLoss, DSMLoss
 from ._optim import adam_with_warmup, ema_decay_at, ema_update
 from ._score import EpsScore, X0Score
 from ._sde import AbstractSDE
@@ -51,7 +51,9 @@ def _check_in_unit_interval(name: str, value) -> None:
         raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
 
 
-def _check_isinstance(name: str, value, cls: type, what: str) -> None:
+def _check_isinstance(
+    name: str, value, cls: type | tuple[type, ...], what: str
+) -> None:
     if not isinstance(value, cls):
         raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
@@ -106,7 +108,7 @@ class _ChunkConfig(eqx.Module):
     static: PyTree
     sde: AbstractSDE
     data: Dataset
-    loss: AbstractLoss
+    loss: AbstractLoss | ClassifierLoss
     optimizer: optax.GradientTransformation
     batch_size: int
     ema_decay: float
@@ -127,7 +129,7 @@ def train(
     *,
     num_steps: int,
     batch_size: int = 128,
-    loss: AbstractLoss | None = None,
+    loss: AbstractLoss | ClassifierLoss | None = None,
     learning_rate: float = 2e-4,
     warmup_steps: int = 5000,
     grad_clip: float | None = 1.0,
@@ -168,6 +170,8 @@ def train(
     - `num_steps`: total number of optimiser steps (counting resumed ones), >= 1.
     - `batch_size`: examples per step (drawn with replacement). Default 128.
     - `loss`: an `AbstractLoss`. Default (None) `sd.DSMLoss()` (sigma^2 weighting, eps=1e-5).
+        `sd.ClassifierLoss()` trains a noise-conditional classifier instead (`model`
+        returns logits; `data` needs labels).
     - `learning_rate`, `warmup_steps`, `grad_clip`: of [`adam_with_warmup`][] (paper:
         2e-4, 5000, 1.0); ignored if `optimizer` is given.
     - `optimizer`: any optax transformation instead.
@@ -224,12 +228,20 @@ def train(
     _check_in_unit_interval("ema_decay", ema_decay)
     _check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
     loss = DSMLoss() if loss is None else loss
-    _check_isinstance("loss", loss, AbstractLoss, "an AbstractLoss (e.g. sd.DSMLoss())")
+    _check_isinstance(
+        "loss",
+        loss,
+        (AbstractLoss, ClassifierLoss),
+        "an AbstractLoss (e.g. sd.DSMLoss()) or sd.ClassifierLoss()",
+    )
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
     batch_sharding, replicated = _data_parallel_shardings(sharding, batch_size)
     data = data if isinstance(data, Dataset) else dataset_from_array(data)
-    _check_model(model, sde, data)
+    if isinstance(loss, ClassifierLoss):  # a classifier: logits, not a score
+        loss.check_model(model, data)
+    else:
+        _check_model(model, sde, data)
 
     # Initial set-up
     optimizer, optimizer_desc = _optimizer(
@@ -404,7 +416,7 @@ def _checkpoint_metadata(
     model: PyTree,
     sde: AbstractSDE,
     data: Dataset,
-    loss: AbstractLoss,
+    loss: AbstractLoss | ClassifierLoss,
     optimizer_desc: dict,
     *,
     ema_decay: float,
@@ -526,7 +538,7 @@ def _train_step(
         return config.loss(eqx.combine(params, config.static), config.sde, xb, key)
 
     key = jr.fold_in(key, step)
-    xb = config.data.batch(jr.fold_in(key, 0), config.batch_size)
+    xb = config.loss.draw_batch(config.data, jr.fold_in(key, 0), config.batch_size)
     xb = _sharding.constrain(xb, config.batch_sharding)
     value, grads = jax.value_and_grad(loss_fn)(params, xb, jr.fold_in(key, 1))
     updates, opt_state = config.optimizer.update(grads, opt_state, params)
