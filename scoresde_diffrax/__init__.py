@@ -12,16 +12,29 @@ from ._checkpoint import (
     save_checkpoint as save_checkpoint,
     sde_from_description as sde_from_description,
 )
+from ._conditioning import PerExample as PerExample
 from ._divergence import (
     AbstractDivergence as AbstractDivergence,
     ExactDivergence as ExactDivergence,
     Hutchinson as Hutchinson,
 )
-from ._exact import GaussianMixture as GaussianMixture, MixtureScore as MixtureScore
+from ._exact import (
+    FullCovarianceMixture as FullCovarianceMixture,
+    GaussianMixture as GaussianMixture,
+    MixtureClassifier as MixtureClassifier,
+    MixtureScore as MixtureScore,
+)
 from ._flow import (
     decode as decode,
     encode as encode,
     interpolate_latents as interpolate_latents,
+)
+from ._guidance import ClassifierGuidance as ClassifierGuidance
+from ._inverse import (
+    colorization as colorization,
+    grey_decoupling as grey_decoupling,
+    Impute as Impute,
+    ImputeState as ImputeState,
 )
 from ._likelihood import (
     LikelihoodResult as LikelihoodResult,
@@ -29,6 +42,7 @@ from ._likelihood import (
 )
 from ._loss import (
     AbstractLoss as AbstractLoss,
+    ClassifierLoss as ClassifierLoss,
     DDPMLoss as DDPMLoss,
     DSMLoss as DSMLoss,
     SMLDLoss as SMLDLoss,

@@ -23,7 +23,6 @@ import numpy as np
 from jaxtyping import PyTree
 
 from . import _sharding, nn as _nn
-from ._loss import AbstractLoss
 from ._score import EpsScore, X0Score
 from ._sde import AbstractSDE, SubVPSDE, VESDE, VPSDE
 
@@ -94,7 +93,7 @@ def describe_sde(sde: AbstractSDE) -> dict:
     }
 
 
-def describe_loss(loss: AbstractLoss) -> dict:
+def describe_loss(loss: eqx.Module) -> dict:
     """The JSON description of a loss: its class and its scalar fields (for the
     record; a checkpoint does not rebuild its loss)."""
     out = {"class": type(loss).__name__}

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._conditioning import example, has_per_example
 from ._divergence import AbstractDivergence
 from ._sde import AbstractSDE
 
@@ -71,7 +72,7 @@ def check_unit_interval(name: str, value) -> float:
     return v
 
 
-def check_isinstance(name: str, value, cls: type, what: str) -> None:
+def check_isinstance(name: str, value, cls: type | tuple[type, ...], what: str) -> None:
     """A `TypeError` naming `name` unless `value` is a `cls` (described as `what`)."""
     if not isinstance(value, cls):
         raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
@@ -171,6 +172,38 @@ def check_batch(name: str, x) -> jax.Array:
     return x
 
 
+def check_mask(mask, shapes, name: str = "mask"):
+    """`mask` as a boolean array of one of the allowed `shapes` (a tuple of shapes, or
+    one shape), with every entry 0 or 1 (bools, or numbers equal to 0 or 1).
+    Concrete masks come back as a NumPy array, traced ones as a jax array
+    (`mask != 0`; the values cannot be checked). A `ValueError` names `name`."""
+    if shapes and isinstance(shapes[0], int):
+        shapes = (tuple(shapes),)
+    shapes = tuple(tuple(int(v) for v in s) for s in shapes)
+    if not is_concrete(mask):
+        if tuple(mask.shape) not in shapes:
+            raise ValueError(
+                f"`{name}` must have shape {' or '.join(map(str, shapes))} (the "
+                f"data's), got {tuple(mask.shape)}."
+            )
+        return mask != 0
+    m = np.asarray(mask)
+    if m.shape not in shapes:
+        raise ValueError(
+            f"`{name}` must have shape {' or '.join(map(str, shapes))} (the data's), "
+            f"got {m.shape}."
+        )
+    if m.dtype != np.bool_:
+        if not (np.issubdtype(m.dtype, np.number) and np.all((m == 0) | (m == 1))):
+            bad = m[~((m == 0) | (m == 1))].ravel()[:3] if m.dtype != object else m
+            raise ValueError(
+                f"`{name}` must be binary (booleans, or numbers 0 and 1 where 1 marks "
+                f"an observed entry), got values such as {bad.tolist()}."
+            )
+        m = m != 0
+    return m
+
+
 # --------------------------------------------------------------------------------------
 # The three arguments every solve takes
 # --------------------------------------------------------------------------------------
@@ -256,6 +289,10 @@ def check_score_shape(
     (traced once, nothing is computed)."""
     x = jax.ShapeDtypeStruct(data_shape, dtype)
     t = jax.ShapeDtypeStruct((), dtype)
+    if has_per_example(score):
+        # One example sees its own entry of the per-example data.
+        full = score
+        score = lambda t, x: example(full, 0)(t, x)  # noqa: E731
     try:
         out = eqx.filter_eval_shape(score, t, x)
     except Exception as e:  # noqa: BLE001

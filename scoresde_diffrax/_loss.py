@@ -50,6 +50,11 @@ class AbstractLoss(eqx.Module):
         )
         return jnp.mean(per)
 
+    def draw_batch(self, data, key: PRNGKeyArray, batch_size: int) -> Array:
+        """What one training step feeds the loss: `data.batch(key, batch_size)`, the
+        examples in model units."""
+        return data.batch(key, batch_size)
+
 
 class DSMLoss(AbstractLoss):
     r"""Continuous denoising score matching (Song et al. 2021, eq. 7):
@@ -214,3 +219,88 @@ class DDPMLoss(AbstractLoss):
         z = jr.normal(kz, x0.shape, dtype)
         s = jnp.asarray(score(t, abar_sqrt * x0 + std * z))
         return _reduce(std * s + z, self.reduce_mean)
+
+
+class ClassifierLoss(eqx.Module):
+    r"""The training loss of a noise-conditional classifier $p_t(y \mid x_t)$ (for
+    [`ClassifierGuidance`][]): cross-entropy on noised data,
+
+    $$\mathcal{L} = \mathbb{E}_{t, (x_0, y), z}\big[-\log \mathrm{softmax}(
+    c_\phi(t, a(t) x_0 + s(t) z))_y\big], \quad t \sim U(\epsilon, T),$$
+
+    the same noising as the score's [`DSMLoss`][], so a classifier trained with the
+    same SDE pairs with the score model. Pass it to [`train`][] as `loss=`: training
+    then draws labelled batches (the data set needs `labels`), and checkpoints, EMA
+    and `resume` work as for score models.
+
+    **Arguments:**
+
+    - `eps`: smallest time, in (0, 1). Default 1e-5.
+
+    **Reference:** Song et al., ICLR 2021, appendix I.1; Dhariwal & Nichol, NeurIPS
+    2021.
+    """
+
+    eps: float = eqx.field(static=True, default=1e-5)
+
+    def __check_init__(self):
+        _check_eps(self.eps, "ClassifierLoss")
+
+    def per_example(
+        self,
+        classifier: Callable,
+        sde: AbstractSDE,
+        x0: Float[Array, "*shape"],
+        label: Array,
+        key: PRNGKeyArray,
+    ) -> Scalar:
+        """Cross-entropy of one noised example with its label."""
+        kt, kz = jr.split(key)
+        x0 = jnp.asarray(x0)
+        t = jr.uniform(kt, (), x0.dtype, minval=self.eps, maxval=sde.T)
+        mean, std = sde.marginal(t, x0)
+        logits = jnp.asarray(classifier(t, mean + std * jr.normal(kz, x0.shape)))
+        return -jax.nn.log_softmax(logits)[label]
+
+    def __call__(
+        self,
+        classifier: Callable,
+        sde: AbstractSDE,
+        batch: tuple[Float[ArrayLike, " batch *shape"], ArrayLike],
+        key: PRNGKeyArray,
+    ) -> Scalar:
+        """Mean of `per_example` over a batch `(x0, labels)`."""
+        x0, labels = jnp.asarray(batch[0]), jnp.asarray(batch[1])
+        keys = jr.split(key, x0.shape[0])
+        per = jax.vmap(self.per_example, in_axes=(None, None, 0, 0, 0))(
+            classifier, sde, x0, labels, keys
+        )
+        return jnp.mean(per)
+
+    def draw_batch(self, data, key: PRNGKeyArray, batch_size: int):
+        """Examples (model units) and their labels: `data.labelled_batch`."""
+        return data.labelled_batch(key, batch_size)
+
+    def check_model(self, model: Callable, data) -> None:
+        """`data` has labels and `model(t, x)` gives one logit per class."""
+        if data.labels is None:
+            raise ValueError(
+                "`data`: training a classifier needs labels (a Dataset with "
+                "`labels`, e.g. sd.data.digits())."
+            )
+        x = jax.ShapeDtypeStruct(data.data_shape, data.x.dtype)
+        t = jax.ShapeDtypeStruct((), data.x.dtype)
+        try:
+            out = eqx.filter_eval_shape(model, t, x)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"`model` does not fit the data: examples of shape {data.data_shape} "
+                f"({type(e).__name__}: {e})."
+            ) from e
+        num = int(jnp.max(data.labels)) + 1
+        shape = getattr(out, "shape", None)
+        if shape is None or len(shape) != 1 or shape[0] < num:
+            raise ValueError(
+                f"`model` must return one logit per class, shape (num_classes,) with "
+                f"num_classes >= {num} (the data's labels), got {shape}."
+            )

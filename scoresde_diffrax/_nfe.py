@@ -13,6 +13,7 @@ from typing import NamedTuple
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 _cache: dict = {}
@@ -42,16 +43,40 @@ class SolverProbe(NamedTuple):
     has_error_estimate: bool
 
 
-def probe_solver(solver: dfx.AbstractSolver, make_terms: Callable, key) -> SolverProbe:
+def _structural_key(solver, key):
+    """A cache key for a solver holding arrays (e.g. the per-example data of
+    `sd.Impute`): its structure, the shapes and dtypes of its arrays and its other
+    leaves, which is what its score evaluations per step depend on. None if a leaf
+    is neither an array nor hashable."""
+    leaves, treedef = jax.tree_util.tree_flatten(solver)
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, (jax.Array, np.ndarray)):
+            parts.append(("array", tuple(leaf.shape), str(leaf.dtype)))
+        else:
+            try:
+                hash(leaf)
+            except TypeError:
+                return None
+            parts.append(leaf)
+    return (treedef, tuple(parts), key)
+
+
+def probe_solver(
+    solver: dfx.AbstractSolver,
+    make_terms: Callable,
+    key,
+    shape: tuple[int, ...] = (1, 1),
+) -> SolverProbe:
     """Probe `solver` on the terms `make_terms(score)` builds: a one-example problem of
-    shape `(1, 1)` (batched) around the given score. `key` names the term structure
-    for caching.
+    `shape` (batched; default `(1, 1)`) around the given score. `key` names the term
+    structure (and shape) for caching.
     """
     try:
         cache_key = (solver, key)
         hash(cache_key)
     except TypeError:
-        cache_key = None
+        cache_key = _structural_key(solver, key)
     if cache_key is not None and cache_key in _cache:
         return _cache[cache_key]
 
@@ -63,7 +88,7 @@ def probe_solver(solver: dfx.AbstractSolver, make_terms: Callable, key) -> Solve
         return jnp.zeros_like(x)
 
     terms = make_terms(score)
-    y0 = jnp.zeros((1, 1))
+    y0 = jnp.zeros(shape)
     ts = (-0.9, -0.8, -0.7)  # inside [-T, -eps] of the reversed clock
 
     @jax.jit

@@ -91,11 +91,12 @@ def plan_solve(
     dt0: float | None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    probe_shape: tuple[int, ...] = (1, 1),
 ) -> SolvePlan:
     """Apply the module's rules. `start`/`end` are the user-clock endpoints (either
     may be traced), `increasing` whether time runs up from `start` to `end`;
     `make_terms(score)` builds the solve's terms around a score (for counting
-    evaluations; `probe_key` names that structure). Raises `ValueError` naming the
+    evaluations, on a state of `probe_shape`; `probe_key` names that structure). Raises `ValueError` naming the
     offending argument."""
     start_f = None if isinstance(start, jax.core.Tracer) else float(start)
     end_f = None if isinstance(end, jax.core.Tracer) else float(end)
@@ -147,7 +148,7 @@ def plan_solve(
     if isinstance(controller, dfx.ConstantStepSize) and dt0 is None:
         raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
 
-    probe = probe_solver(solver, make_terms, probe_key)
+    probe = probe_solver(solver, make_terms, probe_key, probe_shape)
     if adaptive and not probe.has_error_estimate:
         raise ValueError(
             f"`solver`: {type(solver).__name__} does not estimate its error, so it "

@@ -19,6 +19,12 @@ from ._checks import (
     Method,
     resolve_method,
 )
+from ._conditioning import (
+    check_per_example,
+    constrain_per_example,
+    example,
+    has_per_example,
+)
 from ._memory import (
     compiled_bytes,
     gib,
@@ -198,13 +204,23 @@ def sample(
         check_positive("brownian_tol", brownian_tol)
     if saveat is not None:
         check_saveat(saveat, T, eps_f)
+    check_per_example(score, shape, "score")
+    check_per_example(solver, shape, "solver")
     batch_sh = batch_sharding(sharding, shape)
 
     # Plan: the solve runs forwards on the reversed clock r = -t, from -T up to -eps.
+    # A solver with per-example data (e.g. `Impute`) is probed on one example of the
+    # data's shape; others on a (1, 1) problem.
+    probe, probe_shape = solver, (1, 1)
+    if has_per_example(solver):
+        probe, probe_shape = example(solver, slice(0, 1)), (1, *shape[1:])
     plan = plan_solve(
-        solver,
-        lambda s: _terms(sde, s, method, (1, 1), jax.random.key(0), -T, -1e-3, "fast"),
-        (method,),
+        probe,
+        lambda s: _terms(
+            sde, s, method, probe_shape, jax.random.key(0), -T, -1e-3, "fast"
+        ),
+        (method, probe_shape),
+        probe_shape=probe_shape,
         start=T,
         end=eps,
         increasing=False,
@@ -371,13 +387,15 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
     # Initial set-up
     dtype = jnp.result_type(float)
     check_score_shape(p.score, p.shape[1:], dtype)  # at trace time only
+    score = constrain_per_example(p.score, p.sharding)
+    solver = constrain_per_example(p.solver, p.sharding)
     keys = constrain_leading(per_sample_keys(key, p.shape[0]), p.sharding)
     prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     y0 = jax.vmap(lambda k: p.sde.prior_sample(k, p.shape[1:]))(prior_keys)
     y0 = constrain(y0.astype(dtype), p.sharding)
     terms = _terms(
         p.sde,
-        p.score,
+        score,
         p.method,
         p.shape,
         jax.random.fold_in(key, 1),
@@ -394,7 +412,7 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
     # Main loop
     sol = dfx.diffeqsolve(
         terms,
-        p.solver,
+        solver,
         t0=p.plan.r0,
         t1=-p.eps,
         dt0=p.plan.dt0,
@@ -411,7 +429,7 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
     samples = sol.ys[0][-1]
     if p.denoise:
         t = jnp.asarray(p.eps, dtype)
-        s = batched_score(p.score, t, samples)
+        s = batched_score(score, t, samples)
         samples = (samples + p.sde.std(t) ** 2 * s) / p.sde.mean_coeff(t)
         samples = samples.astype(dtype)
     not_finite = ~jnp.all(jnp.isfinite(samples))

@@ -2,11 +2,11 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
+from ._conditioning import batched_call
 from ._custom_types import ScalarLike
 from ._sde import AbstractSDE
 
@@ -14,8 +14,9 @@ from ._sde import AbstractSDE
 def batched_score(
     score: Callable, t: ScalarLike, y: Float[Array, " batch *shape"]
 ) -> Float[Array, " batch *shape"]:
-    """Apply a per-example score to a batch (the one place the batch is vmapped)."""
-    return jax.vmap(score, in_axes=(None, 0))(t, y)
+    """Apply a per-example score to a batch (the one place the batch is vmapped; a
+    score's [`PerExample`][] data is vmapped alongside the state)."""
+    return batched_call(score, t, y)
 
 
 def _time(r: ScalarLike, reverse_time: bool) -> ScalarLike:

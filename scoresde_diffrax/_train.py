@@ -27,7 +27,7 @@ from ._checkpoint import (
     SCORE_MODEL,
 )
 from ._checks import check_floating, check_int, check_isinstance, check_unit_interval
-from ._loss import AbstractLoss, DSMLoss
+from ._loss import AbstractLoss, ClassifierLoss, DSMLoss
 from ._memory import (
     compiled_bytes,
     gib,
@@ -102,7 +102,7 @@ class _ChunkConfig(eqx.Module):
     static: PyTree
     sde: AbstractSDE
     data: Dataset
-    loss: AbstractLoss
+    loss: AbstractLoss | ClassifierLoss
     optimizer: optax.GradientTransformation
     batch_size: int
     ema_decay: float
@@ -123,7 +123,7 @@ def train(
     *,
     num_steps: int,
     batch_size: int = 128,
-    loss: AbstractLoss | None = None,
+    loss: AbstractLoss | ClassifierLoss | None = None,
     learning_rate: float = 2e-4,
     warmup_steps: int = 5000,
     grad_clip: float | None = 1.0,
@@ -170,6 +170,8 @@ def train(
     - `num_steps`: total number of optimiser steps (counting resumed ones), >= 1.
     - `batch_size`: examples per step (drawn with replacement). Default 128.
     - `loss`: an `AbstractLoss`. Default (None) `sd.DSMLoss()` (sigma^2 weighting, eps=1e-5).
+        `sd.ClassifierLoss()` trains a noise-conditional classifier instead (`model`
+        returns logits; `data` needs labels).
     - `learning_rate`, `warmup_steps`, `grad_clip`: of [`adam_with_warmup`][] (paper:
         2e-4, 5000, 1.0; `warmup_steps=0`: no warm-up); ignored if `optimizer` is
         given.
@@ -230,13 +232,21 @@ def train(
     check_unit_interval("ema_decay", ema_decay)
     check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
     loss = DSMLoss() if loss is None else loss
-    check_isinstance("loss", loss, AbstractLoss, "an AbstractLoss (e.g. sd.DSMLoss())")
+    check_isinstance(
+        "loss",
+        loss,
+        (AbstractLoss, ClassifierLoss),
+        "an AbstractLoss (e.g. sd.DSMLoss()) or sd.ClassifierLoss()",
+    )
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
     batch_sharding, replicated = _data_parallel_shardings(sharding, batch_size)
     check_floating("data", data.x if isinstance(data, Dataset) else data)
     data = data if isinstance(data, Dataset) else dataset_from_array(data)
-    _check_model(model, sde, data)
+    if isinstance(loss, ClassifierLoss):  # a classifier: logits, not a score
+        loss.check_model(model, data)
+    else:
+        _check_model(model, sde, data)
 
     # Initial set-up
     optimizer, optimizer_desc = _optimizer(
@@ -411,7 +421,7 @@ def _checkpoint_metadata(
     model: PyTree,
     sde: AbstractSDE,
     data: Dataset,
-    loss: AbstractLoss,
+    loss: AbstractLoss | ClassifierLoss,
     optimizer_desc: dict,
     *,
     ema_decay: float,
@@ -598,7 +608,7 @@ def _train_step(
         return config.loss(eqx.combine(params, config.static), config.sde, xb, key)
 
     key = jr.fold_in(key, step)
-    xb = config.data.batch(jr.fold_in(key, 0), config.batch_size)
+    xb = config.loss.draw_batch(config.data, jr.fold_in(key, 0), config.batch_size)
     xb = _sharding.constrain(xb, config.batch_sharding)
     value, grads = jax.value_and_grad(loss_fn)(params, xb, jr.fold_in(key, 1))
     updates, opt_state = config.optimizer.update(grads, opt_state, params)

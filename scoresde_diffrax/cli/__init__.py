@@ -1,4 +1,5 @@
-"""The `scoresde` command: `scoresde train ...` and `scoresde sample ...`.
+"""The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, and the
+controllable-generation commands `train-classifier`, `inpaint`, `colorize`.
 
 This package is the one place where names (strings) map to objects: data sets, SDEs,
 models and solvers. Each command is a module with `add_parser(subparsers)` and
@@ -8,14 +9,23 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
     SDEs, models, the device mesh, checkpoints, sample files);
 - `_solvers.py`: the solver names of `--solver` (`SOLVERS`; `register_solver`);
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
-- `train.py`, `sample.py`: the commands.
+- `_conditioning.py`: what the conditional commands share (classifier checkpoints
+    and their pairing, test splits, inpainting masks, side-by-side pictures);
+- `train.py`, `sample.py`, `train_classifier.py`, `inpaint.py`, `colorize.py`: the
+    commands.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
 
-from . import sample as sample, train as train
+from . import (
+    colorize as colorize,
+    inpaint as inpaint,
+    sample as sample,
+    train as train,
+    train_classifier as train_classifier,
+)
 from ._args import Parser
 from ._common import DATASETS as DATASETS, UserError as UserError
 from ._solvers import (
@@ -25,7 +35,8 @@ from ._solvers import (
 )
 
 
-COMMANDS = (train, sample)  # in the order of `scoresde --help`
+# in the order of `scoresde --help`
+COMMANDS = (train, sample, train_classifier, inpaint, colorize)
 
 
 def build_parser() -> argparse.ArgumentParser:

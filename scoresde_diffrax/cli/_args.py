@@ -37,6 +37,7 @@ positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
 nonnegative_int = number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
 unit_float = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+nonnegative_float = number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
 
 def _add_data_parallel_flag(parser, splits: str, flag: str) -> None:
@@ -262,4 +263,29 @@ def add_sampling_flags(parser) -> None:
         "the samples over all devices (jax.sharding; the same samples as on one "
         "device)",
         "--num-samples",
+    )
+
+
+def add_guidance_flags(parser) -> None:
+    """Class-conditional sampling: `--classifier`, `--label`, `--guidance-scale`."""
+    parser.add_argument(
+        "--classifier",
+        default=None,
+        metavar="DIR",
+        help="classifier checkpoint written by `scoresde train-classifier` on the same "
+        "--data and --sde: sample class-conditionally by classifier guidance",
+    )
+    parser.add_argument(
+        "--label",
+        default=None,
+        metavar="L|all",
+        help="the class of every sample, or 'all': labels 0..K-1 cycling over the "
+        "samples in order (with --classifier)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=nonnegative_float,
+        default=None,
+        metavar="S",
+        help="guidance scale >= 0 (default 1: Bayes' rule; > 1 sharpens)",
     )

@@ -252,6 +252,12 @@ def load_for_sampling(checkpoint: str):
         model, meta = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"--checkpoint: {e}") from e
+    if meta["model"]["class"] == "NoiseConditionalClassifier":
+        raise UserError(
+            f"--checkpoint: {checkpoint} holds a classifier (written by `scoresde "
+            "train-classifier`), not a score model; give a checkpoint written by "
+            "`scoresde train` (a classifier goes to `sample --classifier`)"
+        )
     return nn.loop_friendly(model), sde_from_description(meta["sde"]), meta["data"]
 
 

@@ -1,9 +1,10 @@
 """`scoresde sample`: draw samples from a trained checkpoint with a named solver."""
 
+import jax.numpy as jnp
 import jax.random as jr
 
-from .. import sample as sd_sample
-from ._args import add_sampling_flags
+from .. import ClassifierGuidance, sample as sd_sample
+from ._args import add_guidance_flags, add_sampling_flags
 from ._common import (
     batch_mesh,
     check_room,
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> None:
         "sample", help="draw samples from a trained checkpoint"
     )
     add_sampling_flags(parser)
+    add_guidance_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -34,6 +36,7 @@ def run(args) -> int:
         raise UserError(
             f"--eps must be below the SDE's end time T = {sde.T}, got {args.eps}"
         )
+    model = _guided(model, sde, data_meta, args)
     mesh = None
     if args.data_parallel:
         mesh = batch_mesh("--num-samples", args.num_samples, "with --data-parallel")
@@ -86,3 +89,35 @@ def _sample(args, sde, model, shape, mesh):
         raise UserError(
             f"--num-samples {args.num_samples} does not fit in memory; {fix}"
         ) from e
+
+
+def _guided(model, sde, data_meta: dict, args):
+    """`model`, or with `--classifier` the classifier-guided score of `--label`."""
+    if args.classifier is None:
+        if args.label is not None or args.guidance_scale is not None:
+            raise UserError("--label and --guidance-scale need --classifier")
+        return model
+    from ._conditioning import load_classifier
+
+    if args.label is None:
+        raise UserError("--classifier needs --label (a class, or 'all')")
+    classifier, _ = load_classifier(args.classifier, sde, data_meta)
+    k = classifier.config.num_classes
+    n = args.num_samples
+    if args.label == "all":
+        labels = jnp.arange(n) % k
+    else:
+        try:
+            label = int(args.label)
+        except ValueError:
+            raise UserError(
+                f"--label must be a class 0..{k - 1} or 'all', got {args.label!r}"
+            ) from None
+        if not 0 <= label < k:
+            raise UserError(
+                f"--label must be a class 0..{k - 1} (the classifier has {k} classes) "
+                f"or 'all', got {label}"
+            )
+        labels = jnp.full((n,), label)
+    scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    return ClassifierGuidance(model, classifier, labels, scale)

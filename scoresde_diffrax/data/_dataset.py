@@ -84,6 +84,15 @@ class Dataset(eqx.Module):
             x = (x * (self.levels - 1) + u) / self.levels
         return self.to_model(x)
 
+    def labelled_batch(
+        self, key: PRNGKeyArray, batch_size: int
+    ) -> tuple[Float[Array, " batch *shape"], Int[Array, " batch"]]:
+        """The batch of [`Dataset.batch`][] (the same draws) and its labels."""
+        if self.labels is None:
+            raise ValueError("Dataset.labelled_batch: this data set has no `labels`.")
+        idx = jr.randint(jr.split(key)[0], (batch_size,), 0, self.x.shape[0])
+        return self.batch(key, batch_size), self.labels[idx]
+
     def model_data(self) -> Float[Array, " n *shape"]:
         """All examples in model units (no dequantisation noise)."""
         return self.to_model(self.x)

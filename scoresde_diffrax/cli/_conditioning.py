@@ -1,0 +1,245 @@
+"""What the conditional commands (`sample --classifier`, `inpaint`, `colorize`,
+`train-classifier`) share: telling score and classifier checkpoints apart and pairing
+them, the test split of a data set, inpainting masks by name, the inverse-problem
+flags, and side-by-side pictures."""
+
+import argparse
+
+import numpy as np
+
+from .. import data, Impute, load_checkpoint, nn, sde_from_description
+from .._png import image_grid, write_png
+from ._args import positive_int
+from ._common import UserError
+from ._solvers import SOLVERS
+
+
+CLASSIFIER = "NoiseConditionalClassifier"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def load_classifier(path: str, sde, data_meta: dict):
+    """The EMA classifier of the checkpoint `path` (with loop-friendly convolutions),
+    after checking that it is a classifier trained on the same data set (`data_meta`)
+    and SDE (`sde`) as the score model of `--checkpoint`."""
+    try:
+        model, meta = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--classifier: {e}") from e
+    if meta["model"]["class"] != CLASSIFIER:
+        raise UserError(
+            f"--classifier: {path} holds a score model ({meta['model']['class']}), not "
+            "a classifier; give a checkpoint written by `scoresde train-classifier`"
+        )
+    keys = ("name", "data_shape", "scale", "shift")
+    mine = {k: meta["data"].get(k) for k in keys}
+    theirs = {k: data_meta.get(k) for k in keys}
+    if mine != theirs:
+        raise UserError(
+            f"--classifier: trained on data {mine}, but --checkpoint on {theirs}; "
+            "train the classifier on the same --data"
+        )
+    if sde_from_description(meta["sde"]) != sde:
+        raise UserError(
+            f"--classifier: trained with the SDE {meta['sde']['class']} "
+            f"{meta['sde']['params']}, but --checkpoint with {sde}; train the "
+            "classifier with the same --sde and --data"
+        )
+    return nn.loop_friendly(model), meta
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _test_split(fn, pad: bool):
+    return lambda: fn("test", pad_to_16=pad)
+
+
+TEST_SPLITS = {
+    "digits": _test_split(data.digits, False),
+    "digits16": _test_split(data.digits, True),
+    "colored-digits": _test_split(data.colored_digits, False),
+    "colored-digits16": _test_split(data.colored_digits, True),
+}
+
+
+def test_examples(name: str, n: int, data_meta: dict):
+    """The first `n` examples of the test split of `--data name`, in data units, and
+    their labels; `UserError`s name `--data` or `--num-samples`."""
+    if name not in TEST_SPLITS:
+        raise UserError(
+            f"--data {name} has no test split; use one of {', '.join(TEST_SPLITS)} "
+            "(or your own with --observations and --mask-file)"
+        )
+    ds = TEST_SPLITS[name]()
+    if list(ds.data_shape) != list(data_meta["data_shape"]):
+        raise UserError(
+            f"--data {name} has examples of shape {ds.data_shape}, but --checkpoint "
+            f"was trained on {data_meta['name']} of shape {tuple(data_meta['data_shape'])}"
+        )
+    if n > len(ds):
+        raise UserError(
+            f"--num-samples must be at most {len(ds)} (the test split of {name}), got {n}"
+        )
+    return np.asarray(ds.x[:n]), np.asarray(ds.labels[:n])
+
+
+def to_model(x, data_meta: dict):
+    return np.asarray(x, np.float32) * data_meta["scale"] + data_meta["shift"]
+
+
+def to_data(x, data_meta: dict):
+    return (np.asarray(x) - data_meta["shift"]) / data_meta["scale"]
+
+
+# --------------------------------------------------------------------------- masks
+
+MASKS = ("left-half", "right-half", "centre-square", "random-pixels:P")
+
+
+def inpainting_mask(spec: str, data_shape, n: int, seed: int) -> np.ndarray:
+    """The mask of `--mask spec` for images of `data_shape`, True where KNOWN: the
+    named region is the one to fill in. `random-pixels:P` hides each pixel (all its
+    channels) with probability P, independently per example (`np.random` seeded by
+    `seed`), shape `(n, *data_shape)`; the others have shape `data_shape`."""
+    if len(data_shape) != 3:
+        raise UserError(
+            f"--mask needs image data (C, H, W), got examples of shape {tuple(data_shape)}"
+        )
+    c, h, w = data_shape
+    missing = np.zeros((h, w), bool)
+    if spec == "left-half":
+        missing[:, : w // 2] = True
+    elif spec == "right-half":
+        missing[:, w // 2 :] = True
+    elif spec == "centre-square":
+        s = max(1, h // 2)
+        top, left = (h - s) // 2, (w - s) // 2
+        missing[top : top + s, left : left + s] = True
+    elif spec.startswith("random-pixels:"):
+        try:
+            p = float(spec.split(":", 1)[1])
+        except ValueError:
+            p = float("nan")
+        if not 0 < p < 1:
+            raise UserError(f"--mask random-pixels:P needs 0 < P < 1, got {spec!r}")
+        rng = np.random.RandomState(seed)
+        hide = rng.uniform(size=(n, 1, h, w)) < p
+        return np.broadcast_to(~hide, (n, c, h, w)).copy()
+    else:
+        raise UserError(f"--mask must be one of {', '.join(MASKS)}, got {spec!r}")
+    return np.broadcast_to(~missing, (c, h, w)).copy()
+
+
+def load_mask_file(path: str, data_shape, n: int) -> np.ndarray:
+    """`--mask-file`: a binary array, 1 (True) where known, of shape `data_shape` or
+    `(n, *data_shape)`."""
+    try:
+        m = np.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--mask-file: cannot read {path!r}: {e}") from e
+    shapes = (tuple(data_shape), (n, *data_shape))
+    if m.shape not in shapes:
+        raise UserError(
+            f"--mask-file: the mask must have shape {shapes[0]} or {shapes[1]} (the "
+            f"data's), got {m.shape}"
+        )
+    if m.dtype != bool and not np.all((m == 0) | (m == 1)):
+        raise UserError(
+            "--mask-file: the mask must be binary (0/1 or booleans; 1 = known)"
+        )
+    return m.astype(bool)
+
+
+def load_observations(path: str, data_meta: dict) -> np.ndarray:
+    """`--observations`: examples in data units, shape `(N, *data_shape)`."""
+    try:
+        x = np.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--observations: cannot read {path!r}: {e}") from e
+    shape = tuple(data_meta["data_shape"])
+    if x.ndim != len(shape) + 1 or x.shape[1:] != shape or len(x) < 1:
+        raise UserError(
+            f"--observations must have shape (N, *data_shape) = (N, {', '.join(map(str, shape))}) "
+            f"for --checkpoint's data, got {x.shape}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise UserError("--observations must be finite")
+    return x.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def add_inverse_flags(
+    parser: argparse.ArgumentParser, default_steps: int = 500
+) -> None:
+    """The flags `inpaint` and `colorize` share."""
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="score checkpoint directory written by `scoresde train`",
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="number of examples (the first N of the test split)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed (default 0)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.npy",
+        help="results in data units (images in [0, 1]), in the order of the observations",
+    )
+    parser.add_argument(
+        "--png",
+        default=None,
+        metavar="FILE.png",
+        help="also write observation / result / truth side by side (first 16)",
+    )
+    fixed = [k for k, v in SOLVERS.items() if not v.adaptive]
+    parser.add_argument(
+        "--solver",
+        default="pc",
+        choices=fixed,
+        metavar="NAME",
+        help="a fixed-step solver (default pc, the paper's): " + ", ".join(fixed),
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=default_steps,
+        metavar="K",
+        help=f"solver steps (default {default_steps})",
+    )
+
+
+def solve_kwargs(args, sde) -> dict:
+    """`sd.sample` arguments of `--solver` / `--steps` (the solver not yet wrapped)."""
+    entry = SOLVERS[args.solver]
+    return entry.sample_kwargs(sde, args.steps, None)
+
+
+def impute_solver(kwargs: dict, observation, mask) -> dict:
+    return dict(kwargs, solver=Impute(kwargs["solver"], observation, mask))
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def side_by_side(columns, png: str, limit: int = 16) -> None:
+    """Write one row per example with `columns` (arrays `(n, C, H, W)` in [0, 1],
+    grey ones broadcast to the others' channels) side by side."""
+    c = max(col.shape[1] for col in columns)
+    cols = [np.broadcast_to(col, (col.shape[0], c, *col.shape[2:])) for col in columns]
+    n = min(limit, cols[0].shape[0])
+    tiles = np.stack([col[:n] for col in cols], axis=1).reshape(-1, *cols[0].shape[1:])
+    write_png(png, image_grid(tiles, ncols=len(cols)))
