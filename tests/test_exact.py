@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import MIXTURES
+from helpers import MIXTURES
 
 import scoresde_diffrax as sd
 

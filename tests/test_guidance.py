@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import mixture_2d
+from helpers import mixture_2d
 
 import scoresde_diffrax as sd
 

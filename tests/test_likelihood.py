@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import MIXTURES, SDES
+from helpers import MIXTURES, SDES
 from jax.flatten_util import ravel_pytree
 
 import scoresde_diffrax as sd

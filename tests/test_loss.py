@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from conftest import SDES
+from helpers import SDES
 from scipy import integrate
 
 import scoresde_diffrax as sd

@@ -271,6 +271,14 @@ def check_sample_suffixes(out: str, png: str | None) -> pathlib.Path:
     return path
 
 
+def check_sample_files(out: str, png: str | None) -> pathlib.Path:
+    """`check_sample_suffixes`, then `make_sample_dirs`: for the commands that write
+    their files once at the end (inpaint, colorize); returns `--out`."""
+    path = check_sample_suffixes(out, png)
+    make_sample_dirs(path, png)
+    return path
+
+
 def make_sample_dirs(
     out: pathlib.Path, png: str | None
 ) -> list[tuple[pathlib.Path, pathlib.Path]]:
