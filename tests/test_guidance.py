@@ -105,6 +105,14 @@ def test_bad_guidance_input_names_the_argument():
         sd.sample(
             jr.key(0), sde, guided, (5, 2), solver=sd.ReverseDiffusion(), num_steps=2
         )
+    # A score model where the classifier goes: its output is not one logit per class.
+    wrong = sd.ClassifierGuidance(score, score, jnp.array([0, 1]), num_classes=3)
+    with pytest.raises(
+        ValueError, match="`classifier` must return one logit per class"
+    ):
+        sd.sample(
+            jr.key(0), sde, wrong, (2, 2), solver=sd.ReverseDiffusion(), num_steps=2
+        )
     # A classifier without a class count: labels are checked at run time.
     bare = lambda t, x: clf(t, x)  # noqa: E731
     guided = sd.ClassifierGuidance(score, bare, jnp.array([0, 7]))
