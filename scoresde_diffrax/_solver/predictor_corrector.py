@@ -20,7 +20,9 @@ class PredictorCorrector(dfx.AbstractItoSolver):
     the Helmert contrasts of the increments over `corrector.num_steps + 1` equal
     sub-intervals, which are independent of each other and of the predictor's increment
     for any diffrax Brownian path. The same key gives the same samples under `jit` and
-    `vmap`, and with per-example norms example $i$ never depends on the others.
+    `vmap`; with the default corrector (`sd.Langevin()`, whose step depends on $t$
+    only) example $i$ depends on `fold_in(key, i)` alone, so sharded runs are bitwise
+    those of one device (not so with `Langevin(norms="batch")`).
 
     A diffrax solver of the reverse-time SDE terms (`method="sde"`, inferred), fixed
     steps only; score evaluations per step = `corrector.num_steps` + the predictor's.
@@ -29,8 +31,8 @@ class PredictorCorrector(dfx.AbstractItoSolver):
 
     - `predictor`: a diffrax solver of the reverse-time SDE: [`ReverseDiffusion`][]
         (default), [`AncestralSampling`][], `diffrax.Euler()` (Euler-Maruyama), ...
-    - `corrector`: [`Langevin`][] (default `Langevin(snr=0.16)`),
-        [`AnnealedLangevin`][], or None (predictor only).
+    - `corrector`: [`Langevin`][] (default `Langevin(snr=0.16)`, unbiased: see its
+        `norms`), [`AnnealedLangevin`][], or None (predictor only).
     - `denoise`: if True (default), the final step (the one ending where the Brownian
         path ends; [`sample`][] sets that to `eps`) takes the predictor without its noise,
         i.e. returns the final predictor mean: the paper's noise removal.
