@@ -414,3 +414,22 @@ def test_bad_input_names_the_argument():
             solver=sd.DPMSolverPP2M(),
             stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3),
         )
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize(
+    "solver, steps",
+    [
+        (sd.StochasticDDIM(eta=0.5), 150),
+        (sd.AncestralSampling(upper_variance=True), 1000),
+    ],
+    ids=["ddim_eta_half", "ancestral_upper_variance"],
+)
+def test_other_family_members_reproduce_mixture(sde_name, solver, steps):
+    # DDIM between its deterministic and ancestral ends, and ancestral sampling with
+    # the upper (forward-transition) variance: the same exact 2-D checks.
+    sde, mix = SDES[sde_name], MIXTURES["2d"]()
+    out = sd.sample(
+        jr.key(7), sde, mix.score(sde), (2000, mix.dim), solver=solver, num_steps=steps
+    )
+    check_reproduces(mix, out.samples, jr.key(99))
