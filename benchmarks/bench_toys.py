@@ -50,7 +50,7 @@ RESULTS = HERE / "results"
 STEPS = {
     "moons": 10000,
     "swiss-roll": 20000,
-    "checkerboard": 10000,
+    "checkerboard": 20000,
     "rings": 20000,
     "gaussian-mixture": 10000,
 }
@@ -134,7 +134,7 @@ def one_toy(name: str, steps: int) -> dict:
         "steps": steps,
         "train": "scoresde " + " ".join(train[:-3] + ["--out", "DIR", "--quiet"]),
         "sample": "scoresde "
-        + " ".join(sample[:3] + ["DIR"] + sample[4:-1] + ["x.npy"]),
+        + " ".join(sample[:2] + ["DIR"] + sample[3:-1] + ["x.npy"]),
         "train_s": train_s,
         "sample_s": sample_s,
         "train_report": train_line,
