@@ -169,8 +169,8 @@ def score_errors(sde, model, ts=(0.001, 0.01, 0.05, 0.1, 0.3, 1.0)) -> dict:
         t = jnp.asarray(t)
         mean, std = sde.marginal(t, x0)
         xt = mean + std * jr.normal(jr.key(8), x0.shape)
-        true = jax.vmap(jax.grad(lambda x: rings_logp(sde, t, x)))(xt)
-        est = jax.vmap(lambda x: model(t, x))(xt)
+        true = jax.vmap(jax.grad(rings_logp, argnums=2), (None, None, 0))(sde, t, xt)
+        est = jax.vmap(model, (None, 0))(t, xt)
         err = jnp.sum((est - true) ** 2, -1).mean() / jnp.sum(true**2, -1).mean()
         out[f"{float(t):g}"] = float(jnp.sqrt(err))
     return out
