@@ -50,7 +50,7 @@ RESULTS = HERE / "results"
 STEPS = {
     "moons": 10000,
     "swiss-roll": 20000,
-    "checkerboard": 10000,
+    "checkerboard": 20000,
     "rings": 20000,
     "gaussian-mixture": 10000,
 }
@@ -134,7 +134,7 @@ def one_toy(name: str, steps: int) -> dict:
         "steps": steps,
         "train": "scoresde " + " ".join(train[:-3] + ["--out", "DIR", "--quiet"]),
         "sample": "scoresde "
-        + " ".join(sample[:3] + ["DIR"] + sample[4:-1] + ["x.npy"]),
+        + " ".join(sample[:2] + ["DIR"] + sample[3:-1] + ["x.npy"]),
         "train_s": train_s,
         "sample_s": sample_s,
         "train_report": train_line,
@@ -169,8 +169,8 @@ def score_errors(sde, model, ts=(0.001, 0.01, 0.05, 0.1, 0.3, 1.0)) -> dict:
         t = jnp.asarray(t)
         mean, std = sde.marginal(t, x0)
         xt = mean + std * jr.normal(jr.key(8), x0.shape)
-        true = jax.vmap(jax.grad(lambda x, t=t: rings_logp(sde, t, x)))(xt)
-        est = jax.vmap(lambda x, t=t: model(t, x))(xt)
+        true = jax.vmap(jax.grad(rings_logp, argnums=2), (None, None, 0))(sde, t, xt)
+        est = jax.vmap(model, (None, 0))(t, xt)
         err = jnp.sum((est - true) ** 2, -1).mean() / jnp.sum(true**2, -1).mean()
         out[f"{float(t):g}"] = float(jnp.sqrt(err))
     return out
