@@ -59,7 +59,8 @@ def test_probability_flow_maps_prior_to_gaussian_exactly(sde):
     )
     x_T = out.trajectory[0]
     np.testing.assert_allclose(out.ts, ts, rtol=1e-6)
-    np.testing.assert_allclose(x_T, out.trajectory[0])
+    # The state saved at T is the prior draw (64 x 3 values: its std within 20 %).
+    np.testing.assert_allclose(jnp.std(x_T), sde.prior_std, rtol=0.2)
     for t, x in zip(ts, out.trajectory, strict=True):
         # Relative to the state's scale: 50 for VE at T, under 3 at eps.
         scale = float(jnp.max(jnp.abs(x)))
@@ -75,7 +76,8 @@ DENOISE_EPS = {"vp": 0.2, "subvp": 0.3, "ve": 0.5}
 def test_denoise_is_the_exact_posterior_mean(sde_name):
     # For Gaussian data E[x0 | x_eps] is affine in x_eps, and the probability-flow map
     # x_T -> x_eps is known: the denoised samples are known exactly. At the default eps
-    # the step changes the samples by 1e-8 (VE) to 1e-3 (VP): it must be tested here.
+    # the step changes the variance by ~1e-3 (VP) or ~1e-8 (VE, sub-VP), too little for
+    # any sampler test to see: it is tested here, where it moves samples by O(1).
     sde, eps = SDES[sde_name], DENOISE_EPS[sde_name]
     mix, exact = gaussian_case(sde)
     out = sd.sample(
