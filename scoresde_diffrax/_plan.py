@@ -31,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
-from ._checks import check_int, check_nonzero, check_positive, check_time_grid
+from ._checks import (
+    check_int,
+    check_nonzero,
+    check_positive,
+    check_time_grid,
+    is_concrete,
+)
 from ._nfe import probe_solver
 from ._norm import batch_max_rms_norm
 
@@ -96,8 +102,8 @@ def plan_solve(
     """Apply the module's rules. `start`/`end` are the user-clock endpoints (either
     may be traced), `increasing` whether time runs up from `start` to `end`;
     `make_terms(score)` builds the solve's terms around a score (for counting
-    evaluations, on a state of `probe_shape`; `probe_key` names that structure). Raises `ValueError` naming the
-    offending argument."""
+    evaluations, on a state of `probe_shape`; `probe_key` names that structure).
+    Raises `ValueError` naming the offending argument."""
     start_f = None if isinstance(start, jax.core.Tracer) else float(start)
     end_f = None if isinstance(end, jax.core.Tracer) else float(end)
     sign = 1 if increasing else -1
@@ -140,8 +146,8 @@ def plan_solve(
         controller = stepsize_controller
     if isinstance(controller, dfx.StepTo):
         steps = len(controller.ts) - 1
-        if isinstance(controller.ts, np.ndarray):
-            min_step = float(np.min(np.abs(np.diff(controller.ts))))
+        if is_concrete(controller.ts):
+            min_step = float(np.min(np.abs(np.diff(np.asarray(controller.ts)))))
     else:
         steps = check_int("max_steps", max_steps)
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
