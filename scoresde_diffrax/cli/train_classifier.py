@@ -40,6 +40,16 @@ def run(args) -> int:
     # classifier pairs with a score model trained on the same --data and --sde.
     out = pathlib.Path(args.out)
     writable_dir(out, "--out")
+    if args.steps is None:
+        raise UserError("the following arguments are required: --steps")
+    # The shared training flags default to None (so `train --resume` can tell a given
+    # flag from one left out); a classifier run fills in `train`'s defaults.
+    seed = 0 if args.seed is None else args.seed
+    batch_size = 128 if args.batch_size is None else args.batch_size
+    ema = 0.999 if args.ema is None else args.ema
+    steps_per_call = (
+        None if args.steps_per_call is None else min(args.steps_per_call, args.steps)
+    )
     dataset = DATASETS[args.data]()
     if dataset.labels is None or len(dataset.data_shape) != 3:
         raise UserError(
@@ -58,7 +68,7 @@ def run(args) -> int:
                 groups=min(8, args.channels),
                 key=key,
             )
-        )(jr.key(args.seed + 1))
+        )(jr.key(seed + 1))
     except ValueError as e:
         raise UserError(f"--channels {args.channels}: {e}") from e
     lr = args.lr if args.lr is not None else 1e-3
@@ -68,17 +78,17 @@ def run(args) -> int:
 
     # Train
     res = sd_train(
-        jr.key(args.seed),
+        jr.key(seed),
         classifier,
         sde,
         dataset,
         loss=ClassifierLoss(),
         num_steps=args.steps,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         learning_rate=lr,
         warmup_steps=warmup,
-        ema_decay=args.ema,
-        steps_per_call=min(args.steps_per_call, args.steps),
+        ema_decay=ema,
+        steps_per_call=steps_per_call,
         checkpoint_dir=out,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
@@ -88,7 +98,7 @@ def run(args) -> int:
                 "command": "train-classifier",
                 "data": args.data,
                 "sde": args.sde,
-                "seed": args.seed,
+                "seed": seed,
             }
         },
     )
