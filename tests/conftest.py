@@ -1,3 +1,5 @@
+import gc
+
 import jax
 import pytest
 
@@ -13,3 +15,18 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture(params=list(SDES), ids=list(SDES))
 def sde(request):
     return SDES[request.param]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop every compiled function after each test module.
+
+    XLA:CPU maps a few memory regions per compiled executable and frees them only with
+    the executable; the suite compiles thousands, and one process holding them all ran
+    past the kernel's limit on memory maps (`vm.max_map_count`, 65530 by default) and
+    crashed inside the compiler (a segmentation fault ~85 % through the suite).
+    Functions shared between modules are compiled again, once per module.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
