@@ -79,7 +79,7 @@ def runs(tmp_path_factory):
 def test_train_classifier_reports_and_resumes(tmp_path, capsys):
     out = tmp_path / "clf"
     argv = ["train-classifier", "--data", "digits", "--sde", "vp", "--out", str(out)]
-    argv += [*TINY, "--channels", "8", "--steps-per-call", "1"]
+    argv += [*TINY, "--channels", "8", "--levels", "1", "--steps-per-call", "1"]
     code, text, err = run(argv + ["--steps", "2"], capsys)
     assert code == 0, err
     assert "2 steps" in text and "test accuracy" in text

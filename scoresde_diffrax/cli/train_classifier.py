@@ -32,6 +32,13 @@ def add_parser(subparsers) -> None:
         help="base width of the classifier (sd.nn.NoiseConditionalClassifier; "
         "default 32)",
     )
+    parser.add_argument(
+        "--levels",
+        type=positive_int,
+        default=2,
+        metavar="L",
+        help="resolutions of the classifier (each halves the image; default 2)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -51,10 +58,16 @@ def run(args) -> int:
     try:
         # Initialised in one compiled call (eagerly, every layer compiles its own).
         classifier = _init_classifier(
-            dataset.data_shape, num_classes, args.channels, jr.key(args.seed + 1)
+            dataset.data_shape,
+            num_classes,
+            args.channels,
+            args.levels,
+            jr.key(args.seed + 1),
         )
     except ValueError as e:
-        raise UserError(f"--channels {args.channels}: {e}") from e
+        raise UserError(
+            f"--channels {args.channels} / --levels {args.levels}: {e}"
+        ) from e
     lr = args.lr if args.lr is not None else 1e-3
     warmup = (
         args.warmup if args.warmup is not None else min(5000, max(1, args.steps // 10))
@@ -103,13 +116,14 @@ def run(args) -> int:
 
 
 @eqx.filter_jit
-def _init_classifier(data_shape, num_classes: int, channels: int, key):
+def _init_classifier(data_shape, num_classes: int, channels: int, levels: int, key):
     """The classifier, initialised in one compiled call (eagerly, every layer
     compiles its own random draws)."""
     return nn.NoiseConditionalClassifier(
         data_shape,
         num_classes=num_classes,
         channels=channels,
+        num_levels=levels,
         groups=min(8, channels),
         key=key,
     )
