@@ -5,6 +5,7 @@
 import re
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -46,16 +47,28 @@ def runs(tmp_path_factory):
     paths = {k: root / k for k in ("score", "clf", "color", "clf_ve")}
     digits, colored = sd.data.digits(), sd.data.colored_digits()
     vp, ve = sd.VPSDE(), sd.VESDE(sigma_min=0.01, sigma_max=10.0)
-    key = jr.key(1)
-    # Initialised in compiled calls: eagerly, every layer compiles its own.
-    mlp = lambda shape: eqx.filter_jit(  # noqa: E731
+
+    def zeros(make):
+        # The structure without computing anything, with zero weights: untrained
+        # checkpoints for the commands, at no compilation cost.
+        like = eqx.filter_eval_shape(make, jr.key(0))
+        return jax.tree_util.tree_map(
+            lambda x: (
+                jnp.zeros(x.shape, x.dtype)
+                if isinstance(x, jax.ShapeDtypeStruct)
+                else x
+            ),
+            like,
+        )
+
+    mlp = lambda shape: zeros(  # noqa: E731
         lambda k: sd.nn.MLPScore(shape, width=32, depth=1, key=k)
-    )(key)
-    clf = eqx.filter_jit(
+    )
+    clf = zeros(
         lambda k: sd.nn.NoiseConditionalClassifier(
             (1, 8, 8), channels=8, num_levels=1, groups=4, key=k
         )
-    )(key)
+    )
     _checkpoint(paths["score"], sd.EpsScore(mlp((1, 8, 8)), vp), vp, digits)
     _checkpoint(paths["clf"], clf, vp, digits)
     _checkpoint(paths["color"], sd.EpsScore(mlp((3, 8, 8)), vp), vp, colored)
@@ -66,7 +79,7 @@ def runs(tmp_path_factory):
 def test_train_classifier_reports_and_resumes(tmp_path, capsys):
     out = tmp_path / "clf"
     argv = ["train-classifier", "--data", "digits", "--sde", "vp", "--out", str(out)]
-    argv += [*TINY, "--channels", "8", "--steps-per-call", "1"]
+    argv += [*TINY, "--channels", "8", "--levels", "1", "--steps-per-call", "1"]
     code, text, err = run(argv + ["--steps", "2"], capsys)
     assert code == 0, err
     assert "2 steps" in text and "test accuracy" in text

@@ -235,11 +235,12 @@ def impute_solver(kwargs: dict, observation, mask) -> dict:
 # --------------------------------------------------------------------------- pictures
 
 
-def side_by_side(columns, png: str, limit: int = 16) -> None:
-    """Write one row per example with `columns` (arrays `(n, C, H, W)` in [0, 1],
-    grey ones broadcast to the others' channels) side by side."""
+def side_by_side(columns, png: str, limit: int = 16, per_row: int = 4) -> None:
+    """Write the first `limit` examples, each as its `columns` (arrays `(n, C, H, W)`
+    in [0, 1]; grey ones broadcast to the others' channels) side by side, `per_row`
+    examples to a row of the picture."""
     c = max(col.shape[1] for col in columns)
     cols = [np.broadcast_to(col, (col.shape[0], c, *col.shape[2:])) for col in columns]
     n = min(limit, cols[0].shape[0])
     tiles = np.stack([col[:n] for col in cols], axis=1).reshape(-1, *cols[0].shape[1:])
-    write_png(png, image_grid(tiles, ncols=len(cols)))
+    write_png(png, image_grid(tiles, ncols=len(cols) * min(per_row, n)))

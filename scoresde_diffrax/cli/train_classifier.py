@@ -32,6 +32,13 @@ def add_parser(subparsers) -> None:
         help="base width of the classifier (sd.nn.NoiseConditionalClassifier; "
         "default 32)",
     )
+    parser.add_argument(
+        "--levels",
+        type=positive_int,
+        default=2,
+        metavar="L",
+        help="resolutions of the classifier (each halves the image; default 2)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -60,17 +67,17 @@ def run(args) -> int:
     num_classes = int(jnp.max(dataset.labels)) + 1
     try:
         # Initialised in one compiled call (eagerly, every layer compiles its own).
-        classifier = eqx.filter_jit(
-            lambda key: nn.NoiseConditionalClassifier(
-                dataset.data_shape,
-                num_classes=num_classes,
-                channels=args.channels,
-                groups=min(8, args.channels),
-                key=key,
-            )
-        )(jr.key(seed + 1))
+        classifier = _init_classifier(
+            dataset.data_shape,
+            num_classes,
+            args.channels,
+            args.levels,
+            jr.key(seed + 1),
+        )
     except ValueError as e:
-        raise UserError(f"--channels {args.channels}: {e}") from e
+        raise UserError(
+            f"--channels {args.channels} / --levels {args.levels}: {e}"
+        ) from e
     lr = args.lr if args.lr is not None else 1e-3
     warmup = (
         args.warmup if args.warmup is not None else min(5000, max(1, args.steps // 10))
@@ -106,7 +113,7 @@ def run(args) -> int:
     # Report: accuracy of the EMA classifier on the test split at t = eps.
     test = TEST_SPLITS[args.data]()
     eps = jnp.asarray(sde.default_eps)
-    logits = jax.jit(jax.vmap(res.ema_model, in_axes=(None, 0)))(eps, test.model_data())
+    logits = _logits(res.ema_model, eps, test.model_data())
     acc = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == np.asarray(test.labels)))
     n = len(res.losses)
     last = float(res.losses[-min(n, 100) :].mean()) if n else float("nan")
@@ -116,3 +123,22 @@ def run(args) -> int:
         f"{acc:.3f}; checkpoint in {out}"
     )
     return 0
+
+
+@eqx.filter_jit
+def _init_classifier(data_shape, num_classes: int, channels: int, levels: int, key):
+    """The classifier, initialised in one compiled call (eagerly, every layer
+    compiles its own random draws)."""
+    return nn.NoiseConditionalClassifier(
+        data_shape,
+        num_classes=num_classes,
+        channels=channels,
+        num_levels=levels,
+        groups=min(8, channels),
+        key=key,
+    )
+
+
+@eqx.filter_jit
+def _logits(classifier, t, x):
+    return jax.vmap(classifier, in_axes=(None, 0))(t, x)
