@@ -34,6 +34,7 @@ from jaxtyping import Array, Int
 from ._checks import check_int, check_nonzero, check_positive, check_time_grid
 from ._nfe import probe_solver
 from ._norm import batch_max_rms_norm
+from ._solver.multistep import AbstractMultistepSolver
 
 
 class SolvePlan(eqx.Module):
@@ -144,6 +145,7 @@ def plan_solve(
     else:
         steps = check_int("max_steps", max_steps)
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
+    _check_multistep_grid(solver, controller, steps, num_steps)
     if isinstance(controller, dfx.ConstantStepSize) and dt0 is None:
         raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
 
@@ -168,6 +170,24 @@ def plan_solve(
         evals_per_step=probe.per_step,
         min_step=min_step,
     )
+
+
+def _check_multistep_grid(solver, controller, steps: int, num_steps) -> None:
+    """A multistep solver's grid must have at least as many steps as the solver stores
+    predictions, else it never reaches its order."""
+    if not (
+        isinstance(solver, AbstractMultistepSolver)
+        and isinstance(controller, dfx.StepTo)
+    ):
+        return
+    need = solver.multistep_order()
+    if steps < need:
+        arg = "num_steps" if num_steps is not None else "stepsize_controller"
+        raise ValueError(
+            f"`{arg}`: {type(solver).__name__} interpolates its last {need} score "
+            f"evaluations, so a grid needs at least {need} steps to reach its order; "
+            f"got {steps}. Use more steps or a lower `order`."
+        )
 
 
 # --------------------------------------------------------------------------------------
