@@ -40,6 +40,10 @@ SAMPLERS = {
     "dpm_solver_pp_2m": (sd.DPMSolverPP2M(), _grid("logsnr", 80)),
     "edm_heun": (sd.EDMHeun(), _grid("edm", 50)),
     "edm_heun_churn": (sd.StochasticEDMHeun(churn=0.1), _grid("edm", 60)),
+    "dpm_solver_pp_3m": (sd.DPMSolverPP3M(), _grid("logsnr", 30)),
+    "unipc": (sd.UniPC(), _grid("logsnr", 30)),
+    "deis": (sd.DEIS(), _grid("logsnr", 40)),
+    "dpm_solver_pp_2m_sde": (sd.StochasticDPMSolverPP(), _grid("logsnr", 100)),
 }
 
 
@@ -134,6 +138,58 @@ def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
     assert abs(slope - order) < 0.4, (errs, slope)
 
 
+def _solve_on_grids(solver, sde, score, y0, grids):
+    """Manual `init`/`step` over each grid (times decreasing from T to eps), in ONE
+    compiled loop: the grids are padded to a common length and the loop runs over
+    the first `n` steps of each."""
+    terms = _terms(sde, score, "ode", y0.shape, jr.key(0), -sde.T, -1e-3, "fast")
+    longest = max(len(ts) for ts in grids)
+    pad = [np.concatenate([ts, np.full(longest - len(ts), ts[-1])]) for ts in grids]
+
+    @jax.jit
+    def solve(rs, n):
+        def body(i, carry):
+            y, state = carry
+            y, _, _, state, _ = solver.step(
+                terms, rs[i], rs[i + 1], y, None, state, False
+            )
+            return y, state
+
+        state = solver.init(terms, rs[0], rs[1], y0, None)
+        return jax.lax.fori_loop(0, n, body, (y0, state))[0]
+
+    return [
+        solve(-jnp.asarray(p), len(ts) - 1) for p, ts in zip(pad, grids, strict=True)
+    ]
+
+
+# Orders measured on the edm grid (log-log slopes of the max error on 16..128 steps;
+# DEIS on 32..256, whose first, first-order step pulls its slope below 3 before).
+# UniPC(p) with its corrector is of order p + 1; DPM-Solver++(3M) with the
+# reference's weight on its quadratic term measures 2.1 here (ours: 3.1 to 3.3).
+@pytest.mark.parametrize(
+    "solver, steps, order",
+    [
+        (sd.DPMSolverPP3M(), (16, 32, 64, 128), 3.0),
+        (sd.UniPC(2), (16, 32, 64, 128), 3.0),
+        (sd.UniPC(3), (16, 32, 64, 128), 4.0),
+        (sd.DEIS(3), (32, 64, 128, 256), 3.0),
+    ],
+    ids=["dpm_solver_pp_3m", "unipc2", "unipc3", "deis3"],
+)
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_multistep_convergence_order_on_gaussian_data(solver, steps, order, sde_name):
+    sde = SDES[sde_name]
+    mix, exact = gaussian_case(sde)
+    y0 = sde.prior_std * jr.normal(jr.key(1), (32, 3))
+    grids = [np.asarray(sd.time_grid(sde, n, "edm")) for n in steps]
+    outs = _solve_on_grids(solver, sde, mix.score(sde), y0, grids)
+    ref = exact(y0, sde.default_eps)
+    errs = [float(jnp.max(jnp.abs(out - ref))) for out in outs]
+    slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert abs(slope - order) < 0.4, (errs, slope)
+
+
 @pytest.mark.parametrize(
     "solver",
     [
@@ -141,8 +197,9 @@ def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
         sd.PredictorCorrector(sd.AncestralSampling(), sd.AnnealedLangevin()),
         sd.StochasticDDIM(eta=0.5),
         sd.StochasticEDMHeun(churn=0.2),
+        sd.StochasticDPMSolverPP(3),
     ],
-    ids=["pc", "pc_ancestral", "ddim_eta", "edm_churn"],
+    ids=["pc", "pc_ancestral", "ddim_eta", "edm_churn", "dpm_sde"],
 )
 def test_same_key_same_samples_under_jit_and_vmap(solver):
     sde, mix = SDES["subvp"], MIXTURES["2d"]()
@@ -172,6 +229,11 @@ ALL_SOLVERS = {
     "dpm": (sd.DPMSolverPP2M(), "ode"),
     "edm": (sd.EDMHeun(), "ode"),
     "edm_churn": (sd.StochasticEDMHeun(churn=0.1), "sde"),
+    "dpm3m": (sd.DPMSolverPP3M(), "ode"),
+    "unipc": (sd.UniPC(), "ode"),
+    "unipc_bh1": (sd.UniPC(2, "bh1"), "ode"),
+    "deis": (sd.DEIS(4), "ode"),
+    "dpm_sde": (sd.StochasticDPMSolverPP(3, eta=0.5), "sde"),
 }
 
 
@@ -181,7 +243,7 @@ def test_manual_stepping_matches_sample(name):
     sde, mix = SDES["vp"], MIXTURES["2d"]()
     score = mix.score(sde)
     key, shape, eps = jr.key(11), (6, 2), 1e-3
-    ts = sd.time_grid(sde, 5, "logsnr")
+    ts = sd.time_grid(sde, 6, "logsnr")
     out = sd.sample(
         key,
         sde,
@@ -203,7 +265,9 @@ def test_manual_stepping_matches_sample(name):
     np.testing.assert_allclose(y, out.samples, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("solver", [sd.DDIM(), sd.DPMSolverPP2M(), sd.EDMHeun()])
+@pytest.mark.parametrize(
+    "solver", [sd.DDIM(), sd.DPMSolverPP2M(), sd.EDMHeun(), sd.UniPC(), sd.DEIS()]
+)
 def test_deterministic_solvers_correct_on_natural_clock(solver):
     # diffeqsolve from T down to eps on the natural clock (diffrax wraps the terms and
     # negates time) gives what `sample` gives on the reversed clock.
@@ -301,8 +365,23 @@ def test_saveat_ts_with_new_solvers():
         (sd.StochasticEDMHeun(churn=0.1), 2),
         (sd.DPMSolverPP2M(), 1),
         (sd.StochasticDDIM(0.3), 1),
+        (sd.DPMSolverPP3M(), 1),
+        (sd.UniPC(), 1),
+        (sd.DEIS(), 1),
+        (sd.StochasticDPMSolverPP(), 1),
     ],
-    ids=["pc2", "p", "edm", "edm_churn", "dpm", "ddim"],
+    ids=[
+        "pc2",
+        "p",
+        "edm",
+        "edm_churn",
+        "dpm",
+        "ddim",
+        "dpm3m",
+        "unipc",
+        "deis",
+        "sde",
+    ],
 )
 def test_num_score_evals_is_exact(solver, per_step):
     sde, mix = SDES["vp"], MIXTURES["2d"]()
@@ -405,6 +484,26 @@ def test_bad_input_names_the_argument():
                 solver=sd.DPMSolverPP2M(),
                 stepsize_controller=dfx.StepTo(ts),
             )
+    # Multistep solvers: orders, variants, grids too short for the order.
+    with pytest.raises(ValueError, match="order"):
+        sd.UniPC(order=4)
+    with pytest.raises(ValueError, match="order"):
+        sd.DEIS(order=0)
+    with pytest.raises(ValueError, match="variant"):
+        sd.UniPC(variant="bh3")
+    with pytest.raises(ValueError, match="eta"):
+        sd.StochasticDPMSolverPP(eta=0.0)
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.sample(jr.key(0), sde, score, (4, 2), solver=sd.UniPC(3), num_steps=2)
+    with pytest.raises(ValueError, match="stepsize_controller"):
+        sd.sample(
+            jr.key(0),
+            sde,
+            score,
+            (4, 2),
+            solver=sd.DPMSolverPP3M(),
+            stepsize_controller=dfx.StepTo(sd.time_grid(sde, 2)),
+        )
     with pytest.raises(ValueError, match="adaptive"):
         sd.sample(
             jr.key(0),

@@ -418,7 +418,7 @@ class UniPC(AbstractMultistepSolver):
     def __init__(
         self,
         order: int = 3,
-        variant: Literal["bh1", "bh2"] = "bh2",
+        variant: str = "bh2",
         corrector: bool = True,
     ):
         self.solver_order = _check_order("UniPC", order, 3)
