@@ -402,7 +402,7 @@ def test_num_score_evals_is_exact(solver, per_step):
 def test_time_grids(sde_name):
     sde = SDES[sde_name]
     eps = sde.default_eps
-    for kind in ("uniform", "logsnr", "edm"):
+    for kind in ("uniform", "quadratic", "logsnr", "edm"):
         ts = sd.time_grid(sde, 10, kind)
         assert ts.shape == (11,)
         assert ts[0] == jnp.float32(sde.T) and ts[-1] == jnp.float32(eps)
@@ -412,6 +412,9 @@ def test_time_grids(sde_name):
     sig = jnp.exp(-0.5 * jax.vmap(sde.log_snr)(sd.time_grid(sde, 10, "edm")))
     root = sig ** (1 / 7)
     np.testing.assert_allclose(np.diff(root), np.diff(root)[0], rtol=2e-3)
+    ts = np.asarray(sd.time_grid(sde, 10, "quadratic"), np.float64)
+    quad = np.sqrt(np.maximum(ts - ts[-1], 0.0) / (ts[0] - ts[-1]))
+    np.testing.assert_allclose(np.diff(quad), -0.1, atol=1e-5)
 
 
 def test_bad_input_names_the_argument():
