@@ -59,6 +59,7 @@ from ._solver import (
     Langevin as Langevin,
     MultistepState as MultistepState,
     PredictorCorrector as PredictorCorrector,
+    Restart as Restart,
     ReverseDiffusion as ReverseDiffusion,
     StochasticDDIM as StochasticDDIM,
     StochasticDPMSolverPP as StochasticDPMSolverPP,

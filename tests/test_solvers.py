@@ -26,6 +26,21 @@ def _steps(n):
     return lambda sde: dict(num_steps=n)
 
 
+def _restart_grid(sde, n_before, t_min, n_after):
+    """A log-SNR grid through `t_min` (where a Restart jumps back)."""
+    before = sd.time_grid(sde, n_before, "logsnr", eps=t_min)
+    after = sd.time_grid(sde, n_after, "logsnr", start=t_min)
+    return jnp.concatenate([before, after[1:]])
+
+
+def _restart(t_min, t_max):
+    return sd.Restart(sd.UniPC(2), t_min, t_max, num_restarts=2, num_steps=4)
+
+
+def _restart_kw(sde):
+    return dict(stepsize_controller=dfx.StepTo(_restart_grid(sde, 16, 0.2, 14)))
+
+
 # Step counts a user would pick for 2,000 samples of these mixtures.
 SAMPLERS = {
     "reverse_diffusion": (sd.ReverseDiffusion(), _steps(1000)),
@@ -44,6 +59,7 @@ SAMPLERS = {
     "unipc": (sd.UniPC(), _grid("logsnr", 30)),
     "deis": (sd.DEIS(), _grid("logsnr", 40)),
     "dpm_solver_pp_2m_sde": (sd.StochasticDPMSolverPP(), _grid("logsnr", 100)),
+    "restart_unipc": (_restart(0.2, 0.4), _restart_kw),
 }
 
 
@@ -398,6 +414,27 @@ def test_num_score_evals_is_exact(solver, per_step):
     assert int(out.stats["num_score_evals"]) == len(counter) == 7 * per_step
 
 
+def test_restart_score_evals_and_reproducibility():
+    sde, mix = SDES["ve"], MIXTURES["2d"]()
+    counter = []
+    ts = _restart_grid(sde, 5, 0.3, 4)
+    solver = sd.Restart(sd.DPMSolverPP2M(), 0.3, 0.6, num_restarts=3, num_steps=2)
+
+    def draw(key, n, score):
+        return sd.sample(
+            key, sde, score, (n, 2), solver=solver, stepsize_controller=dfx.StepTo(ts)
+        )
+
+    out = draw(jr.key(0), 1, CountingCalls(mix.score(sde), counter))
+    jax.effects_barrier()
+    assert int(out.stats["num_score_evals"]) == len(counter) == 9 + 3 * 2
+    # Example i depends on fold_in(key, i) only, and the jumps draw from the key.
+    a, b = draw(jr.key(3), 4, mix.score(sde)), draw(jr.key(3), 2, mix.score(sde))
+    np.testing.assert_allclose(a.samples[:2], b.samples, rtol=1e-5, atol=1e-5)
+    c = draw(jr.key(4), 2, mix.score(sde))
+    assert not np.allclose(b.samples, c.samples, atol=1e-2)
+
+
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_time_grids(sde_name):
     sde = SDES[sde_name]
@@ -507,6 +544,25 @@ def test_bad_input_names_the_argument():
             solver=sd.DPMSolverPP3M(),
             stepsize_controller=dfx.StepTo(sd.time_grid(sde, 2)),
         )
+    # Restart: its interval inside the time range, t_min on the grid, an ODE solver.
+    grid = dfx.StepTo(_restart_grid(sde, 4, 0.2, 3))
+    for bad, match in [
+        (sd.Restart(sd.DDIM(), 0.2, 1.5), "t_max"),
+        (sd.Restart(sd.DDIM(), 1e-4, 0.5), "t_min"),
+        (sd.Restart(sd.DDIM(), 0.25, 0.5), "stepsize_controller"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sd.sample(
+                jr.key(0), sde, score, (4, 2), solver=bad, stepsize_controller=grid
+            )
+    with pytest.raises(ValueError, match="t_min"):
+        sd.Restart(sd.DDIM(), 0.5, 0.2)
+    with pytest.raises(ValueError, match="solver"):
+        sd.Restart(sd.StochasticDDIM(), 0.2, 0.5)
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.Restart(sd.UniPC(3), 0.2, 0.5, num_steps=2)
+    with pytest.raises(ValueError, match="start"):
+        sd.time_grid(sde, 4, start=2.0)
     with pytest.raises(ValueError, match="adaptive"):
         sd.sample(
             jr.key(0),

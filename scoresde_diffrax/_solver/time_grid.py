@@ -16,9 +16,10 @@ def time_grid(
     kind: str = "uniform",
     eps: float | None = None,
     rho: float = 7.0,
+    start: float | None = None,
 ) -> Float[Array, " n"]:
-    r"""Times for a fixed-step sampler, decreasing from `sde.T` to `eps` (both
-    included exactly), for `diffrax.StepTo(ts)` in [`sample`][].
+    r"""Times for a fixed-step sampler, decreasing from `sde.T` (or `start`) to `eps`
+    (both included exactly), for `diffrax.StepTo(ts)` in [`sample`][].
 
     - `"uniform"`: uniform in $t$ (what `sample(num_steps=...)` uses).
     - `"quadratic"`: uniform in $\sqrt{t - \epsilon}$, i.e.
@@ -38,6 +39,9 @@ def time_grid(
     - `kind`: `"uniform"`, `"quadratic"`, `"logsnr"` or `"edm"`.
     - `eps`: the last time, `0 < eps < T`. Default `sde.default_eps`.
     - `rho`: the EDM exponent, > 0 (default 7).
+    - `start`: the first time, `eps < start <= T` (default `sde.T`): grids in pieces,
+        e.g. one through a [`Restart`][]'s `t_min`:
+        `jnp.concatenate([time_grid(sde, 6, eps=t_min), time_grid(sde, 4, start=t_min)[1:]])`.
 
     **Returns:** an array of shape `(num_steps + 1,)`.
 
@@ -78,6 +82,14 @@ def time_grid(
     eps = sde.default_eps if eps is None else float(eps)
     if not (0 < eps < T):
         raise ValueError(f"`eps` must satisfy 0 < eps < T = {T}, got {eps}.")
+    if start is not None:
+        start = float(start)
+        if not (eps < start <= T):
+            raise ValueError(
+                f"`start` must satisfy eps < start <= T, i.e. {eps} < start <= {T}, "
+                f"got {start}."
+            )
+        T = start
     if not (rho > 0 and math.isfinite(rho)):
         raise ValueError(f"`rho` must be a finite number > 0, got {rho!r}.")
     n = int(num_steps)
