@@ -176,12 +176,12 @@ class Restart(dfx.AbstractItoSolver):
         z = p.normals(t0, t1, y0, self.num_restarts)
         r, v = p.sde.transition(self.t_min, self.t_max)
 
+        def one(k, carry):
+            y = (r * carry[0] + jnp.sqrt(v) * z[k]).astype(y0.dtype)
+            return self._segment(ode, y, args)
+
         def restart(operand):
-            y, state = operand
-            for k in range(self.num_restarts):
-                y = (r * y + jnp.sqrt(v) * z[k]).astype(y0.dtype)
-                y, state = self._segment(ode, y, args)
-            return y, state
+            return jax.lax.fori_loop(0, self.num_restarts, one, operand)
 
         hit = jnp.abs(t_next - self.t_min) <= 1e-5 * self.t_min
         y1, state = jax.lax.cond(hit, restart, lambda o: o, (y1, state))
