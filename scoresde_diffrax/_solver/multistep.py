@@ -15,7 +15,7 @@ $$x_{t'} = \\frac{s(t')}{s(t)}\\, x_t + a(t') \\int_0^h e^{-(h-u)}
 and a polynomial $\\sum_n c_n \\rho^n$ for $\\hat x_0$ integrates to
 $\\sum_n c_n\\, \\psi_n(h)$ with $\\psi_n(h) = h \\int_0^1 e^{-h(1-\\rho)} \\rho^n
 \\mathrm{d}\\rho$. Every solver here is such a weighted sum of stored predictions; the
-weights come from [`_interp_weights`][] on the nodes $\\rho_j$ of the stored
+weights come from `_interp_weights` on the nodes $\\rho_j$ of the stored
 predictions (in units of the step), so any grid works.
 """
 
@@ -399,8 +399,8 @@ class UniPC(AbstractMultistepSolver):
     **Arguments:**
 
     - `order`: $p$, 1, 2 or 3 (default 3). With the corrector the order of
-        convergence is $p + 1$ up to $p = 2$ and stays 3 for $p = 3$ (the final,
-        uncorrected step is of order $p$).
+        convergence is $p + 1$ (measured on Gaussian data: 3.0 for $p = 2$, 3.7 to
+        4.2 for $p = 3$); without it, $p$.
     - `variant`: $B(h)$, `"bh1"` ($h$) or `"bh2"` ($e^h - 1$, default), which sets the
         coefficients of the first-order corrector and second-order predictor.
     - `corrector`: whether to apply UniC (default True); False gives UniP alone.
@@ -434,7 +434,7 @@ class UniPC(AbstractMultistepSolver):
         self.corrector = corrector
 
     def order(self, terms):
-        return min(self.solver_order + int(self.corrector), 3)
+        return self.solver_order + int(self.corrector)
 
     def multistep_order(self) -> int:
         return self.solver_order
