@@ -173,14 +173,16 @@ class Restart(dfx.AbstractItoSolver):
         y1, _, _, state, result = self.solver.step(
             ode, -t, -t_next, y0, args, solver_state, made_jump
         )
-        z = p.normals(t0, t1, y0, self.num_restarts)
         r, v = p.sde.transition(self.t_min, self.t_max)
 
-        def one(k, carry):
-            y = (r * carry[0] + jnp.sqrt(v) * z[k]).astype(y0.dtype)
-            return self._segment(ode, y, args)
-
         def restart(operand):
+            # Drawn only on the restart step (inside the branch).
+            z = p.normals(t0, t1, y0, self.num_restarts)
+
+            def one(k, carry):
+                y = (r * carry[0] + jnp.sqrt(v) * z[k]).astype(y0.dtype)
+                return self._segment(ode, y, args)
+
             return jax.lax.fori_loop(0, self.num_restarts, one, operand)
 
         hit = jnp.abs(t_next - self.t_min) <= 1e-5 * self.t_min
