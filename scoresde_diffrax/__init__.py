@@ -62,18 +62,25 @@ from ._sde import (
 )
 from ._solver import (
     AbstractCorrector as AbstractCorrector,
+    AbstractMultistepSolver as AbstractMultistepSolver,
     AncestralSampling as AncestralSampling,
     AnnealedLangevin as AnnealedLangevin,
     DDIM as DDIM,
+    DEIS as DEIS,
     DPMSolverPP2M as DPMSolverPP2M,
+    DPMSolverPP3M as DPMSolverPP3M,
     DPMSolverState as DPMSolverState,
     EDMHeun as EDMHeun,
     Langevin as Langevin,
+    MultistepState as MultistepState,
     PredictorCorrector as PredictorCorrector,
+    Restart as Restart,
     ReverseDiffusion as ReverseDiffusion,
     StochasticDDIM as StochasticDDIM,
+    StochasticDPMSolverPP as StochasticDPMSolverPP,
     StochasticEDMHeun as StochasticEDMHeun,
     time_grid as time_grid,
+    UniPC as UniPC,
 )
 from ._term import (
     Diffusion as Diffusion,

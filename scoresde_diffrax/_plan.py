@@ -40,6 +40,8 @@ from ._checks import (
 )
 from ._nfe import probe_solver
 from ._norm import batch_max_rms_norm
+from ._solver.multistep import AbstractMultistepSolver
+from ._solver.restart import Restart
 
 
 class SolvePlan(eqx.Module):
@@ -55,6 +57,8 @@ class SolvePlan(eqx.Module):
     - `first_evals`, `evals_per_step`: score evaluations of `init` plus the first
       step, and of each later step (-1 if not constant).
     - `min_step`: the smallest step of a concrete `StepTo` grid, else None.
+    - `extra_evals`: score evaluations once per solve beyond the steps' (the
+      segments of `Restart`).
     """
 
     controller: dfx.AbstractStepSizeController
@@ -67,12 +71,14 @@ class SolvePlan(eqx.Module):
     first_evals: int = eqx.field(static=True)
     evals_per_step: int = eqx.field(static=True)
     min_step: float | None = eqx.field(static=True)
+    extra_evals: int = eqx.field(static=True, default=0)
 
     def num_score_evals(self, num_steps: Int[Array, "*batch"]) -> Int[Array, "*batch"]:
         """Score evaluations per example of a solve that took `num_steps` steps."""
-        if self.first_evals < 0:
+        if self.first_evals < 0 or self.extra_evals < 0:
             return jnp.full_like(num_steps, -1)
-        return self.first_evals + self.evals_per_step * jnp.maximum(num_steps - 1, 0)
+        steps = self.evals_per_step * jnp.maximum(num_steps - 1, 0)
+        return self.first_evals + steps + self.extra_evals
 
 
 def _uniform_grid(start, end, num_steps: int, start_f, end_f):
@@ -151,6 +157,7 @@ def plan_solve(
     else:
         steps = check_int("max_steps", max_steps)
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
+    _check_solver_grid(solver, controller, steps, num_steps, sign, start_f, end_f)
     if isinstance(controller, dfx.ConstantStepSize) and dt0 is None:
         raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
 
@@ -174,7 +181,45 @@ def plan_solve(
         first_evals=probe.first,
         evals_per_step=probe.per_step,
         min_step=min_step,
+        extra_evals=_restart_evals(solver, make_terms, probe_key),
     )
+
+
+def _check_solver_grid(solver, controller, steps, num_steps, sign, start, end):
+    """Solvers that need something of a fixed grid: a multistep solver at least as
+    many steps as it stores predictions (else it never reaches its order); `Restart`
+    its `t_min` on the grid and its interval inside the time range."""
+    if not isinstance(controller, dfx.StepTo):
+        return
+    arg = "num_steps" if num_steps is not None else "stepsize_controller"
+    inner = solver.solver if isinstance(solver, Restart) else solver
+    if isinstance(inner, AbstractMultistepSolver):
+        need = inner.multistep_order()
+        if steps < need:
+            raise ValueError(
+                f"`{arg}`: {type(inner).__name__} interpolates its last {need} score "
+                f"evaluations, so a grid needs at least {need} steps to reach its "
+                f"order; got {steps}. Use more steps or a lower `order`."
+            )
+    if isinstance(solver, Restart) and start is not None and end is not None:
+        ts = controller.ts
+        ts = None if isinstance(ts, jax.core.Tracer) else sign * np.asarray(ts)
+        solver.check_grid(ts, start, end, arg)
+
+
+def _restart_evals(solver, make_terms, probe_key) -> int:
+    """Score evaluations of `Restart`'s segments, once per solve (0 otherwise)."""
+    if not isinstance(solver, Restart):
+        return 0
+    probe = probe_solver(
+        solver.solver,
+        lambda s: solver.inner_term(make_terms(s)),
+        tuple(probe_key) + ("restart",),
+    )
+    if probe.first < 0:
+        return -1
+    per_segment = probe.first + probe.per_step * (solver.num_steps - 1)
+    return solver.num_restarts * per_segment
 
 
 # --------------------------------------------------------------------------------------

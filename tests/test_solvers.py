@@ -26,6 +26,21 @@ def _steps(n):
     return lambda sde: dict(num_steps=n)
 
 
+def _restart_grid(sde, n_before, t_min, n_after):
+    """A log-SNR grid through `t_min` (where a Restart jumps back)."""
+    before = sd.time_grid(sde, n_before, "logsnr", eps=t_min)
+    after = sd.time_grid(sde, n_after, "logsnr", start=t_min)
+    return jnp.concatenate([before, after[1:]])
+
+
+def _restart(t_min, t_max):
+    return sd.Restart(sd.UniPC(2), t_min, t_max, num_restarts=2, num_steps=4)
+
+
+def _restart_kw(sde):
+    return dict(stepsize_controller=dfx.StepTo(_restart_grid(sde, 16, 0.2, 14)))
+
+
 # Step counts a user would pick for 2,000 samples of these mixtures.
 SAMPLERS = {
     "reverse_diffusion": (sd.ReverseDiffusion(), _steps(1000)),
@@ -40,6 +55,11 @@ SAMPLERS = {
     "dpm_solver_pp_2m": (sd.DPMSolverPP2M(), _grid("logsnr", 80)),
     "edm_heun": (sd.EDMHeun(), _grid("edm", 50)),
     "edm_heun_churn": (sd.StochasticEDMHeun(churn=0.1), _grid("edm", 60)),
+    "dpm_solver_pp_3m": (sd.DPMSolverPP3M(), _grid("logsnr", 30)),
+    "unipc": (sd.UniPC(), _grid("logsnr", 30)),
+    "deis": (sd.DEIS(), _grid("logsnr", 40)),
+    "dpm_solver_pp_2m_sde": (sd.StochasticDPMSolverPP(), _grid("logsnr", 100)),
+    "restart_unipc": (_restart(0.2, 0.4), _restart_kw),
 }
 
 
@@ -134,6 +154,58 @@ def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
     assert abs(slope - order) < 0.4, (errs, slope)
 
 
+def _solve_on_grids(solver, sde, score, y0, grids):
+    """Manual `init`/`step` over each grid (times decreasing from T to eps), in ONE
+    compiled loop: the grids are padded to a common length and the loop runs over
+    the first `n` steps of each."""
+    terms = _terms(sde, score, "ode", y0.shape, jr.key(0), -sde.T, -1e-3, "fast")
+    longest = max(len(ts) for ts in grids)
+    pad = [np.concatenate([ts, np.full(longest - len(ts), ts[-1])]) for ts in grids]
+
+    @jax.jit
+    def solve(rs, n):
+        def body(i, carry):
+            y, state = carry
+            y, _, _, state, _ = solver.step(
+                terms, rs[i], rs[i + 1], y, None, state, False
+            )
+            return y, state
+
+        state = solver.init(terms, rs[0], rs[1], y0, None)
+        return jax.lax.fori_loop(0, n, body, (y0, state))[0]
+
+    return [
+        solve(-jnp.asarray(p), len(ts) - 1) for p, ts in zip(pad, grids, strict=True)
+    ]
+
+
+# Orders measured on the edm grid (log-log slopes of the max error on 16..128 steps;
+# DEIS on 32..256, whose first, first-order step pulls its slope below 3 before).
+# UniPC(p) with its corrector is of order p + 1; DPM-Solver++(3M) with the
+# reference's weight on its quadratic term measures 2.1 here (ours: 3.1 to 3.3).
+@pytest.mark.parametrize(
+    "solver, steps, order",
+    [
+        (sd.DPMSolverPP3M(), (16, 32, 64, 128), 3.0),
+        (sd.UniPC(2), (16, 32, 64, 128), 3.0),
+        (sd.UniPC(3), (16, 32, 64, 128), 4.0),
+        (sd.DEIS(3), (32, 64, 128, 256), 3.0),
+    ],
+    ids=["dpm_solver_pp_3m", "unipc2", "unipc3", "deis3"],
+)
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_multistep_convergence_order_on_gaussian_data(solver, steps, order, sde_name):
+    sde = SDES[sde_name]
+    mix, exact = gaussian_case(sde)
+    y0 = sde.prior_std * jr.normal(jr.key(1), (32, 3))
+    grids = [np.asarray(sd.time_grid(sde, n, "edm")) for n in steps]
+    outs = _solve_on_grids(solver, sde, mix.score(sde), y0, grids)
+    ref = exact(y0, sde.default_eps)
+    errs = [float(jnp.max(jnp.abs(out - ref))) for out in outs]
+    slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert abs(slope - order) < 0.4, (errs, slope)
+
+
 @pytest.mark.parametrize(
     "solver",
     [
@@ -141,8 +213,9 @@ def test_convergence_order_on_gaussian_data(solver, kind, order, sde_name):
         sd.PredictorCorrector(sd.AncestralSampling(), sd.AnnealedLangevin()),
         sd.StochasticDDIM(eta=0.5),
         sd.StochasticEDMHeun(churn=0.2),
+        sd.StochasticDPMSolverPP(3),
     ],
-    ids=["pc", "pc_ancestral", "ddim_eta", "edm_churn"],
+    ids=["pc", "pc_ancestral", "ddim_eta", "edm_churn", "dpm_sde"],
 )
 def test_same_key_same_samples_under_jit_and_vmap(solver):
     sde, mix = SDES["subvp"], MIXTURES["2d"]()
@@ -172,6 +245,11 @@ ALL_SOLVERS = {
     "dpm": (sd.DPMSolverPP2M(), "ode"),
     "edm": (sd.EDMHeun(), "ode"),
     "edm_churn": (sd.StochasticEDMHeun(churn=0.1), "sde"),
+    "dpm3m": (sd.DPMSolverPP3M(), "ode"),
+    "unipc": (sd.UniPC(), "ode"),
+    "unipc_bh1": (sd.UniPC(2, "bh1"), "ode"),
+    "deis": (sd.DEIS(4), "ode"),
+    "dpm_sde": (sd.StochasticDPMSolverPP(3, eta=0.5), "sde"),
 }
 
 
@@ -181,7 +259,7 @@ def test_manual_stepping_matches_sample(name):
     sde, mix = SDES["vp"], MIXTURES["2d"]()
     score = mix.score(sde)
     key, shape, eps = jr.key(11), (6, 2), 1e-3
-    ts = sd.time_grid(sde, 5, "logsnr")
+    ts = sd.time_grid(sde, 6, "logsnr")
     out = sd.sample(
         key,
         sde,
@@ -203,7 +281,9 @@ def test_manual_stepping_matches_sample(name):
     np.testing.assert_allclose(y, out.samples, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("solver", [sd.DDIM(), sd.DPMSolverPP2M(), sd.EDMHeun()])
+@pytest.mark.parametrize(
+    "solver", [sd.DDIM(), sd.DPMSolverPP2M(), sd.EDMHeun(), sd.UniPC(), sd.DEIS()]
+)
 def test_deterministic_solvers_correct_on_natural_clock(solver):
     # diffeqsolve from T down to eps on the natural clock (diffrax wraps the terms and
     # negates time) gives what `sample` gives on the reversed clock.
@@ -301,8 +381,23 @@ def test_saveat_ts_with_new_solvers():
         (sd.StochasticEDMHeun(churn=0.1), 2),
         (sd.DPMSolverPP2M(), 1),
         (sd.StochasticDDIM(0.3), 1),
+        (sd.DPMSolverPP3M(), 1),
+        (sd.UniPC(), 1),
+        (sd.DEIS(), 1),
+        (sd.StochasticDPMSolverPP(), 1),
     ],
-    ids=["pc2", "p", "edm", "edm_churn", "dpm", "ddim"],
+    ids=[
+        "pc2",
+        "p",
+        "edm",
+        "edm_churn",
+        "dpm",
+        "ddim",
+        "dpm3m",
+        "unipc",
+        "deis",
+        "sde",
+    ],
 )
 def test_num_score_evals_is_exact(solver, per_step):
     sde, mix = SDES["vp"], MIXTURES["2d"]()
@@ -319,11 +414,32 @@ def test_num_score_evals_is_exact(solver, per_step):
     assert int(out.stats["num_score_evals"]) == len(counter) == 7 * per_step
 
 
+def test_restart_score_evals_and_reproducibility():
+    sde, mix = SDES["ve"], MIXTURES["2d"]()
+    counter = []
+    ts = _restart_grid(sde, 5, 0.3, 4)
+    solver = sd.Restart(sd.DPMSolverPP2M(), 0.3, 0.6, num_restarts=3, num_steps=2)
+
+    def draw(key, n, score):
+        return sd.sample(
+            key, sde, score, (n, 2), solver=solver, stepsize_controller=dfx.StepTo(ts)
+        )
+
+    out = draw(jr.key(0), 1, CountingCalls(mix.score(sde), counter))
+    jax.effects_barrier()
+    assert int(out.stats["num_score_evals"]) == len(counter) == 9 + 3 * 2
+    # Example i depends on fold_in(key, i) only, and the jumps draw from the key.
+    a, b = draw(jr.key(3), 4, mix.score(sde)), draw(jr.key(3), 2, mix.score(sde))
+    np.testing.assert_allclose(a.samples[:2], b.samples, rtol=1e-5, atol=1e-5)
+    c = draw(jr.key(4), 2, mix.score(sde))
+    assert not np.allclose(b.samples, c.samples, atol=1e-2)
+
+
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_time_grids(sde_name):
     sde = SDES[sde_name]
     eps = sde.default_eps
-    for kind in ("uniform", "logsnr", "edm"):
+    for kind in ("uniform", "quadratic", "logsnr", "edm"):
         ts = sd.time_grid(sde, 10, kind)
         assert ts.shape == (11,)
         assert ts[0] == jnp.float32(sde.T) and ts[-1] == jnp.float32(eps)
@@ -333,6 +449,9 @@ def test_time_grids(sde_name):
     sig = jnp.exp(-0.5 * jax.vmap(sde.log_snr)(sd.time_grid(sde, 10, "edm")))
     root = sig ** (1 / 7)
     np.testing.assert_allclose(np.diff(root), np.diff(root)[0], rtol=2e-3)
+    ts = np.asarray(sd.time_grid(sde, 10, "quadratic"), np.float64)
+    quad = np.sqrt(np.maximum(ts - ts[-1], 0.0) / (ts[0] - ts[-1]))
+    np.testing.assert_allclose(np.diff(quad), -0.1, atol=1e-5)
 
 
 def test_bad_input_names_the_argument():
@@ -405,6 +524,45 @@ def test_bad_input_names_the_argument():
                 solver=sd.DPMSolverPP2M(),
                 stepsize_controller=dfx.StepTo(ts),
             )
+    # Multistep solvers: orders, variants, grids too short for the order.
+    with pytest.raises(ValueError, match="order"):
+        sd.UniPC(order=4)
+    with pytest.raises(ValueError, match="order"):
+        sd.DEIS(order=0)
+    with pytest.raises(ValueError, match="variant"):
+        sd.UniPC(variant="bh3")
+    with pytest.raises(ValueError, match="eta"):
+        sd.StochasticDPMSolverPP(eta=0.0)
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.sample(jr.key(0), sde, score, (4, 2), solver=sd.UniPC(3), num_steps=2)
+    with pytest.raises(ValueError, match="stepsize_controller"):
+        sd.sample(
+            jr.key(0),
+            sde,
+            score,
+            (4, 2),
+            solver=sd.DPMSolverPP3M(),
+            stepsize_controller=dfx.StepTo(sd.time_grid(sde, 2)),
+        )
+    # Restart: its interval inside the time range, t_min on the grid, an ODE solver.
+    grid = dfx.StepTo(_restart_grid(sde, 4, 0.2, 3))
+    for bad, match in [
+        (sd.Restart(sd.DDIM(), 0.2, 1.5), "t_max"),
+        (sd.Restart(sd.DDIM(), 1e-4, 0.5), "t_min"),
+        (sd.Restart(sd.DDIM(), 0.25, 0.5), "stepsize_controller"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sd.sample(
+                jr.key(0), sde, score, (4, 2), solver=bad, stepsize_controller=grid
+            )
+    with pytest.raises(ValueError, match="t_min"):
+        sd.Restart(sd.DDIM(), 0.5, 0.2)
+    with pytest.raises(ValueError, match="solver"):
+        sd.Restart(sd.StochasticDDIM(), 0.2, 0.5)
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.Restart(sd.UniPC(3), 0.2, 0.5, num_steps=2)
+    with pytest.raises(ValueError, match="start"):
+        sd.time_grid(sde, 4, start=2.0)
     with pytest.raises(ValueError, match="adaptive"):
         sd.sample(
             jr.key(0),

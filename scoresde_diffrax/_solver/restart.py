@@ -1,0 +1,193 @@
+import math
+from typing import ClassVar
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._term import ScoreDrift
+from ._common import check_decreasing, dense_info, SDETerms, unpack_sde
+from .multistep import AbstractMultistepSolver
+
+
+def _check_time(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Restart: `{name}` must be a number, got {value!r}.") from e
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"Restart: `{name}` must be a finite time > 0, got {value!r}.")
+    return v
+
+
+class Restart(dfx.AbstractItoSolver):
+    r"""Restart sampling (Xu et al. 2023): an ODE sampler whose path, on reaching
+    `t_min`, jumps forward to `t_max` with fresh noise of the forward SDE and runs the
+    ODE back down, `num_restarts` times, before going on. Each jump
+    $x_{t_\max} = \frac{a(t_\max)}{a(t_\min)} x_{t_\min} + \sqrt{v}\, z$ (the exact
+    forward transition, `sde.transition`) adds noise that contracts the errors
+    accumulated so far, and the ODE segments add little error of their own.
+
+    Composed of existing pieces: `solver` (any ODE sampler of this package or of
+    diffrax) integrates the probability-flow ODE on the main grid and on each restart
+    segment (`num_steps` steps uniform in log-SNR from `t_max` to `t_min`, a fresh
+    solver state each time; the main grid goes on with the state of the last
+    segment); the noise $z$ comes from the terms' Brownian path like every sampler
+    here (independent normals over the step ending at `t_min`, see
+    [`PredictorCorrector`][]). So it is a diffrax solver of the reverse-time SDE terms
+    (`method="sde"`, inferred), and the same key gives the same samples.
+
+    `t_min` must be a time of the main grid (its interior), and
+    `t_min < t_max <= sde.T`; [`sample`][] checks both (`ValueError` naming the
+    argument). Score evaluations: the main grid's, plus
+    `num_restarts * (solver's evaluations for num_steps steps)`, all counted by
+    [`sample`][].
+
+    **Arguments:**
+
+    - `solver`: the ODE solver, e.g. [`DPMSolverPP2M`][], [`UniPC`][],
+        [`EDMHeun`][], `diffrax.Heun()`.
+    - `t_min`, `t_max`: the restart interval (times, `0 < t_min < t_max`).
+    - `num_restarts`: $K$, jumps per solve (>= 1).
+    - `num_steps`: ODE steps per restart segment (>= 1; at least the solver's order
+        for a multistep solver).
+
+    **Reference:** Xu, Deng, Zhou, Tao, Jaakkola, *Restart Sampling for Improving
+    Generative Processes*, NeurIPS 2023.
+    """
+
+    solver: dfx.AbstractSolver
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
+    num_restarts: int = eqx.field(static=True, default=1)
+    num_steps: int = eqx.field(static=True, default=4)
+
+    term_structure: ClassVar = SDETerms
+    interpolation_cls: ClassVar = dfx.LocalLinearInterpolation
+
+    def __check_init__(self):
+        if not isinstance(self.solver, dfx.AbstractSolver):
+            raise ValueError(
+                "Restart: `solver` must be a diffrax ODE solver (sd.DPMSolverPP2M(), "
+                f"sd.UniPC(), diffrax.Heun(), ...), got {type(self.solver).__name__}."
+            )
+        ts = self.solver.term_structure
+        if not (isinstance(ts, type) and issubclass(ts, dfx.AbstractTerm)) or (
+            isinstance(self.solver, (dfx.AbstractItoSolver, Restart))
+        ):
+            raise ValueError(
+                f"Restart: `solver` must integrate the probability-flow ODE; "
+                f"{type(self.solver).__name__} is an SDE solver."
+            )
+        t_min = _check_time("t_min", self.t_min)
+        t_max = _check_time("t_max", self.t_max)
+        if not t_min < t_max:
+            raise ValueError(
+                f"Restart: `t_min` must be < `t_max`, got t_min={self.t_min}, "
+                f"t_max={self.t_max}."
+            )
+        for name, v in (
+            ("num_restarts", self.num_restarts),
+            ("num_steps", self.num_steps),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Restart: `{name}` must be an int >= 1, got {v!r}.")
+        if isinstance(self.solver, AbstractMultistepSolver):
+            need = self.solver.multistep_order()
+            if self.num_steps < need:
+                raise ValueError(
+                    f"Restart: `num_steps` must be >= {need} for "
+                    f"{type(self.solver).__name__} (its order), got {self.num_steps}."
+                )
+
+    def order(self, terms):
+        return None
+
+    def strong_order(self, terms):
+        return None
+
+    def check_grid(self, ts, start: float, end: float, arg: str) -> None:
+        """Called by [`sample`][] with the main grid `ts` (user clock, from `start` =
+        T down to `end` = eps): `t_max` within the time range, `t_min` one of the
+        grid's interior times."""
+        if self.t_max > start * (1 + 1e-6):
+            raise ValueError(
+                f"Restart: `t_max` = {self.t_max} is outside the time range "
+                f"[eps, T] = [{end}, {start}]."
+            )
+        if self.t_min <= end:
+            raise ValueError(
+                f"Restart: `t_min` = {self.t_min} is outside the time range: it must "
+                f"be > eps = {end} (a time of the grid before its end)."
+            )
+        if ts is None:
+            return
+        ts = np.asarray(ts, np.float64)
+        close = np.isclose(ts[1:-1], self.t_min, rtol=1e-5, atol=0.0)
+        if not close.any():
+            raise ValueError(
+                f"`{arg}`: Restart(t_min={self.t_min}) restarts when the grid reaches "
+                "t_min, so t_min must be one of its interior times; it is not. Build "
+                "the grid with t_min in it (e.g. two sd.time_grid pieces joined)."
+            )
+
+    def inner_term(self, terms) -> dfx.ODETerm:
+        """The probability-flow ODE term (on the reversed clock $r = -t$) of the
+        reverse-SDE `terms`, for `solver`."""
+        p = unpack_sde(terms, "Restart")
+        drift = ScoreDrift(p.sde, p.score, 0.5, p.batched, reverse_time=True)
+        return dfx.ODETerm(drift)
+
+    def init(self, terms, t0, t1, y0, args):
+        p = unpack_sde(terms, "Restart")
+        ode = self.inner_term(terms)
+        return self.solver.init(ode, -p.time(t0), -p.time(t1), y0, args)
+
+    def _segment(self, ode, y, args):
+        """One ODE solve from t_max down to t_min (reversed clock), fresh state."""
+        sde = ode.vector_field.sde
+        lam = jnp.linspace(
+            sde.log_snr(self.t_max), sde.log_snr(self.t_min), self.num_steps + 1
+        )
+        ts = sde.t_from_log_snr(lam).astype(y.dtype)
+        ts = ts.at[0].set(self.t_max).at[-1].set(self.t_min)
+        rs = -ts
+        state = self.solver.init(ode, rs[0], rs[1], y, args)
+
+        def body(i, carry):
+            y, state = carry
+            y, _, _, state, _ = self.solver.step(
+                ode, rs[i], rs[i + 1], y, args, state, False
+            )
+            return y, state
+
+        return jax.lax.fori_loop(0, self.num_steps, body, (y, state))
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        p = unpack_sde(terms, "Restart")
+        t, t_next = p.time(t0), p.time(t1)
+        y0 = check_decreasing(y0, t, t_next, "Restart")
+        ode = self.inner_term(terms)
+        y1, _, _, state, result = self.solver.step(
+            ode, -t, -t_next, y0, args, solver_state, made_jump
+        )
+        r, v = p.sde.transition(self.t_min, self.t_max)
+
+        def restart(operand):
+            # Drawn only on the restart step (inside the branch).
+            z = p.normals(t0, t1, y0, self.num_restarts)
+
+            def one(k, carry):
+                y = (r * carry[0] + jnp.sqrt(v) * z[k]).astype(y0.dtype)
+                return self._segment(ode, y, args)
+
+            return jax.lax.fori_loop(0, self.num_restarts, one, operand)
+
+        hit = jnp.abs(t_next - self.t_min) <= 1e-5 * self.t_min
+        y1, state = jax.lax.cond(hit, restart, lambda o: o, (y1, state))
+        return y1, None, dense_info(y0, y1), state, result
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
