@@ -192,7 +192,24 @@ def main():
     ap.add_argument("--dims", default="2,16,64")
     ap.add_argument("--sdes", default="vp,subvp,ve")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="combine the rows of earlier runs (e.g. one per --dims) into --out, its "
+        "plot and the leaderboard, without sampling",
+    )
     args = ap.parse_args()
+    if args.merge:
+        runs = [json.load(open(p)) for p in args.merge]
+        out = dict(
+            command="python " + " ".join(sys.argv),
+            runs=[dict(command=r["command"], conditions=r["conditions"]) for r in runs],
+            rows=[row for r in runs for row in r["rows"]],
+        )
+        write(out, args.out)
+        return
     n = args.n
     rows = []
     for dim in [int(d) for d in args.dims.split(",")]:
@@ -229,20 +246,26 @@ def main():
             backend=jax.default_backend(),
             cpu_count=os.cpu_count(),
             machine=platform.machine(),
+            load_average=os.getloadavg(),
             num_samples=n,
-            note="2 CPU cores shared with four other engineers' jobs (load 6-9): wall "
-            "times are noisy; compare within one run. gap = mean log p0 of the "
+            note="CPU cores shared with other jobs (load_average: 1/5/15-minute loads at "
+            "the end): wall times are noisy; compare within one run. gap = mean log p0 of the "
             "samples minus the exact E[log p0] (from 200,000 true samples); gap_se its "
             "standard error for n samples; floor = the mean over 5 fresh true samples of size n.",
         ),
         rows=rows,
     )
+    write(out, args.out)
+
+
+def write(out, path):
+    """The JSON, its plot beside it, and the leaderboard on stdout."""
     here = os.path.join(os.path.dirname(__file__), "results")
-    path = args.out or os.path.join(here, "fewstep.json")
+    path = path or os.path.join(here, "fewstep.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
-    plot(rows, os.path.splitext(path)[0] + ".png")
-    print(leaderboard(rows))
+    plot(out["rows"], os.path.splitext(path)[0] + ".png")
+    print(leaderboard(out["rows"]))
 
 
 def leaderboard(rows) -> str:
