@@ -33,7 +33,7 @@ from .._checkpoint import (
     SCORE_MODEL as SCORE_MODEL,
 )
 from .._checks import MAX_BATCH
-from .._png import image_grid, scatter_image, write_png
+from .._pictures import image_grid, save_image, save_scatter
 
 
 class UserError(Exception):
@@ -317,9 +317,17 @@ def check_room(shape: tuple[int, ...], out: pathlib.Path) -> None:
         )
 
 
-def save_samples(samples, data_meta: dict, out: pathlib.Path, png: str | None):
+def save_samples(
+    samples,
+    data_meta: dict,
+    out: pathlib.Path,
+    png: str | None,
+    title: str | None = None,
+):
     """Write `samples` (model units) to `out` in data units (images clipped to
-    `[0, 1]`), and a picture to `png` if given; returns what was written to `out`."""
+    `[0, 1]`), and a picture to `png` if given (the first 64 images in a grid, or 2-D
+    points over the training data when it is one of the built-in sets), titled `title`;
+    returns what was written to `out`."""
     x = (np.asarray(samples) - data_meta["shift"]) / data_meta["scale"]
     images = len(data_meta["data_shape"]) == 3
     if images:
@@ -327,10 +335,11 @@ def save_samples(samples, data_meta: dict, out: pathlib.Path, png: str | None):
     np.save(out, x)
     if png is not None:
         if images:
-            pic = image_grid(x[:64])
+            save_image(png, image_grid(x[:64]), title=title)
         elif x.shape[1:] == (2,):
-            pic = scatter_image(x)
+            make = DATASETS.get(data_meta.get("name", ""))
+            reference = None if make is None else np.asarray(make().x)
+            save_scatter(png, x, reference=reference, title=title)
         else:
             raise UserError("--png needs image data or 2-D points")
-        write_png(png, pic)
     return x
