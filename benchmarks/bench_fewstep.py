@@ -193,6 +193,12 @@ def main():
     ap.add_argument("--sdes", default="vp,subvp,ve")
     ap.add_argument("--out", default=None)
     ap.add_argument(
+        "--samplers",
+        default=None,
+        help="only these of SAMPLERS (exact names separated by ';'; the "
+        "references always run)",
+    )
+    ap.add_argument(
         "--merge",
         nargs="+",
         default=None,
@@ -211,6 +217,13 @@ def main():
         write(out, args.out)
         return
     n = args.n
+    samplers = SAMPLERS
+    if args.samplers:
+        names = [s.strip() for s in args.samplers.split(";")]
+        unknown = [s for s in names if s not in SAMPLERS]
+        if unknown:
+            ap.error(f"--samplers: unknown {unknown}; choose from {list(SAMPLERS)}")
+        samplers = {s: SAMPLERS[s] for s in names}
     rows = []
     for dim in [int(d) for d in args.dims.split(",")]:
         mix = mixture(dim)
@@ -235,7 +248,7 @@ def main():
                 kw = dict(num_steps=1000, method=method)
                 rows.append(run(ctx, name, solver, None, kw))
             for budget in BUDGETS:
-                for name, make in SAMPLERS.items():
+                for name, make in samplers.items():
                     made = make(sde, budget)
                     if made is not None:
                         rows.append(run(ctx, name, made[0], budget, made[1]))
