@@ -112,6 +112,37 @@ DATASETS: dict[str, Callable[[], data.Dataset]] = {
 }
 
 
+def load_dataset(
+    name: str, data_range: str | None = None, image_size: int | None = None
+) -> data.Dataset:
+    """`--data`'s data set: a built-in one by name, or your own file or folder (with
+    `--data-range` / `--image-size`), described in one printed line."""
+    if name in DATASETS:
+        for flag, value in (("--data-range", data_range), ("--image-size", image_size)):
+            if value is not None:
+                raise UserError(
+                    f"{flag} applies to your own data (--data PATH), not to the "
+                    f"built-in --data {name}"
+                )
+        return DATASETS[name]()
+    bounds = None
+    if data_range is not None:
+        bounds = tuple(float(v) for v in data_range.split(","))
+    try:
+        ds = data.load_data(name, data_range=bounds, image_size=image_size)
+    except data.DataFileError as e:
+        raise UserError(f"--data {e}") from e
+    x = np.asarray(ds.x)
+    kind = "images" if x.ndim == 4 else "vectors"
+    labels = "" if ds.labels is None else f", {int(ds.labels.max()) + 1} classes"
+    print(
+        f"data: {name}: {len(x)} {kind} of shape {tuple(x.shape[1:])}{labels}, values "
+        f"in [{x.min():.4g}, {x.max():.4g}] -> model units x * {ds.scale:g} + "
+        f"{ds.shift:g}"
+    )
+    return ds
+
+
 # --------------------------------------------------------------------------- SDEs, models
 
 SDES = ("vp", "subvp", "ve")
@@ -317,6 +348,19 @@ def check_room(shape: tuple[int, ...], out: pathlib.Path) -> None:
         )
 
 
+def _reference_points(name: str) -> np.ndarray | None:
+    """The training data of a 2-D model, to draw under its samples: a built-in set,
+    or your own file if it is still there."""
+    if name in DATASETS:
+        return np.asarray(DATASETS[name]().x)
+    if name.endswith((".npy", ".npz")) and pathlib.Path(name).exists():
+        try:
+            return np.asarray(data.load_data(name).x)
+        except data.DataFileError:
+            return None
+    return None
+
+
 def save_samples(
     samples,
     data_meta: dict,
@@ -337,8 +381,7 @@ def save_samples(
         if images:
             save_image(png, image_grid(x[:64]), title=title)
         elif x.shape[1:] == (2,):
-            make = DATASETS.get(data_meta.get("name", ""))
-            reference = None if make is None else np.asarray(make().x)
+            reference = _reference_points(data_meta.get("name", ""))
             save_scatter(png, x, reference=reference, title=title)
         else:
             raise UserError("--png needs image data or 2-D points")
