@@ -252,7 +252,14 @@ def main():
                     made = make(sde, budget)
                     if made is not None:
                         rows.append(run(ctx, name, made[0], budget, made[1]))
-    out = dict(
+            # Each case as it completes, so that an interrupted run keeps them.
+            write(record(rows, n), args.out, final=False)
+    write(record(rows, n), args.out)
+
+
+def record(rows, n):
+    """The JSON record of a run: the command, the machine, the rows."""
+    return dict(
         command="python " + " ".join(sys.argv),
         conditions=dict(
             jax=jax.__version__,
@@ -268,15 +275,16 @@ def main():
         ),
         rows=rows,
     )
-    write(out, args.out)
 
 
-def write(out, path):
+def write(out, path, final=True):
     """The JSON, its plot beside it, and the leaderboard on stdout."""
     here = os.path.join(os.path.dirname(__file__), "results")
     path = path or os.path.join(here, "fewstep.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
+    if not final:
+        return
     plot(out["rows"], os.path.splitext(path)[0] + ".png")
     print(leaderboard(out["rows"]))
 
