@@ -32,33 +32,50 @@ class ExactConditional(eqx.Module):
         return jnp.where(drop, uncond, comp)
 
 
-def _component(mix, k):
-    return sd.GaussianMixture(mix.means[k : k + 1], mix.stds[k : k + 1])
-
-
 # --------------------------------------------------------------------------- networks
 
 
+@eqx.filter_jit
+def _outputs(net, t, x, conditions, drops):
+    """`net(t, x, c, drop=d)` for every pair, one vmapped call; and `net(t, x)`."""
+    vm = jax.vmap(lambda c, d: net(t, x, c, drop=d))(conditions, drops)
+    return vm, net(t, x)
+
+
 def test_conditional_networks():
-    """Labels and context vectors change the output; None and drop=True give the
-    null token (also traced, under vmap); unconditional networks are unchanged and
-    refuse a condition; a condition of the wrong shape names `condition`."""
+    """Labels and context vectors change the output; None and drop=True (traced,
+    under vmap) give the null token whatever the condition; unconditional networks
+    keep their weights and refuse a condition; a condition of the wrong shape names
+    `condition`."""
     x2, t = jnp.array([0.3, -0.2]), jnp.asarray(0.4)
     base = sd.nn.MLPScore((2,), key=jr.key(0))
     lab = sd.nn.MLPScore((2,), num_classes=3, key=jr.key(0))
+    ctx = sd.nn.MLPScore((2,), context_dim=4, key=jr.key(0))
+    # One level, no attention: the U-Net compiles in seconds, the wiring is the same.
+    unet = sd.nn.UNet(
+        (1, 4, 4),
+        channels=8,
+        channel_mult=(1,),
+        attn_resolutions=(),
+        num_classes=10,
+        key=jr.key(1),
+    )
+    img = jr.normal(jr.key(2), (1, 4, 4))
     # The unconditional part of the weights is that of the unconditional network.
     np.testing.assert_array_equal(base.out.weight, lab.out.weight)
-    outs = [lab(t, x2, jnp.asarray(k)) for k in range(3)]
-    assert float(jnp.abs(outs[0] - outs[1]).max()) > 1e-4
-    np.testing.assert_array_equal(lab(t, x2), lab(t, x2, jnp.asarray(1), drop=True))
-    drops = jnp.array([False, True])
-    got = jax.vmap(lambda d: lab(t, x2, jnp.asarray(2), drop=d))(drops)
-    np.testing.assert_allclose(got[0], outs[2], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(got[1], lab(t, x2), rtol=1e-6, atol=1e-7)
-    ctx = sd.nn.MLPScore((2,), context_dim=4, key=jr.key(0))
-    c1, c2 = jnp.ones(4), -jnp.ones(4)
-    assert float(jnp.abs(ctx(t, x2, c1) - ctx(t, x2, c2)).max()) > 1e-4
-    np.testing.assert_array_equal(ctx(t, x2), ctx(t, x2, c1, drop=True))
+    drops = jnp.array([False, False, True, True])
+    cases = [
+        (lab, x2, jnp.array([0, 2, 0, 2])),
+        (ctx, x2, jnp.stack([jnp.ones(4), -jnp.ones(4)] * 2)),
+        (unet, img, jnp.array([3, 7, 3, 7])),
+    ]
+    for net, x, conds in cases:
+        vm, none = _outputs(net, t, x, conds, drops)
+        assert vm.shape == (4, *x.shape)
+        assert float(jnp.abs(vm[0] - vm[1]).max()) > 1e-5  # the condition matters
+        assert float(jnp.abs(vm[0] - vm[2]).max()) > 1e-5  # dropping it too
+        np.testing.assert_array_equal(vm[2], vm[3])  # the null token
+        np.testing.assert_allclose(vm[2], none, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="`condition`.*unconditional"):
         base(t, x2, jnp.asarray(0))
     with pytest.raises(ValueError, match="`condition`.*integer"):
@@ -69,11 +86,6 @@ def test_conditional_networks():
         sd.nn.MLPScore((2,), num_classes=-1, key=jr.key(0))
     with pytest.raises(ValueError, match="not both"):
         sd.nn.MLPScore((2,), num_classes=2, context_dim=2, key=jr.key(0))
-    unet = sd.nn.UNet((1, 8, 8), channels=8, num_classes=10, key=jr.key(1))
-    img = jr.normal(jr.key(2), (1, 8, 8))
-    a, b = unet(t, img, jnp.asarray(3)), unet(t, img, jnp.asarray(7))
-    assert a.shape == (1, 8, 8) and float(jnp.abs(a - b).max()) > 1e-5
-    np.testing.assert_array_equal(unet(t, img), unet(t, img, jnp.asarray(3), drop=True))
 
 
 # --------------------------------------------------------------------------- guidance
@@ -82,7 +94,7 @@ def test_conditional_networks():
 def test_guidance_at_zero_is_conditional_sampling_bitwise():
     """ClassifierFreeGuidance(w=0) and ConditionalScore sample the same bits (a
     conditional network in EpsScore, per-example labels, a stochastic sampler); w = 2
-    does not, and the unconditional network call is made (two per evaluation)."""
+    does not; each evaluation makes two network calls."""
     sde = sd.VPSDE()
     net = sd.EpsScore(sd.nn.MLPScore((2,), num_classes=3, key=jr.key(0)), sde)
     labels = jnp.arange(64) % 3
@@ -104,14 +116,16 @@ def test_guidance_at_zero_is_conditional_sampling_bitwise():
 
     guided = sd.ClassifierFreeGuidance(counting, labels[:4], scale=1.0, num_classes=3)
     jax.block_until_ready(sd._term.batched_score(guided, 0.5, jnp.zeros((4, 2))))
-    assert sorted(calls) == [False] * 4 + [True] * 4
+    # One conditional and one unconditional network call (each vmapped over the batch).
+    assert sorted(calls) == [False, True]
 
 
 def test_exact_guidance_at_zero_samples_each_component():
     """With the exact conditional score of a mixture (component score as the
     conditional, mixture score as the unconditional), guidance at w = 0 with labels
     cycling over the components samples each component exactly (the helpers' full
-    mixture checks); w = 2 concentrates each label's samples further into its
+    mixture checks on the equally weighted mixture, and >= 99 % of each label's
+    samples in its component); w = 2 concentrates each label's samples further into its
     component (higher mean responsibility)."""
     sde = sd.VPSDE()
     mix = mixture_2d()
@@ -136,8 +150,12 @@ def test_exact_guidance_at_zero_samples_each_component():
     x0, x2 = run(0.0), run(2.0)
     resp = lambda x: np.asarray(jax.vmap(mix.responsibilities)(jnp.asarray(x)))  # noqa: E731
     lab = np.asarray(labels)
-    for k in range(mix.num_components):
-        check_reproduces(_component(mix, k), x0[lab == k], jr.key(10 + k))
+    # Labels cycling over the components: exact draws of the equally weighted mixture.
+    k_all = mix.num_components
+    equal = sd.GaussianMixture(mix.means, mix.stds, jnp.full((k_all,), 1.0 / k_all))
+    check_reproduces(equal, x0, jr.key(10))
+    for k in range(k_all):
+        assert np.mean(np.argmax(resp(x0[lab == k]), 1) == k) >= 0.99
         r0, r2 = resp(x0[lab == k])[:, k], resp(x2[lab == k])[:, k]
         assert r2.mean() > r0.mean(), (k, r0.mean(), r2.mean())
 
@@ -256,7 +274,7 @@ def test_train_conditional_toy_samples_its_classes():
     got = np.asarray(jax.vmap(mix.classify)(x))
     frac = float(np.mean(got == np.asarray(want)))
     print(f"\nconditional toy, 600 steps, w = 0: {frac:.3f} of samples in their class")
-    assert frac > 0.8, frac
+    assert frac > 0.9, frac  # measured 0.983
 
 
 # --------------------------------------------------------------------------- bad input
@@ -266,7 +284,7 @@ def test_bad_conditional_input_names_the_argument():
     sde = sd.VPSDE()
     net = sd.nn.MLPScore((2,), num_classes=3, key=jr.key(0))
     ctx = sd.nn.MLPScore((2,), context_dim=4, key=jr.key(0))
-    for p in (-0.1, 1.0, 1.5, True):
+    for p in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="`cond_drop`"):
             sd.ConditionalDSMLoss(cond_drop=p)
     with pytest.raises(ValueError, match="`conditions` must be in 0..2"):
