@@ -291,7 +291,12 @@ class DPS(dfx.AbstractWrappedSolver):
     $\zeta_i = \zeta / (2 \|y - \mathcal{A}(\hat x_0)\|)$; $y$, $\mathcal{A}$ and
     $\zeta$ are in the model's (data) units, and the measurement noise level
     $\sigma_y$ does not enter (the paper tunes $\zeta$ per task: 1 for inpainting,
-    0.3-1 for super-resolution and deblurring in its code).
+    0.3-1 for super-resolution and deblurring in its code). Near the end
+    ($\hat x_0 \approx x$) each correction has a length of about $\zeta$ times the
+    operator's gain whatever the residual, so the final residual is of order
+    $\zeta$ (measured on an 8-D problem: RMS residual $\approx 0.86\,\zeta$ at 200
+    and 1000 steps): scale $\zeta$ to the noise in the measurement, which is small
+    for low-dimensional problems and about 1 for images of thousands of pixels.
 
     DPS is **approximate**: $p(y \mid x_t)$ is replaced by
     $p(y \mid \hat x_0(x_t))$ and the step by a normalised gradient step; it is

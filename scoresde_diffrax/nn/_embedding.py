@@ -4,7 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from .._custom_types import ScalarLike
 
@@ -133,7 +133,11 @@ class ConditionEmbedding(eqx.Module):
                 f"({self.context_dim},), got shape {shape}."
             )
 
-    def __call__(self, condition, drop=False) -> Float[Array, " dim"]:
+    def __call__(
+        self,
+        condition: Int[ArrayLike, ""] | Float[ArrayLike, " context_dim"] | None,
+        drop: bool | Bool[ArrayLike, ""] = False,
+    ) -> Float[Array, " dim"]:
         if self.table is not None:
             null_row = self.table[self.num_classes]
             if condition is None:
