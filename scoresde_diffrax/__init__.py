@@ -29,13 +29,18 @@ from ._flow import (
     encode as encode,
     interpolate_latents as interpolate_latents,
 )
-from ._guidance import ClassifierGuidance as ClassifierGuidance
+from ._guidance import (
+    ClassifierFreeGuidance as ClassifierFreeGuidance,
+    ClassifierGuidance as ClassifierGuidance,
+    ConditionalScore as ConditionalScore,
+)
 from ._inverse import (
     colorization as colorization,
     grey_decoupling as grey_decoupling,
     Impute as Impute,
     ImputeState as ImputeState,
 )
+from ._inverse_linear import DPS as DPS, Project as Project
 from ._likelihood import (
     LikelihoodResult as LikelihoodResult,
     log_likelihood as log_likelihood,
@@ -43,6 +48,7 @@ from ._likelihood import (
 from ._loss import (
     AbstractLoss as AbstractLoss,
     ClassifierLoss as ClassifierLoss,
+    ConditionalDSMLoss as ConditionalDSMLoss,
     DDPMLoss as DDPMLoss,
     DSMLoss as DSMLoss,
     SMLDLoss as SMLDLoss,

@@ -43,7 +43,15 @@ _ADAPTERS = {"eps": EpsScore, "x0": X0Score}
 # Fields added to a network's config after checkpoints of it were first written, with
 # the value that rebuilds what those older checkpoints hold (the field's default in
 # the code may differ: it is for new networks).
-_ADDED_FIELDS = {"MLPScore": {"input_fourier_features": 0, "input_fourier_scale": 1.0}}
+_ADDED_FIELDS = {
+    "MLPScore": {
+        "input_fourier_features": 0,
+        "input_fourier_scale": 1.0,
+        "num_classes": 0,
+        "context_dim": 0,
+    },
+    "UNet": {"num_classes": 0, "context_dim": 0},
+}
 # What a checkpoint's training state is of (metadata `kind`; absent: a score model).
 SCORE_MODEL = "score_model"
 

@@ -173,3 +173,209 @@ class ClassifierGuidance(eqx.Module):
         grad = jax.grad(lambda u: self.log_prob(t, u))(x)
         out = jnp.asarray(self.score(t, x)) + self.scale * grad
         return out.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- classifier-free
+
+
+def _condition_spec(model) -> tuple[int, int] | None:
+    """`(num_classes, context_dim)` of a conditional `sd.nn` network, bare or inside
+    an `EpsScore`/`X0Score` (fields `model`); None if unknown (any other callable)."""
+    for owner in (model, getattr(model, "model", None)):
+        cfg = getattr(owner, "config", None)
+        k, m = getattr(cfg, "num_classes", None), getattr(cfg, "context_dim", None)
+        if isinstance(k, int) and isinstance(m, int):
+            if not (k or m):
+                raise ValueError(
+                    "`model` is an unconditional network: build it with `num_classes` "
+                    "or `context_dim` (e.g. sd.nn.MLPScore(..., num_classes=10)) and "
+                    "train it with sd.ConditionalDSMLoss."
+                )
+            return k, m
+    return None
+
+
+def check_conditions(
+    conditions: ArrayLike, model, num_classes: int | None, name: str = "conditions"
+) -> tuple[Array, int | None]:
+    """The per-example conditions as an array, checked against the model: integer
+    labels `(n,)` in `0..K-1`, or context vectors `(n, context_dim)`; a `ValueError`
+    naming `name` otherwise. Also returns the number of classes (None if not labels
+    or unknown)."""
+    c = jnp.asarray(conditions)
+    spec = _condition_spec(model)
+    k = None
+    if num_classes is not None:
+        k = _num_classes(None, num_classes)
+    elif spec is not None and spec[0]:
+        k = spec[0]
+    labels = jnp.issubdtype(c.dtype, jnp.integer)
+    if spec is not None and spec[1] and labels:
+        raise ValueError(
+            f"`{name}`: the model takes context vectors of size {spec[1]}, got integer "
+            f"labels of shape {c.shape}."
+        )
+    if labels or (spec is not None and spec[0]):
+        if not labels:
+            raise ValueError(
+                f"`{name}` must be integer class labels, got dtype {c.dtype}."
+            )
+        if c.ndim != 1:
+            raise ValueError(
+                f"`{name}` must have shape (num_samples,), one label per sample, got "
+                f"shape {c.shape}."
+            )
+        if k is not None and is_concrete(c) and c.size:
+            lo, hi = int(jnp.min(c)), int(jnp.max(c))
+            if lo < 0 or hi >= k:
+                raise ValueError(
+                    f"`{name}` must be in 0..{k - 1} (the model has {k} classes), got "
+                    f"{lo if lo < 0 else hi}."
+                )
+        return c, k
+    if not jnp.issubdtype(c.dtype, jnp.floating):
+        c = c.astype(jnp.result_type(float))
+    m = spec[1] if spec is not None else None
+    if c.ndim != 2 or (m is not None and c.shape[1] != m):
+        raise ValueError(
+            f"`{name}` must be context vectors of shape (num_samples, "
+            f"{m or 'context_dim'}), one per sample, got shape {c.shape}."
+        )
+    if is_concrete(c) and not bool(jnp.all(jnp.isfinite(c))):
+        raise ValueError(f"`{name}` must be finite (it has NaN or inf).")
+    return c, None
+
+
+def _check_model(model) -> None:
+    if not callable(model):
+        raise TypeError(
+            "`model` must be callable as model(t, x, condition, drop=False), got "
+            f"{type(model).__name__}."
+        )
+
+
+class ConditionalScore(eqx.Module):
+    r"""The score of a conditional model at fixed per-example conditions,
+    $s(t, x) = s_\theta(t, x, c_i)$ for example $i$: conditional sampling without
+    guidance (one network call per score evaluation).
+
+    **Arguments:**
+
+    - `model`: a conditional score model, called as `model(t, x, condition)` on one
+        example: a conditional `sd.nn` network (`num_classes` or `context_dim` > 0),
+        bare or in `sd.EpsScore`/`sd.X0Score`, or any callable.
+    - `conditions`: one condition per sample: integer labels `(num_samples,)` or
+        context vectors `(num_samples, context_dim)` ([`PerExample`][]).
+    - `num_classes`: the number of classes, to check labels against; default read
+        from the network's config.
+
+    **Raises:** `ValueError` naming `conditions` (wrong shape or dtype, a label
+    outside the classes) or `model` (an unconditional network); [`sample`][] raises
+    one naming `conditions` if their number differs from the number of samples.
+    """
+
+    model: Callable
+    conditions: PerExample
+
+    def __init__(
+        self,
+        model: Callable,
+        conditions: ArrayLike,
+        *,
+        num_classes: int | None = None,
+    ):
+        _check_model(model)
+        c, _ = check_conditions(conditions, model, num_classes)
+        self.model = model
+        self.conditions = PerExample(c, name="conditions")
+
+    def __call__(
+        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        x = jnp.asarray(x)
+        return jnp.asarray(self.model(t, x, self.conditions.value)).astype(x.dtype)
+
+
+class ClassifierFreeGuidance(eqx.Module):
+    r"""Classifier-free guidance (Ho & Salimans 2021) as a score adapter:
+
+    $$\tilde s(t, x \mid c) = (1 + w)\, s_\theta(t, x, c) - w\, s_\theta(t, x, \varnothing),$$
+
+    with $s_\theta$ a conditional model trained with condition dropping
+    ([`ConditionalDSMLoss`][]) and $\varnothing$ its learned "no condition" token.
+    $w = 0$ is plain conditional sampling (bitwise the same as
+    [`ConditionalScore`][]); $w > 0$ sharpens towards $p(x \mid c)\, p(c \mid x)^w$
+    (approximately: the guided score is not the score of a diffused density).
+
+    The conditions are per example ([`PerExample`][]): example $i$ of the batch is
+    guided towards `conditions[i]`. It is a score like any other, so every sampler
+    takes it.
+
+    **Cost:** each evaluation of this score makes **two network calls**, the
+    conditional one and the unconditional one (not one batched call: two separate
+    calls keep the conditional output bitwise that of `ConditionalScore`). The
+    `num_score_evals` that [`sample`][] reports counts evaluations of this adapter,
+    so the network is called `2 * num_score_evals` times.
+
+    **Arguments:**
+
+    - `model`: a conditional score model, called as `model(t, x, condition)` and,
+        for the unconditional score, `model(t, x, None)`: a conditional `sd.nn`
+        network, bare or in `sd.EpsScore`/`sd.X0Score`, or any callable.
+    - `conditions`: one condition per sample: integer labels `(num_samples,)` or
+        context vectors `(num_samples, context_dim)`.
+    - `scale`: the guidance scale $w \ge 0$. Default 1.
+    - `num_classes`: the number of classes, to check labels against; default read
+        from the network's config.
+
+    **Raises:** `ValueError` naming `conditions` (wrong shape or dtype, a label
+    outside the classes), `scale` (negative or not finite) or `model` (an
+    unconditional network); `TypeError` naming `model` if it is not callable.
+
+    **Example:**
+
+    ```python
+    net = sd.nn.MLPScore((2,), num_classes=8, key=jr.key(0))
+    net = sd.train(key, sd.EpsScore(net, sde), sde, data,
+                   loss=sd.ConditionalDSMLoss(cond_drop=0.1), num_steps=...).ema_model
+    guided = sd.ClassifierFreeGuidance(net, jnp.arange(n) % 8, scale=2.0)
+    x = sd.sample(key, sde, guided, (n, 2), solver=sd.PredictorCorrector(),
+                  num_steps=500).samples
+    ```
+
+    **Reference:** Ho & Salimans, *Classifier-Free Diffusion Guidance*, NeurIPS 2021
+    workshop (arXiv:2207.12598).
+    """
+
+    model: Callable
+    conditions: PerExample
+    scale: Array
+
+    def __init__(
+        self,
+        model: Callable,
+        conditions: ArrayLike,
+        scale: ScalarLike = 1.0,
+        *,
+        num_classes: int | None = None,
+    ):
+        _check_model(model)
+        v = concrete_float(scale, "scale")
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise ValueError(
+                f"`scale` (the guidance scale w) must be a finite number >= 0, got "
+                f"{scale!r}."
+            )
+        c, _ = check_conditions(conditions, model, num_classes)
+        self.model = model
+        self.conditions = PerExample(c, name="conditions")
+        self.scale = jnp.asarray(scale, dtype=jnp.result_type(float))
+
+    def __call__(
+        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        x = jnp.asarray(x)
+        cond = jnp.asarray(self.model(t, x, self.conditions.value))
+        uncond = jnp.asarray(self.model(t, x, None))
+        w = self.scale.astype(cond.dtype)
+        return ((1 + w) * cond - w * uncond).astype(x.dtype)

@@ -159,14 +159,7 @@ class Impute(dfx.AbstractWrappedSolver):
             inv = jnp.linalg.inv(dec)
         else:
             dec = inv = None
-        if (
-            isinstance(noise_level, bool)
-            or not isinstance(noise_level, int)
-            or not 2 <= noise_level <= 12
-        ):
-            raise ValueError(
-                f"`noise_level` must be an int in 2..12, got {noise_level!r}."
-            )
+        check_noise_level(noise_level)
         self.solver = solver
         self.observation = PerExample(obs, name="observation", data_shaped=True)
         self.mask = PerExample(m, name="mask", data_shaped=True)
@@ -207,24 +200,18 @@ class Impute(dfx.AbstractWrappedSolver):
     def _fresh_normal(self, noise: dfx.AbstractTerm, t0, t1, y: Array) -> Array:
         """A standard normal of `y`'s shape from the increments over the last two
         sub-intervals of the step at dyadic level `noise_level` (see the class)."""
-        a = t0
-        for _ in range(self.noise_level - 1):
-            a = (a + t1) * 0.5
-        b = (a + t1) * 0.5
-        wa, wb = noise.contr(a, b), noise.contr(b, t1)
-        var = jnp.abs(b - a) + jnp.abs(t1 - b)
-        return ((wa - wb) / jnp.sqrt(var)).astype(y.dtype)
+        return fresh_normal(noise, t0, t1, y, self.noise_level)
 
     # ------------------------------------------------------------------ solver
 
     def init(self, terms, t0, t1, y0, args):
-        p = _problem(terms)
+        p = problem(terms)
         inner = self.solver.init(terms, t0, t1, y0, args)
         z0 = _channel_mix(self.decoupling, y0) / p.sde.prior_std
         return ImputeState(inner, z0.astype(y0.dtype), jnp.asarray(True))
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        p = _problem(terms)
+        p = problem(terms)
         sde = p.sde
         obs = self.observation.value.astype(y0.dtype)
         t, t_next = p.time(t0), p.time(t1)
@@ -253,7 +240,30 @@ class Impute(dfx.AbstractWrappedSolver):
         return self.solver.func(terms, t0, y0, args)
 
 
-def _problem(terms):
+def fresh_normal(noise: dfx.AbstractTerm, t0, t1, y: Array, level: int) -> Array:
+    """A standard normal of `y`'s shape from the increments over the last two
+    sub-intervals of the step `[t0, t1]` at dyadic level `level` (see [`Impute`][]):
+    independent of every increment over the coarser dyadic sub-intervals."""
+    a = t0
+    for _ in range(level - 1):
+        a = (a + t1) * 0.5
+    b = (a + t1) * 0.5
+    wa, wb = noise.contr(a, b), noise.contr(b, t1)
+    var = jnp.abs(b - a) + jnp.abs(t1 - b)
+    return ((wa - wb) / jnp.sqrt(var)).astype(y.dtype)
+
+
+def check_noise_level(noise_level) -> None:
+    """`noise_level` is an int in 2..12, else a `ValueError` naming it."""
+    if (
+        isinstance(noise_level, bool)
+        or not isinstance(noise_level, int)
+        or not 2 <= noise_level <= 12
+    ):
+        raise ValueError(f"`noise_level` must be an int in 2..12, got {noise_level!r}.")
+
+
+def problem(terms):
     """The sampling problem behind the terms (reverse SDE or probability-flow ODE)."""
     if isinstance(terms, dfx.MultiTerm):
         return unpack_sde(terms, "Impute")

@@ -2,10 +2,18 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._custom_types import ScalarLike
 from ._sde import AbstractSDE
+
+
+def _call(model, t, x, condition, drop):
+    """`model(t, x)`, or for a conditional model `model(t, x, condition, drop=drop)`
+    (unconditional models are called without a condition)."""
+    if condition is None and drop is False:
+        return model(t, x)
+    return model(t, x, condition, drop=drop)
 
 
 def _check_adapter(adapter) -> None:
@@ -30,6 +38,10 @@ class EpsScore(eqx.Module):
     - `model`: called as `model(t, x)` on one example; predicts the standard normal
         noise $\epsilon$ in $x_t = a(t) x_0 + s(t) \epsilon$.
     - `sde`: the forward SDE the model was trained for (gives $s(t)$).
+
+    Called as `score(t, x)`, or for a conditional model (e.g. `sd.nn.MLPScore(...,
+    num_classes=K)`) as `score(t, x, condition, drop=False)`, both passed on to
+    `model`.
     """
 
     model: Callable
@@ -39,9 +51,15 @@ class EpsScore(eqx.Module):
         _check_adapter(self)
 
     def __call__(
-        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+        self,
+        t: ScalarLike,
+        x: Float[ArrayLike, "*shape"],
+        condition: ArrayLike | None = None,
+        *,
+        drop: bool | Bool[ArrayLike, ""] = False,
     ) -> Float[Array, "*shape"]:
-        return -jnp.asarray(self.model(t, x)) / self.sde.std(t)
+        out = _call(self.model, t, x, condition, drop)
+        return -jnp.asarray(out) / self.sde.std(t)
 
 
 class X0Score(eqx.Module):
@@ -52,6 +70,9 @@ class X0Score(eqx.Module):
 
     - `model`: called as `model(t, x)` on one example; predicts $\mathbb{E}[x_0 | x_t]$.
     - `sde`: the forward SDE the model was trained for.
+
+    Called as `score(t, x)`, or for a conditional model as
+    `score(t, x, condition, drop=False)`, both passed on to `model`.
     """
 
     model: Callable
@@ -61,8 +82,13 @@ class X0Score(eqx.Module):
         _check_adapter(self)
 
     def __call__(
-        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+        self,
+        t: ScalarLike,
+        x: Float[ArrayLike, "*shape"],
+        condition: ArrayLike | None = None,
+        *,
+        drop: bool | Bool[ArrayLike, ""] = False,
     ) -> Float[Array, "*shape"]:
         x = jnp.asarray(x)
-        x0 = jnp.asarray(self.model(t, x))
+        x0 = jnp.asarray(_call(self.model, t, x, condition, drop))
         return (self.sde.mean_coeff(t) * x0 - x) / self.sde.std(t) ** 2

@@ -27,7 +27,7 @@ from ._checkpoint import (
     SCORE_MODEL,
 )
 from ._checks import check_floating, check_int, check_isinstance, check_unit_interval
-from ._loss import AbstractLoss, ClassifierLoss, DSMLoss
+from ._loss import AbstractLoss, ClassifierLoss, ConditionalDSMLoss, DSMLoss
 from ._memory import (
     compiled_bytes,
     gib,
@@ -102,7 +102,7 @@ class _ChunkConfig(eqx.Module):
     static: PyTree
     sde: AbstractSDE
     data: Dataset
-    loss: AbstractLoss | ClassifierLoss
+    loss: AbstractLoss | ClassifierLoss | ConditionalDSMLoss
     optimizer: optax.GradientTransformation
     batch_size: int
     ema_decay: float
@@ -123,7 +123,7 @@ def train(
     *,
     num_steps: int,
     batch_size: int = 128,
-    loss: AbstractLoss | ClassifierLoss | None = None,
+    loss: AbstractLoss | ClassifierLoss | ConditionalDSMLoss | None = None,
     learning_rate: float = 2e-4,
     warmup_steps: int = 5000,
     grad_clip: float | None = 1.0,
@@ -171,7 +171,9 @@ def train(
     - `batch_size`: examples per step (drawn with replacement). Default 128.
     - `loss`: an `AbstractLoss`. Default (None) `sd.DSMLoss()` (sigma^2 weighting, eps=1e-5).
         `sd.ClassifierLoss()` trains a noise-conditional classifier instead (`model`
-        returns logits; `data` needs labels).
+        returns logits; `data` needs labels). `sd.ConditionalDSMLoss(cond_drop)`
+        trains a conditional score model on labelled data, dropping the label with
+        probability `cond_drop` (classifier-free guidance training).
     - `learning_rate`, `warmup_steps`, `grad_clip`: of [`adam_with_warmup`][] (paper:
         2e-4, 5000, 1.0; `warmup_steps=0`: no warm-up); ignored if `optimizer` is
         given.
@@ -235,15 +237,16 @@ def train(
     check_isinstance(
         "loss",
         loss,
-        (AbstractLoss, ClassifierLoss),
-        "an AbstractLoss (e.g. sd.DSMLoss()) or sd.ClassifierLoss()",
+        (AbstractLoss, ClassifierLoss, ConditionalDSMLoss),
+        "an AbstractLoss (e.g. sd.DSMLoss()), sd.ClassifierLoss() or "
+        "sd.ConditionalDSMLoss()",
     )
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
     batch_sharding, replicated = _data_parallel_shardings(sharding, batch_size)
     check_floating("data", data.x if isinstance(data, Dataset) else data)
     data = data if isinstance(data, Dataset) else dataset_from_array(data)
-    if isinstance(loss, ClassifierLoss):  # a classifier: logits, not a score
+    if isinstance(loss, (ClassifierLoss, ConditionalDSMLoss)):  # labelled data
         loss.check_model(model, data)
     else:
         _check_model(model, sde, data)
@@ -421,7 +424,7 @@ def _checkpoint_metadata(
     model: PyTree,
     sde: AbstractSDE,
     data: Dataset,
-    loss: AbstractLoss | ClassifierLoss,
+    loss: AbstractLoss | ClassifierLoss | ConditionalDSMLoss,
     optimizer_desc: dict,
     *,
     ema_decay: float,

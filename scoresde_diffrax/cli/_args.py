@@ -329,12 +329,15 @@ def add_guidance_flags(parser) -> None:
         default=None,
         metavar="L|all",
         help="the class of every sample, or 'all': labels 0..K-1 cycling over the "
-        "samples in order (with --classifier)",
+        "samples in order (with --classifier, or for a checkpoint trained with "
+        "--conditional)",
     )
     parser.add_argument(
         "--guidance-scale",
         type=nonnegative_float,
         default=None,
         metavar="S",
-        help="guidance scale >= 0 (default 1: Bayes' rule; > 1 sharpens)",
+        help="guidance scale >= 0: with --classifier, gamma (default 1: Bayes' "
+        "rule; > 1 sharpens); for a --conditional checkpoint, the classifier-free "
+        "w in (1 + w) s(x, label) - w s(x) (default 0: conditional sampling)",
     )

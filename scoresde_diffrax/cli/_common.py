@@ -168,14 +168,23 @@ def make_sde(name: str, dataset: data.Dataset):
     return VESDE(sigma_min=0.01, sigma_max=max(sigma_max, 1.0))
 
 
-def make_model(name: str, data_shape: tuple[int, ...], sde, key) -> EpsScore:
+def make_model(
+    name: str, data_shape: tuple[int, ...], sde, key, *, num_classes: int = 0
+) -> EpsScore:
     """The score model of `--model name` for examples of `data_shape`: a network that
-    predicts the noise. `ValueError`/`TypeError` if it does not fit the data."""
+    predicts the noise (conditional on a label with `num_classes` > 0).
+    `ValueError`/`TypeError` if it does not fit the data."""
     if name == "mlp":
         big = len(data_shape) > 1
-        net = nn.MLPScore(data_shape, width=256 if big else 128, depth=3, key=key)
+        net = nn.MLPScore(
+            data_shape,
+            width=256 if big else 128,
+            depth=3,
+            num_classes=num_classes,
+            key=key,
+        )
     else:
-        net = nn.UNet(data_shape, key=key)
+        net = nn.UNet(data_shape, num_classes=num_classes, key=key)
     return EpsScore(net, sde)
 
 

@@ -5,7 +5,7 @@ import pathlib
 import jax.numpy as jnp
 import jax.random as jr
 
-from .. import ClassifierGuidance, sample as sd_sample
+from .. import ClassifierFreeGuidance, ClassifierGuidance, sample as sd_sample
 from ._args import add_guidance_flags, add_sampling_flags
 from ._common import (
     batch_mesh,
@@ -97,18 +97,8 @@ def _sample(args, sde, model, shape, mesh):
         ) from e
 
 
-def _guided(model, sde, data_meta: dict, args):
-    """`model`, or with `--classifier` the classifier-guided score of `--label`."""
-    if args.classifier is None:
-        if args.label is not None or args.guidance_scale is not None:
-            raise UserError("--label and --guidance-scale need --classifier")
-        return model
-    from ._conditioning import load_classifier
-
-    if args.label is None:
-        raise UserError("--classifier needs --label (a class, or 'all')")
-    classifier, _ = load_classifier(args.classifier, sde, data_meta)
-    k = classifier.config.num_classes
+def _labels(args, k: int, owner: str):
+    """The labels of `--label` for `--num-samples` samples, `k` classes."""
     n = args.num_samples
     if args.label == "all":
         labels = jnp.arange(n) % k
@@ -121,9 +111,51 @@ def _guided(model, sde, data_meta: dict, args):
             ) from None
         if not 0 <= label < k:
             raise UserError(
-                f"--label must be a class 0..{k - 1} (the classifier has {k} classes) "
+                f"--label must be a class 0..{k - 1} (the {owner} has {k} classes) "
                 f"or 'all', got {label}"
             )
         labels = jnp.full((n,), label)
+    return labels
+
+
+def _num_classes(model) -> int:
+    """The classes of a conditional score model (0: unconditional)."""
+    config = getattr(getattr(model, "model", model), "config", None)
+    return int(getattr(config, "num_classes", 0) or 0)
+
+
+def _guided(model, sde, data_meta: dict, args):
+    """`model`; with `--classifier` the classifier-guided score of `--label`; for a
+    conditional checkpoint (`train --conditional`) classifier-free guidance towards
+    `--label` at `--guidance-scale` (default 0: plain conditional sampling)."""
+    k_model = _num_classes(model)
+    if k_model:
+        if args.classifier is not None:
+            raise UserError(
+                "--classifier: the checkpoint is a conditional model (trained with "
+                "--conditional); sample it with --label and --guidance-scale "
+                "(classifier-free guidance), without --classifier"
+            )
+        if args.label is None:
+            raise UserError(
+                "--label is needed: the checkpoint is a conditional model (a class, "
+                "or 'all')"
+            )
+        labels = _labels(args, k_model, "model")
+        scale = 0.0 if args.guidance_scale is None else args.guidance_scale
+        return ClassifierFreeGuidance(model, labels, scale)
+    if args.classifier is None:
+        if args.label is not None or args.guidance_scale is not None:
+            raise UserError(
+                "--label and --guidance-scale need --classifier (or a checkpoint "
+                "trained with --conditional)"
+            )
+        return model
+    from ._conditioning import load_classifier
+
+    if args.label is None:
+        raise UserError("--classifier needs --label (a class, or 'all')")
+    classifier, _ = load_classifier(args.classifier, sde, data_meta)
+    labels = _labels(args, classifier.config.num_classes, "classifier")
     scale = 1.0 if args.guidance_scale is None else args.guidance_scale
     return ClassifierGuidance(model, classifier, labels, scale)

@@ -15,7 +15,7 @@ import sys
 import jax
 import jax.random as jr
 
-from .. import NonFiniteLossError, train as sd_train
+from .. import ConditionalDSMLoss, NonFiniteLossError, train as sd_train
 from ._args import (
     add_data_flag,
     add_distributed_flags,
@@ -50,7 +50,27 @@ def add_parser(subparsers) -> None:
     add_model_flag(parser)
     add_training_flags(parser)
     add_distributed_flags(parser)
+    parser.add_argument(
+        "--conditional",
+        action="store_const",
+        const=True,
+        default=None,
+        help="train a class-conditional model on the data's labels (digits, "
+        "colored-digits), dropping the label with probability --cond-drop "
+        f"(classifier-free guidance; sample with --label){_RESUMED}",
+    )
+    parser.add_argument(
+        "--cond-drop",
+        type=float,
+        default=None,
+        metavar="P",
+        help="with --conditional: probability in [0, 1) of dropping the label "
+        f"(default 0.1){_RESUMED}",
+    )
     parser.set_defaults(run=run)
+
+
+_RESUMED = "; with --resume: the checkpoint's"
 
 
 # --------------------------------------------------------------------------- settings
@@ -72,6 +92,8 @@ class RunSettings:
     steps: int
     data_range: str | None = None
     image_size: int | None = None
+    conditional: bool = False
+    cond_drop: float = 0.1
 
 
 # The flag of each setting that a resumed run must keep.
@@ -86,6 +108,8 @@ FLAGS = {
     "ema": "--ema",
     "data_range": "--data-range",
     "image_size": "--image-size",
+    "conditional": "--conditional",
+    "cond_drop": "--cond-drop",
 }
 REQUIRED = ("data", "sde", "model", "steps")
 
@@ -132,6 +156,8 @@ def new_settings(args, resume_found_nothing: bool) -> RunSettings:
         steps=args.steps,
         data_range=args.data_range,
         image_size=args.image_size,
+        conditional=bool(args.conditional),
+        cond_drop=given("cond_drop", 0.1),
     )
 
 
@@ -166,6 +192,8 @@ def resumed_settings(args, meta: dict, out: pathlib.Path) -> RunSettings:
         steps=meta["num_steps"],
         data_range=cli.get("data_range"),
         image_size=cli.get("image_size"),
+        conditional=bool(cli.get("conditional", False)),
+        cond_drop=float(cli.get("cond_drop", 0.1)),
     )
     for name, flag in FLAGS.items():
         value, kept = getattr(args, name), getattr(recorded, name)
@@ -183,6 +211,16 @@ def resumed_settings(args, meta: dict, out: pathlib.Path) -> RunSettings:
             )
     steps = recorded.steps if args.steps is None else args.steps
     return dataclasses.replace(recorded, steps=steps)
+
+
+def _check_conditional(args, settings: RunSettings) -> None:
+    """`--cond-drop` in [0, 1), and only with `--conditional`."""
+    if args.cond_drop is not None and not settings.conditional:
+        raise UserError("--cond-drop needs --conditional")
+    if not 0 <= settings.cond_drop < 1:
+        raise UserError(
+            f"--cond-drop must be a probability in [0, 1), got {settings.cond_drop:g}"
+        )
 
 
 # --------------------------------------------------------------------------- run
@@ -203,6 +241,7 @@ def run(args) -> int:
         settings = new_settings(args, resume_found_nothing=args.resume)
     else:
         settings = resumed_settings(args, meta, out)
+    _check_conditional(args, settings)
     done = 0 if meta is None else int(meta["step"])
     if done >= settings.steps:
         print(
@@ -219,11 +258,24 @@ def run(args) -> int:
             "--batch-size", settings.batch_size, "for data-parallel training"
         )
     dataset = load_dataset(settings.data, settings.data_range, settings.image_size)
+    num_classes = 0
+    if settings.conditional:
+        if dataset.labels is None:
+            raise UserError(
+                f"--conditional needs a data set with labels (digits, digits16, "
+                f"colored-digits, colored-digits16, or a .npz file with labels 'y'), "
+                f"got --data {settings.data}"
+            )
+        num_classes = int(dataset.labels.max()) + 1
     if meta is None:
         sde = make_sde(settings.sde, dataset)
         try:
             model = make_model(
-                settings.model, dataset.data_shape, sde, jr.key(settings.seed + 1)
+                settings.model,
+                dataset.data_shape,
+                sde,
+                jr.key(settings.seed + 1),
+                num_classes=num_classes,
             )
         except (ValueError, TypeError) as e:
             raise UserError(
@@ -244,6 +296,9 @@ def run(args) -> int:
             dataset,
             num_steps=settings.steps,
             batch_size=settings.batch_size,
+            loss=ConditionalDSMLoss(settings.cond_drop)
+            if settings.conditional
+            else None,
             learning_rate=settings.lr,
             warmup_steps=settings.warmup,
             ema_decay=settings.ema,
@@ -262,6 +317,8 @@ def run(args) -> int:
                     "seed": settings.seed,
                     "data_range": settings.data_range,
                     "image_size": settings.image_size,
+                    "conditional": settings.conditional,
+                    "cond_drop": settings.cond_drop,
                 }
             },
         )

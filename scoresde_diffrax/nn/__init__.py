@@ -6,6 +6,7 @@ from ._classifier import (
 )
 from ._conv import loop_friendly as loop_friendly, ShiftConv2d as ShiftConv2d
 from ._embedding import (
+    ConditionEmbedding as ConditionEmbedding,
     GaussianFourierEmbedding as GaussianFourierEmbedding,
     SinusoidalEmbedding as SinusoidalEmbedding,
 )

@@ -6,11 +6,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from .._custom_types import ScalarLike
 from ._config import freeze
-from ._embedding import GaussianFourierEmbedding, SinusoidalEmbedding
+from ._embedding import (
+    check_condition_config,
+    condition_features,
+    ConditionEmbedding,
+    GaussianFourierEmbedding,
+    SinusoidalEmbedding,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +30,8 @@ class MLPConfig:
     fourier_time: bool = False
     input_fourier_features: int = 0
     input_fourier_scale: float = 1.0
+    num_classes: int = 0
+    context_dim: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "data_shape", freeze(self.data_shape))
@@ -56,6 +64,7 @@ class MLPConfig:
                 "MLPScore: `input_fourier_scale` must be a finite number > 0, got "
                 f"{scale!r}."
             )
+        check_condition_config(self.num_classes, self.context_dim, "MLPScore")
 
 
 class MLPScore(eqx.Module):
@@ -86,7 +95,20 @@ class MLPScore(eqx.Module):
         existed rebuild with 0.)
     - `input_fourier_scale`: the standard deviation $s$ of $B$, in cycles per unit
         of the (model-unit) input. Default 1.
+    - `num_classes`: > 0 makes the network conditional on a class label in
+        `0..num_classes - 1` (default 0: unconditional).
+    - `context_dim`: > 0 makes it conditional on a context vector of this size
+        instead (default 0).
     - `key`: PRNG key for the initial weights.
+
+    **Conditional networks** (`num_classes` or `context_dim` > 0) are called as
+    `net(t, x, condition=None, *, drop=False)`: the condition's embedding (a learned
+    table of labels, or a linear map of the context, each with a learned "no
+    condition" token, [`ConditionEmbedding`][]) is added to the time features.
+    `condition=None`, or `drop=True` (a boolean, may be traced), gives the
+    unconditional output (the null token), as classifier-free guidance needs
+    ([`ClassifierFreeGuidance`][], trained with [`ConditionalDSMLoss`][]). An
+    unconditional network takes no condition.
 
     **Example:**
 
@@ -101,6 +123,7 @@ class MLPScore(eqx.Module):
     input_freqs: Float[Array, "features d"] | None
     layers: tuple[eqx.nn.Linear, ...]
     out: eqx.nn.Linear
+    cond_embed: ConditionEmbedding | None
 
     def __init__(
         self,
@@ -112,6 +135,8 @@ class MLPScore(eqx.Module):
         fourier_time: bool = False,
         input_fourier_features: int | None = None,
         input_fourier_scale: float = 1.0,
+        num_classes: int = 0,
+        context_dim: int = 0,
         key: PRNGKeyArray,
     ):
         d = math.prod(tuple(data_shape))
@@ -125,6 +150,8 @@ class MLPScore(eqx.Module):
             fourier_time,
             input_fourier_features,
             input_fourier_scale,
+            num_classes,
+            context_dim,
         )
         kt, ko, *kl = jr.split(key, depth + 2)
         if fourier_time:
@@ -144,9 +171,25 @@ class MLPScore(eqx.Module):
         out = eqx.nn.Linear(width, d, key=ko)
         # Small initial output, so a fresh model predicts roughly zero.
         self.out = eqx.tree_at(lambda m: m.weight, out, out.weight * 0.1)
+        # Its own key, so unconditional networks keep their initial weights.
+        self.cond_embed = (
+            ConditionEmbedding(
+                time_dim,
+                num_classes=num_classes,
+                context_dim=context_dim,
+                key=jr.fold_in(key, 2),
+            )
+            if num_classes or context_dim
+            else None
+        )
 
     def __call__(
-        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+        self,
+        t: ScalarLike,
+        x: Float[ArrayLike, "*shape"],
+        condition: ArrayLike | None = None,
+        *,
+        drop: bool | Bool[ArrayLike, ""] = False,
     ) -> Float[Array, "*shape"]:
         x = jnp.asarray(x)
         if x.shape != self.config.data_shape:
@@ -155,6 +198,7 @@ class MLPScore(eqx.Module):
                 f"{x.shape}. Models act on one example; batch with jax.vmap."
             )
         temb = self.embed(t).astype(x.dtype)
+        temb = condition_features(self.cond_embed, temb, condition, drop, "MLPScore")
         h = einops.rearrange(x, "... -> (...)")
         if self.input_freqs is not None:
             arg = 2 * jnp.pi * (jax.lax.stop_gradient(self.input_freqs) @ h)
