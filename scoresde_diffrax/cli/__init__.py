@@ -19,10 +19,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._errors import SolveError
 from . import (
     colorize as colorize,
     inpaint as inpaint,
     sample as sample,
+    solvers as solvers,
     train as train,
     train_classifier as train_classifier,
 )
@@ -36,7 +38,7 @@ from ._solvers import (
 
 
 # in the order of `scoresde --help`
-COMMANDS = (train, sample, train_classifier, inpaint, colorize)
+COMMANDS = (train, sample, train_classifier, inpaint, colorize, solvers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except UserError as e:
         prog, msg = e.prog or prog, str(e)
+    except SolveError as e:
+        msg = solve_failure(e)
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
         msg = str(e)
     except KeyboardInterrupt:
@@ -73,6 +77,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     msg = " ".join(msg.split())  # one line
     print(f"{prog}: error: {msg}", file=sys.stderr)
     return 2
+
+
+# A failed solve, in terms of the flags that fix it.
+_FIXES = {
+    "max_steps": "raise --max-steps, or loosen --rtol/--atol",
+    "non_finite": "use more --steps or another --solver (tighter --rtol/--atol for "
+    "an adaptive one), and check the checkpoint",
+    "diverged": "tighten --rtol/--atol or use another --solver",
+}
+
+
+def solve_failure(error: SolveError) -> str:
+    """The one-line message of a failed solve: what happened (the library's words),
+    then the flags to change."""
+    what = error.what.replace(
+        f"max_steps={error.max_steps}", f"--max-steps {error.max_steps}"
+    )
+    return f"{what}; {_FIXES[error.kind]}"
 
 
 def console_main() -> None:  # pragma: no cover - the console-script entry point
