@@ -23,6 +23,7 @@ from .._errors import SolveError
 from . import (
     colorize as colorize,
     inpaint as inpaint,
+    likelihood as likelihood,
     sample as sample,
     solvers as solvers,
     train as train,
@@ -38,7 +39,15 @@ from ._solvers import (
 
 
 # in the order of `scoresde --help`
-COMMANDS = (train, sample, train_classifier, inpaint, colorize, solvers)
+COMMANDS = (
+    train,
+    sample,
+    likelihood,
+    train_classifier,
+    inpaint,
+    colorize,
+    solvers,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
