@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from .._errors import SolveError
 from . import (
+    bench as bench,
     colorize as colorize,
     inpaint as inpaint,
     likelihood as likelihood,
@@ -43,6 +44,7 @@ COMMANDS = (
     train,
     sample,
     likelihood,
+    bench,
     train_classifier,
     inpaint,
     colorize,
