@@ -335,15 +335,21 @@ class _Target:
     def __init__(self, key, problem, n: int, metrics: Sequence[str]):
         kref, kfloor, self.kproj = jr.split(key, 3)
         self.problem, self.metrics = problem, tuple(metrics)
-        if isinstance(problem, MixtureProblem):
-            allowed = MIXTURE_METRICS
+        is_mix = isinstance(problem, MixtureProblem)
+        allowed = MIXTURE_METRICS if is_mix else DATA_METRICS
+        bad = [m for m in self.metrics if m not in allowed]
+        if bad:
+            raise ValueError(
+                f"metric(s) {', '.join(bad)} do not apply to {problem.label}; "
+                f"choose from {', '.join(allowed)}."
+            )
+        if is_mix:
             mix = problem.mixture
             self.ref = np.asarray(mix.sample(kref, n), np.float64)
             r = mixture_report(mix, self.ref)
             self.ref_logp = (r.mean_log_prob, r.mean_log_prob_se)
             floor = self.of(np.asarray(mix.sample(kfloor, n)))
         else:
-            allowed = DATA_METRICS
             data = _flat(problem.data)
             if len(data) < n:
                 raise ValueError(
@@ -354,12 +360,6 @@ class _Target:
             floor = None
             if len(data) >= 2 * n:
                 floor = self.of(data[n : 2 * n])
-        bad = [m for m in self.metrics if m not in allowed]
-        if bad:
-            raise ValueError(
-                f"metric(s) {', '.join(bad)} do not apply to {problem.label}; "
-                f"choose from {', '.join(allowed)}."
-            )
         nan = (math.nan, math.nan)
         self.floor = floor if floor is not None else {m: nan for m in self.metrics}
 
@@ -425,14 +425,17 @@ def run(
         raise ValueError(f"`nfe_budgets` must be ints >= 1, got {list(nfe_budgets)}.")
     for s in samplers:  # before any solve
         s.check_budget(min(budgets))
-    records = []
-    for problem in problems:
-        ktarget, ksample = jr.split(jr.fold_in(key, len(records)))
+    targets, sample_keys = [], []
+    for i, problem in enumerate(problems):  # every check before any solve
+        ktarget, ksample = jr.split(jr.fold_in(key, i))
         names = metrics
         if names is None:
             is_mix = isinstance(problem, MixtureProblem)
             names = MIXTURE_METRICS if is_mix else DATA_METRICS
-        target = _Target(ktarget, problem, num_samples, names)
+        targets.append(_Target(ktarget, problem, num_samples, names))
+        sample_keys.append(ksample)
+    records = []
+    for problem, target, ksample in zip(problems, targets, sample_keys, strict=True):
         score = (
             problem.score() if isinstance(problem, MixtureProblem) else problem.score
         )
