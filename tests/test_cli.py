@@ -269,7 +269,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
                 "--out",
                 "{d}/x.npy",
             ],
-            "invalid choice: 'rk99'",
+            "--solver: unknown solver 'rk99'; choose from euler-maruyama",
         ),
         (
             [
@@ -544,6 +544,9 @@ def test_cli_solver_is_the_sd_sample_call(tiny_checkpoint, cli_samples, name):
     np.testing.assert_array_equal(x, ref)
     nfe = int(stats["num_score_evals"])
     assert f"({name}, {int(stats['num_steps'])} steps, {nfe} score" in stdout
+    entry = cli.SOLVERS[name.split()[0]]  # what `scoresde solvers` says
+    per_step = entry.evals_per_step * int(stats["num_steps"])
+    assert nfe == per_step + (1 if entry.adaptive and EXPECTED[name][1] == "ode" else 0)
 
 
 def test_cli_ode_solvers_agree_at_many_steps(cli_samples):

@@ -309,8 +309,8 @@ class SolverChoice:
 
     @property
     def label(self) -> str:
-        """The name, with the method where the solver serves both."""
-        if len(self.entry.all_methods) > 1:
+        """The name, with `--method` where it is not the solver's default."""
+        if self.method != self.entry.method:
             return f"{self.name} --method {self.method}"
         return self.name
 
