@@ -54,7 +54,8 @@ def solve_error(
             what=what,
         )
     if not_finite in text or "non-finite" in text:
-        what = "the solve produced non-finite values (NaN or inf): the solver diverged"
+        noun = "samples" if where == "sample" else "values"
+        what = f"the solve produced non-finite {noun} (NaN or inf): the solver diverged"
         return SolveError(
             f"{where}: {what}; take more or smaller steps, or use another solver, and check "
             "the score on the whole time range.",

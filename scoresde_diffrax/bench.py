@@ -162,6 +162,8 @@ class Sampler:
         `max_steps` steps; the budgets do not apply (one solve, its evaluations
         recorded).
     - `rtol`, `atol`, `max_steps`: the adaptive solve's settings.
+    - `stepsize_controller`: for an adaptive sampler, a controller to use instead of
+        `diffrax.PIDController(rtol=rtol, atol=atol)` (e.g. with `dcoeff=0` for SDEs).
     """
 
     name: str
@@ -173,6 +175,7 @@ class Sampler:
     rtol: float = 1e-3
     atol: float = 1e-3
     max_steps: int = 4096
+    stepsize_controller: dfx.AbstractStepSizeController | None = None
 
     def check_budget(self, nfe: int | None) -> None:
         """`ValueError` if a fixed-step sampler's budget of `nfe` score evaluations
@@ -192,7 +195,9 @@ class Sampler:
         kwargs: dict = dict(solver=self.solver, method=self.method)
         self.check_budget(nfe)
         if self.adaptive:
-            controller = dfx.PIDController(rtol=self.rtol, atol=self.atol)
+            controller = self.stepsize_controller
+            if controller is None:
+                controller = dfx.PIDController(rtol=self.rtol, atol=self.atol)
             return kwargs | dict(
                 stepsize_controller=controller, max_steps=self.max_steps
             )
