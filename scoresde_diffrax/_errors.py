@@ -54,7 +54,9 @@ def solve_error(
             what=what,
         )
     if not_finite in text or "non-finite" in text:
-        noun = "samples" if where == "sample" else "values"
+        noun = {"sample": "samples", "log_likelihood": "log-density"}.get(
+            where, "values"
+        )
         what = f"the solve produced non-finite {noun} (NaN or inf): the solver diverged"
         return SolveError(
             f"{where}: {what}; take more or smaller steps, or use another solver, and check "
