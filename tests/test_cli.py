@@ -552,7 +552,7 @@ def test_cli_solver_is_the_sd_sample_call(tiny_checkpoint, cli_samples, name):
 def test_cli_ode_solvers_agree_at_many_steps(cli_samples):
     """The probability-flow ODE solvers of the CLI solve one ODE: at 1000 steps the
     fixed-step ones agree with each other (and the adaptive ones with them) to their
-    order's error. Measured against heun-ode (samples of size ~2.4; seeds 0 and 3):
+    order's error. Measured against heun (samples of size ~2.4; seeds 0 and 3):
     second order <= 4.6e-5, first order <= 1.5e-3, tsit5 <= 1.8e-3, dopri5 <= 9.2e-3;
     an SDE solver (euler-maruyama) >= 3.8."""
     ref = cli_samples["heun"][0]
