@@ -1,4 +1,5 @@
-"""The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, and the
+"""The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, `scoresde
+likelihood ...`, `scoresde bench ...`, `scoresde solvers`, and the
 controllable-generation commands `train-classifier`, `inpaint`, `colorize`.
 
 This package is the one place where names (strings) map to objects: data sets, SDEs,
@@ -11,8 +12,8 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
 - `_conditioning.py`: what the conditional commands share (classifier checkpoints
     and their pairing, test splits, inpainting masks, side-by-side pictures);
-- `train.py`, `sample.py`, `train_classifier.py`, `inpaint.py`, `colorize.py`: the
-    commands.
+- `train.py`, `sample.py`, `likelihood.py`, `bench.py`, `train_classifier.py`,
+    `inpaint.py`, `colorize.py`, `solvers.py`: the commands.
 """
 
 import argparse
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="scoresde",
         description="Score-based generative modelling with SDEs: train a score model on "
-        "embedded data, then sample from it.",
+        "embedded data, sample from it, score data (likelihood), compare solvers "
+        "(bench).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
