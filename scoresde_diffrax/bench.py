@@ -51,6 +51,7 @@ from .metrics import mixture_report
 MIXTURE_METRICS = ("sliced_w2", "variance_ratio", "weight_error", "log_prob_gap")
 DATA_METRICS = ("sliced_w2",)
 _NUM_PROJECTIONS = 256
+_FLOOR_DRAWS = 5
 
 
 # --------------------------------------------------------------------------- problems
@@ -102,14 +103,17 @@ class MixtureProblem:
 
     @property
     def label(self) -> str:
+        """The problem's name in the records."""
         m = self.mixture
         return self.name or f"mixture D={m.dim},K={m.num_components}"
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of one example, `(D,)`."""
         return (self.mixture.dim,)
 
     def score(self) -> Callable:
+        """The exact score of the mixture's marginals under `sde`."""
         return self.mixture.score(self.sde)
 
 
@@ -135,10 +139,12 @@ class DataProblem:
 
     @property
     def label(self) -> str:
+        """The problem's name in the records."""
         return self.name
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of one example, `data_shape`."""
         return tuple(np.shape(self.data)[1:])
 
 
@@ -178,8 +184,8 @@ class Sampler:
     stepsize_controller: dfx.AbstractStepSizeController | None = None
 
     def check_budget(self, nfe: int | None) -> None:
-        """`ValueError` if a fixed-step sampler's budget of `nfe` score evaluations
-        buys no step."""
+        """Raise a `ValueError` if a fixed-step sampler's budget of `nfe` score
+        evaluations (an int, or None) buys no step; nothing for an adaptive one."""
         if self.adaptive:
             return
         if nfe is None or nfe < self.evals_per_step:
@@ -190,8 +196,11 @@ class Sampler:
             )
 
     def sample_kwargs(self, sde: AbstractSDE, nfe: int | None) -> dict:
-        """The `sample` arguments of a budget of `nfe` score evaluations (None for
-        an adaptive sampler). `ValueError` if the budget buys no step."""
+        """The [`sample`][scoresde_diffrax.sample] arguments (`solver`, `method`
+        and the steps) of a budget of `nfe` score evaluations for `sde` (whose
+        [`time_grid`][scoresde_diffrax.time_grid] a non-uniform grid follows); `nfe`
+        is ignored (may be None) for an adaptive sampler. `ValueError` if the budget
+        buys no step."""
         kwargs: dict = dict(solver=self.solver, method=self.method)
         self.check_budget(nfe)
         if self.adaptive:
@@ -225,7 +234,10 @@ class BenchRecord:
         tracing); `run_s`: the second call's time (the same key: the same samples).
     - `metrics`: name -> `(value, standard error)`.
     - `floor`: name -> `(value, standard error)` of the same metric for true samples
-        of the same size (NaN where there are not enough held data).
+        of the same size: for a mixture, the mean over 5 independent sets of true
+        samples and the standard error of that mean; for data, one held set beside
+        the reference, with the metric's own standard error (NaN where there are not
+        enough held data).
     """
 
     problem: str
@@ -353,7 +365,20 @@ class _Target:
             self.ref = np.asarray(mix.sample(kref, n), np.float64)
             r = mixture_report(mix, self.ref)
             self.ref_logp = (r.mean_log_prob, r.mean_log_prob_se)
-            floor = self.of(np.asarray(mix.sample(kfloor, n)))
+            # The floor: the mean over several independent true-sample sets, with
+            # the standard error of that mean (one set's value is itself noisy).
+            draws = [
+                self.of(np.asarray(mix.sample(k, n)))
+                for k in jr.split(kfloor, _FLOOR_DRAWS)
+            ]
+            floor = {
+                m: (
+                    float(np.mean([d[m][0] for d in draws])),
+                    float(np.std([d[m][0] for d in draws], ddof=1))
+                    / math.sqrt(_FLOOR_DRAWS),
+                )
+                for m in self.metrics
+            }
         else:
             data = _flat(problem.data)
             if len(data) < n:
