@@ -160,6 +160,17 @@ def test_max_steps_is_one_line_and_the_api_raises_the_same(ckpts, tmp_path, caps
         "raise --max-steps, or loosen --rtol/--atol\n"
     )
     assert not (tmp_path / "x.npy").exists()
+    # An old adaptive name keeps its old --steps: the maximum number of steps.
+    code, _, err = run(
+        ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+        + ["--solver", "ode-tsit5", "--steps", "2", "--out", str(tmp_path / "x.npy")],
+        capsys,
+    )
+    note, error = err.splitlines()
+    assert code == 2 and "use --solver tsit5" in note
+    assert error.endswith(
+        "reached --max-steps 2 before its end time; raise --max-steps, or loosen --rtol/--atol"
+    )
     # The library: the same failure, the same words first, as an exception.
     model, meta = sd.load_checkpoint(ckpts["moons"])
     sde = sd.sde_from_description(meta["sde"])
@@ -390,10 +401,11 @@ def test_likelihood_command_matches_log_likelihood(ckpts, tmp_path, capsys):
     npy = tmp_path / "ll.npy"
     code, out, err = run(
         ["likelihood", "--checkpoint", ckpts["digits"], "--num-examples", "4"]
-        + ["--quiet", "--seed", "1", "--out", str(npy)],
+        + ["--seed", "1", "--out", str(npy)],
         capsys,
     )
     assert code == 0, err
+    assert "100.00%" in err  # diffrax's progress meter ran to the end
     got = np.load(npy)
 
     model, meta = sd.load_checkpoint(ckpts["digits"])
@@ -403,7 +415,12 @@ def test_likelihood_command_matches_log_likelihood(ckpts, tmp_path, capsys):
     key_deq, key_probe = jr.split(jr.key(1))
     y = sd.dequantize(key_deq, k, num_levels=17, data_range=(-1.0, 1.0))
     ref = sd.log_likelihood(
-        key_probe, sde, sd.nn.loop_friendly(model), y, divergence=sd.Hutchinson()
+        key_probe,
+        sde,
+        sd.nn.loop_friendly(model),
+        y,
+        divergence=sd.Hutchinson(),
+        progress_meter=dfx.TqdmProgressMeter(),  # as the CLI: the same program
     )
     np.testing.assert_allclose(got, np.asarray(ref.log_prob), rtol=1e-5)
     bpd = np.asarray(
