@@ -3,15 +3,30 @@ flags several commands share, each group added by one function."""
 
 import argparse
 import math
+import textwrap
 from collections.abc import Callable
 
 from ._common import DATASETS, MODELS, SDES, UserError
 from ._solvers import DEFAULT_MAX_STEPS, DEFAULT_STEPS, SOLVERS
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help text wrapped at spaces only: a name like `euler-maruyama` or
+    `dpm-solver++2m` stays on one line (argparse breaks on hyphens by default)."""
+
+    def _split_lines(self, text, width):
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors are one `UserError` line, no usage dump,
-    prefixed like every other error of the command (`scoresde train: error: ...`)."""
+    prefixed like every other error of the command (`scoresde train: error: ...`);
+    its help never splits a hyphenated name."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UserError(message, prog=self.prog)
