@@ -79,6 +79,9 @@ def test_help_of_each_command(command, flags, capsys):
     assert out.startswith(f"usage: scoresde {command}")
     for flag in flags:
         assert flag in out, flag
+    if command == "sample":  # every solver name, none split over two lines
+        for name in SOLVERS:
+            assert re.search(rf"(^|[\s,]){re.escape(name)}([,\s]|$)", out), name
 
 
 def test_solvers_table_lists_every_solver(capsys):
