@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import scoresde_diffrax as sd  # noqa: E402
 from scoresde_diffrax import cli  # noqa: E402
-from scoresde_diffrax._png import image_grid, write_png  # noqa: E402
+from scoresde_diffrax._pictures import image_grid, save_image  # noqa: E402
 from scoresde_diffrax.metrics import _fd  # noqa: E402
 
 
@@ -98,7 +98,7 @@ def guided(per_class: int = 50, scales=(1.0, 3.0), steps: int = 200):
         x = np.load(npy)
         npy.unlink()
         # One column per class (the CLI's picture has 8 columns).
-        write_png(png, image_grid(x[:100], ncols=10))
+        save_image(png, image_grid(x[:100], ncols=10))
         labels = np.arange(n) % 10
         acc = [
             sd.metrics.digits_accuracy(x[labels == c], labels[labels == c])

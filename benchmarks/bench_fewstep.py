@@ -192,8 +192,38 @@ def main():
     ap.add_argument("--dims", default="2,16,64")
     ap.add_argument("--sdes", default="vp,subvp,ve")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--samplers",
+        default=None,
+        help="only these of SAMPLERS (exact names separated by ';'; the "
+        "references always run)",
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="combine the rows of earlier runs (e.g. one per --dims) into --out, its "
+        "plot and the leaderboard, without sampling",
+    )
     args = ap.parse_args()
+    if args.merge:
+        runs = [json.load(open(p)) for p in args.merge]
+        out = dict(
+            command="python " + " ".join(sys.argv),
+            runs=[dict(command=r["command"], conditions=r["conditions"]) for r in runs],
+            rows=[row for r in runs for row in r["rows"]],
+        )
+        write(out, args.out)
+        return
     n = args.n
+    samplers = SAMPLERS
+    if args.samplers:
+        names = [s.strip() for s in args.samplers.split(";")]
+        unknown = [s for s in names if s not in SAMPLERS]
+        if unknown:
+            ap.error(f"--samplers: unknown {unknown}; choose from {list(SAMPLERS)}")
+        samplers = {s: SAMPLERS[s] for s in names}
     rows = []
     for dim in [int(d) for d in args.dims.split(",")]:
         mix = mixture(dim)
@@ -218,31 +248,45 @@ def main():
                 kw = dict(num_steps=1000, method=method)
                 rows.append(run(ctx, name, solver, None, kw))
             for budget in BUDGETS:
-                for name, make in SAMPLERS.items():
+                for name, make in samplers.items():
                     made = make(sde, budget)
                     if made is not None:
                         rows.append(run(ctx, name, made[0], budget, made[1]))
-    out = dict(
+            # Each case as it completes, so that an interrupted run keeps them.
+            write(record(rows, n), args.out, final=False)
+    write(record(rows, n), args.out)
+
+
+def record(rows, n):
+    """The JSON record of a run: the command, the machine, the rows."""
+    return dict(
         command="python " + " ".join(sys.argv),
         conditions=dict(
             jax=jax.__version__,
             backend=jax.default_backend(),
             cpu_count=os.cpu_count(),
             machine=platform.machine(),
+            load_average=os.getloadavg(),
             num_samples=n,
-            note="2 CPU cores shared with four other engineers' jobs (load 6-9): wall "
-            "times are noisy; compare within one run. gap = mean log p0 of the "
+            note="CPU cores shared with other jobs (load_average: 1/5/15-minute loads at "
+            "the end): wall times are noisy; compare within one run. gap = mean log p0 of the "
             "samples minus the exact E[log p0] (from 200,000 true samples); gap_se its "
             "standard error for n samples; floor = the mean over 5 fresh true samples of size n.",
         ),
         rows=rows,
     )
+
+
+def write(out, path, final=True):
+    """The JSON, its plot beside it, and the leaderboard on stdout."""
     here = os.path.join(os.path.dirname(__file__), "results")
-    path = args.out or os.path.join(here, "fewstep.json")
+    path = path or os.path.join(here, "fewstep.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
-    plot(rows, os.path.splitext(path)[0] + ".png")
-    print(leaderboard(rows))
+    if not final:
+        return
+    plot(out["rows"], os.path.splitext(path)[0] + ".png")
+    print(leaderboard(out["rows"]))
 
 
 def leaderboard(rows) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
-from scoresde_diffrax._png import scatter_image, write_png
+from scoresde_diffrax._pictures import save_scatter
 
 
 HERE = pathlib.Path(__file__).parent
@@ -95,11 +95,9 @@ def sw2_ratio(name: str, x: np.ndarray) -> dict:
 
 
 def side_by_side(name: str, x: np.ndarray, path: pathlib.Path) -> None:
+    """The samples over the data (grey), on the same axes."""
     truth = np.asarray(TOYS[name](jr.key(100), N))
-    lim = float(np.quantile(np.abs(truth), 0.995)) * 1.2
-    left, right = scatter_image(truth, lim=lim), scatter_image(x, lim=lim)
-    gap = np.ones((left.shape[0], 8))
-    write_png(path, np.concatenate([left, gap, right], axis=1))
+    save_scatter(path, x, reference=truth, title=f"{name}: samples over the data")
 
 
 def _cli(argv: list[str]) -> str:

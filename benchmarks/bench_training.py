@@ -19,7 +19,7 @@ import jax.random as jr
 import numpy as np
 
 import scoresde_diffrax as sd
-from scoresde_diffrax._png import image_grid, write_png
+from scoresde_diffrax._pictures import image_grid, save_image
 
 
 HERE = pathlib.Path(__file__).parent
@@ -157,7 +157,7 @@ def digits_eval(num_samples: int = 1437):
         png = RESULTS / f"digits_samples_{name.split()[0]}.png"
         real = sd.data.digits_array("test")[0][:64]
         gap = np.full((64, 1, 8, 8), 0.5, np.float32)[:8]
-        write_png(png, image_grid(np.concatenate([x[:64], gap, real]), ncols=8))
+        save_image(png, image_grid(np.concatenate([x[:64], gap, real]), ncols=8))
         rows[name]["png"] = str(png.relative_to(HERE.parent))
     out = {
         "checkpoint_step": meta["step"],

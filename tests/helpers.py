@@ -258,3 +258,10 @@ class CountingCalls(eqx.Module):
     def __call__(self, t, x):
         jax.debug.callback(lambda: self.counter.append(1))
         return self.inner(t, x)
+
+
+def restart_grid(sde, n_before: int, t_min: float, n_after: int):
+    """A log-SNR grid through `t_min` (where a `Restart` jumps back)."""
+    before = sd.time_grid(sde, n_before, "logsnr", eps=t_min)
+    after = sd.time_grid(sde, n_after, "logsnr", start=t_min)
+    return jnp.concatenate([before, after[1:]])

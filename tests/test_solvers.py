@@ -11,68 +11,12 @@ from helpers import (
     CountingCalls,
     gaussian_case,
     MIXTURES,
+    restart_grid,
     SDES,
 )
 
 import scoresde_diffrax as sd
 from scoresde_diffrax._sample import _terms
-
-
-def _grid(kind, n):
-    return lambda sde: dict(stepsize_controller=dfx.StepTo(sd.time_grid(sde, n, kind)))
-
-
-def _steps(n):
-    return lambda sde: dict(num_steps=n)
-
-
-def _restart_grid(sde, n_before, t_min, n_after):
-    """A log-SNR grid through `t_min` (where a Restart jumps back)."""
-    before = sd.time_grid(sde, n_before, "logsnr", eps=t_min)
-    after = sd.time_grid(sde, n_after, "logsnr", start=t_min)
-    return jnp.concatenate([before, after[1:]])
-
-
-def _restart(t_min, t_max):
-    return sd.Restart(sd.UniPC(2), t_min, t_max, num_restarts=2, num_steps=4)
-
-
-def _restart_kw(sde):
-    return dict(stepsize_controller=dfx.StepTo(_restart_grid(sde, 16, 0.2, 14)))
-
-
-# Step counts a user would pick for 2,000 samples of these mixtures.
-SAMPLERS = {
-    "reverse_diffusion": (sd.ReverseDiffusion(), _steps(1000)),
-    "ancestral": (sd.AncestralSampling(), _steps(1000)),
-    # The default PC: reverse diffusion + sd.Langevin() (snr 0.16, noise norms).
-    "pc_default": (sd.PredictorCorrector(), _steps(300)),
-    "pc_euler_annealed": (
-        sd.PredictorCorrector(dfx.Euler(), sd.AnnealedLangevin(snr=0.1)),
-        _steps(300),
-    ),
-    "ddim": (sd.DDIM(), _steps(150)),
-    "dpm_solver_pp_2m": (sd.DPMSolverPP2M(), _grid("logsnr", 80)),
-    "edm_heun": (sd.EDMHeun(), _grid("edm", 50)),
-    "edm_heun_churn": (sd.StochasticEDMHeun(churn=0.1), _grid("edm", 60)),
-    "dpm_solver_pp_3m": (sd.DPMSolverPP3M(), _grid("logsnr", 30)),
-    "unipc": (sd.UniPC(), _grid("logsnr", 30)),
-    "deis": (sd.DEIS(), _grid("logsnr", 40)),
-    "dpm_solver_pp_2m_sde": (sd.StochasticDPMSolverPP(), _grid("logsnr", 100)),
-    "restart_unipc": (_restart(0.2, 0.4), _restart_kw),
-}
-
-
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
-@pytest.mark.parametrize("mix_name", list(MIXTURES))
-@pytest.mark.parametrize("sde_name", list(SDES))
-def test_sampler_reproduces_mixture(sde_name, mix_name, sampler):
-    sde, mix = SDES[sde_name], MIXTURES[mix_name]()
-    solver, kw = SAMPLERS[sampler]
-    out = sd.sample(
-        jr.key(7), sde, mix.score(sde), (2000, mix.dim), solver=solver, **kw(sde)
-    )
-    check_reproduces(mix, out.samples, jr.key(99))
 
 
 def _langevin_chain(corrector, sde, mix, t, n, iters, key):
@@ -417,7 +361,7 @@ def test_num_score_evals_is_exact(solver, per_step):
 def test_restart_score_evals_and_reproducibility():
     sde, mix = SDES["ve"], MIXTURES["2d"]()
     counter = []
-    ts = _restart_grid(sde, 5, 0.3, 4)
+    ts = restart_grid(sde, 5, 0.3, 4)
     solver = sd.Restart(sd.DPMSolverPP2M(), 0.3, 0.6, num_restarts=3, num_steps=2)
 
     def draw(key, n, score):
@@ -545,7 +489,7 @@ def test_bad_input_names_the_argument():
             stepsize_controller=dfx.StepTo(sd.time_grid(sde, 2)),
         )
     # Restart: its interval inside the time range, t_min on the grid, an ODE solver.
-    grid = dfx.StepTo(_restart_grid(sde, 4, 0.2, 3))
+    grid = dfx.StepTo(restart_grid(sde, 4, 0.2, 3))
     for bad, match in [
         (sd.Restart(sd.DDIM(), 0.2, 1.5), "t_max"),
         (sd.Restart(sd.DDIM(), 1e-4, 0.5), "t_min"),

@@ -3,6 +3,7 @@ flags several commands share, each group added by one function."""
 
 import argparse
 import math
+import pathlib
 import textwrap
 from collections.abc import Callable
 
@@ -73,13 +74,61 @@ def _add_data_parallel_flag(parser, splits: str, flag: str) -> None:
 _WITH_RESUME = "; with --resume: the checkpoint's"
 
 
+def data_name_or_path(s: str) -> str:
+    """`--data`: a built-in data set's name, or a `.npy`/`.npz` file or a folder of
+    images (returned as an absolute path, so that a resumed run can compare it)."""
+    if s in DATASETS:
+        return s
+    p = pathlib.Path(s)
+    if p.suffix in (".npy", ".npz") or p.is_dir():
+        if not p.exists():
+            raise argparse.ArgumentTypeError(f"{s}: no such file or folder")
+        return str(p.resolve())
+    raise argparse.ArgumentTypeError(
+        f"must be one of {', '.join(DATASETS)}, or a .npy/.npz file or a folder of "
+        f"PNG/JPEG images, got {s!r}"
+    )
+
+
+def data_range(s: str) -> str:
+    """`--data-range LOW,HIGH` with HIGH > LOW (kept as the text given)."""
+    try:
+        low, high = (float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be LOW,HIGH (two numbers), got {s!r}"
+        ) from None
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise argparse.ArgumentTypeError(f"must be LOW,HIGH with HIGH > LOW, got {s}")
+    return f"{low:g},{high:g}"
+
+
 def add_data_flag(parser) -> None:
-    """`--data NAME`, one of `DATASETS`."""
+    """`--data NAME|PATH`, one of `DATASETS` or your own file or folder, with
+    `--data-range` and `--image-size` for your own."""
     parser.add_argument(
         "--data",
-        choices=list(DATASETS),
-        metavar="NAME",
-        help=f"data set: {', '.join(DATASETS)} (required{_WITH_RESUME})",
+        type=data_name_or_path,
+        metavar="NAME|PATH",
+        help=f"data set: {', '.join(DATASETS)}, or your own: a .npy file of examples, "
+        "a .npz file with examples 'x' (and integer labels 'y'), or a folder of "
+        "PNG/JPEG images; vectors (n, d), grey (n, H, W) or channel-first images "
+        f"(n, C, H, W) (required{_WITH_RESUME})",
+    )
+    parser.add_argument(
+        "--data-range",
+        type=data_range,
+        metavar="LOW,HIGH",
+        help="your own data: the range its values lie in, mapped to [-1, 1] for the "
+        "model; write --data-range=-5,5 when LOW is negative (default: images in "
+        f"[0, 1], or 0-255 as uint8; vectors as they are{_WITH_RESUME})",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        metavar="N",
+        help=f"a folder of images: resize every image to N x N (default: they must "
+        f"all be the same size{_WITH_RESUME})",
     )
 
 

@@ -33,7 +33,7 @@ from .._checkpoint import (
     SCORE_MODEL as SCORE_MODEL,
 )
 from .._checks import MAX_BATCH
-from .._png import image_grid, scatter_image, write_png
+from .._pictures import image_grid, save_image, save_scatter
 
 
 class UserError(Exception):
@@ -110,6 +110,37 @@ DATASETS: dict[str, Callable[[], data.Dataset]] = {
     "colored-digits": _digits(True, False),
     "colored-digits16": _digits(True, True),
 }
+
+
+def load_dataset(
+    name: str, data_range: str | None = None, image_size: int | None = None
+) -> data.Dataset:
+    """`--data`'s data set: a built-in one by name, or your own file or folder (with
+    `--data-range` / `--image-size`), described in one printed line."""
+    if name in DATASETS:
+        for flag, value in (("--data-range", data_range), ("--image-size", image_size)):
+            if value is not None:
+                raise UserError(
+                    f"{flag} applies to your own data (--data PATH), not to the "
+                    f"built-in --data {name}"
+                )
+        return DATASETS[name]()
+    bounds = None
+    if data_range is not None:
+        bounds = tuple(float(v) for v in data_range.split(","))
+    try:
+        ds = data.load_data(name, data_range=bounds, image_size=image_size)
+    except data.DataFileError as e:
+        raise UserError(f"--data {e}") from e
+    x = np.asarray(ds.x)
+    kind = "images" if x.ndim == 4 else "vectors"
+    labels = "" if ds.labels is None else f", {int(ds.labels.max()) + 1} classes"
+    print(
+        f"data: {name}: {len(x)} {kind} of shape {tuple(x.shape[1:])}{labels}, values "
+        f"in [{x.min():.4g}, {x.max():.4g}] -> model units x * {ds.scale:g} + "
+        f"{ds.shift:g}"
+    )
+    return ds
 
 
 # --------------------------------------------------------------------------- SDEs, models
@@ -317,9 +348,30 @@ def check_room(shape: tuple[int, ...], out: pathlib.Path) -> None:
         )
 
 
-def save_samples(samples, data_meta: dict, out: pathlib.Path, png: str | None):
+def _reference_points(name: str) -> np.ndarray | None:
+    """The training data of a 2-D model, to draw under its samples: a built-in set,
+    or your own file if it is still there."""
+    if name in DATASETS:
+        return np.asarray(DATASETS[name]().x)
+    if name.endswith((".npy", ".npz")) and pathlib.Path(name).exists():
+        try:
+            return np.asarray(data.load_data(name).x)
+        except data.DataFileError:
+            return None
+    return None
+
+
+def save_samples(
+    samples,
+    data_meta: dict,
+    out: pathlib.Path,
+    png: str | None,
+    title: str | None = None,
+):
     """Write `samples` (model units) to `out` in data units (images clipped to
-    `[0, 1]`), and a picture to `png` if given; returns what was written to `out`."""
+    `[0, 1]`), and a picture to `png` if given (the first 64 images in a grid, or 2-D
+    points over the training data when it is one of the built-in sets), titled `title`;
+    returns what was written to `out`."""
     x = (np.asarray(samples) - data_meta["shift"]) / data_meta["scale"]
     images = len(data_meta["data_shape"]) == 3
     if images:
@@ -327,10 +379,10 @@ def save_samples(samples, data_meta: dict, out: pathlib.Path, png: str | None):
     np.save(out, x)
     if png is not None:
         if images:
-            pic = image_grid(x[:64])
+            save_image(png, image_grid(x[:64]), title=title)
         elif x.shape[1:] == (2,):
-            pic = scatter_image(x)
+            reference = _reference_points(data_meta.get("name", ""))
+            save_scatter(png, x, reference=reference, title=title)
         else:
             raise UserError("--png needs image data or 2-D points")
-        write_png(png, pic)
     return x

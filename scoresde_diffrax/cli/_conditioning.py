@@ -8,7 +8,7 @@ import argparse
 import numpy as np
 
 from .. import data, Impute, load_checkpoint, nn, sde_from_description
-from .._png import image_grid, write_png
+from .._pictures import image_grid, save_image
 from ._args import positive_int
 from ._common import UserError
 from ._solvers import choose_solver, SOLVERS
@@ -245,12 +245,14 @@ def impute_solver(kwargs: dict, observation, mask) -> dict:
 # --------------------------------------------------------------------------- pictures
 
 
-def side_by_side(columns, png: str, limit: int = 16, per_row: int = 4) -> None:
+def side_by_side(
+    columns, png: str, limit: int = 16, per_row: int = 4, title: str | None = None
+) -> None:
     """Write the first `limit` examples, each as its `columns` (arrays `(n, C, H, W)`
     in [0, 1]; grey ones broadcast to the others' channels) side by side, `per_row`
-    examples to a row of the picture."""
+    examples to a row of the picture, under `title`."""
     c = max(col.shape[1] for col in columns)
     cols = [np.broadcast_to(col, (col.shape[0], c, *col.shape[2:])) for col in columns]
     n = min(limit, cols[0].shape[0])
     tiles = np.stack([col[:n] for col in cols], axis=1).reshape(-1, *cols[0].shape[1:])
-    write_png(png, image_grid(tiles, ncols=len(cols) * min(per_row, n)))
+    save_image(png, image_grid(tiles, ncols=len(cols) * min(per_row, n)), title=title)

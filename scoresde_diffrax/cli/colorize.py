@@ -62,7 +62,12 @@ def run(args) -> int:
     result = np.clip(result, 0.0, 1.0)
     np.save(out, result.astype(np.float32))
     if args.png is not None:
-        side_by_side([grey[:, None], result, truth], args.png)
+        side_by_side(
+            [grey[:, None], result, truth],
+            args.png,
+            title=f"grey / colorized / truth ({args.solver}, "
+            f"{int(res.stats['num_score_evals'])} score evaluations)",
+        )
     err = float(np.max(np.abs(result.mean(axis=1) - grey)))
     print(
         f"{len(truth)} colorizations ({args.solver}, {int(res.stats['num_steps'])} "

@@ -105,7 +105,13 @@ def run(args) -> int:
     if args.png is not None:
         shown = np.where(mask, observed, 0.5)
         cols = [shown, result] + ([truth] if truth is not None else [])
-        side_by_side([np.clip(c, 0, 1) for c in cols], args.png)
+        names = "observed / inpainted" + (" / truth" if truth is not None else "")
+        side_by_side(
+            [np.clip(c, 0, 1) for c in cols],
+            args.png,
+            title=f"{names} ({args.solver}, "
+            f"{int(res.stats['num_score_evals'])} score evaluations)",
+        )
     nfe = int(res.stats["num_score_evals"])
     print(
         f"{n} completions ({args.solver}, {int(res.stats['num_steps'])} steps, {nfe} "

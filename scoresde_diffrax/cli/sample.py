@@ -1,5 +1,7 @@
 """`scoresde sample`: draw samples from a trained checkpoint with a named solver."""
 
+import pathlib
+
 import jax.numpy as jnp
 import jax.random as jr
 
@@ -49,7 +51,11 @@ def run(args) -> int:
     try:
         check_room(shape, out)
         res = _sample(args, sde, model, shape, mesh, choice, step_kwargs)
-        save_samples(res.samples, data_meta, out, args.png)
+        title = (
+            f"{pathlib.Path(args.checkpoint).name}: {choice.label}, "
+            f"{int(res.stats['num_score_evals'])} score evaluations"
+        )
+        save_samples(res.samples, data_meta, out, args.png, title)
     except BaseException:
         for directory, first in created:  # leave no empty directory behind
             remove_if_empty(directory, first)

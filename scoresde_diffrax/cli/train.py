@@ -27,9 +27,9 @@ from ._common import (
     batch_mesh,
     checkpoint_model,
     checkpoint_steps,
-    DATASETS,
     devices_holding,
     init_distributed,
+    load_dataset,
     make_model,
     make_sde,
     missing_ancestor,
@@ -70,6 +70,8 @@ class RunSettings:
     warmup: int
     ema: float
     steps: int
+    data_range: str | None = None
+    image_size: int | None = None
 
 
 # The flag of each setting that a resumed run must keep.
@@ -82,6 +84,8 @@ FLAGS = {
     "lr": "--lr",
     "warmup": "--warmup",
     "ema": "--ema",
+    "data_range": "--data-range",
+    "image_size": "--image-size",
 }
 REQUIRED = ("data", "sde", "model", "steps")
 
@@ -126,6 +130,8 @@ def new_settings(args, resume_found_nothing: bool) -> RunSettings:
         warmup=given("warmup", default_warmup(args.steps)),
         ema=given("ema", 0.999),
         steps=args.steps,
+        data_range=args.data_range,
+        image_size=args.image_size,
     )
 
 
@@ -158,6 +164,8 @@ def resumed_settings(args, meta: dict, out: pathlib.Path) -> RunSettings:
         warmup=optimizer["warmup_steps"],
         ema=meta["ema_decay"],
         steps=meta["num_steps"],
+        data_range=cli.get("data_range"),
+        image_size=cli.get("image_size"),
     )
     for name, flag in FLAGS.items():
         value, kept = getattr(args, name), getattr(recorded, name)
@@ -210,7 +218,7 @@ def run(args) -> int:
         mesh = batch_mesh(
             "--batch-size", settings.batch_size, "for data-parallel training"
         )
-    dataset = DATASETS[settings.data]()
+    dataset = load_dataset(settings.data, settings.data_range, settings.image_size)
     if meta is None:
         sde = make_sde(settings.sde, dataset)
         try:
@@ -252,6 +260,8 @@ def run(args) -> int:
                     "sde": settings.sde,
                     "model": settings.model,
                     "seed": settings.seed,
+                    "data_range": settings.data_range,
+                    "image_size": settings.image_size,
                 }
             },
         )

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import ClassifierLoss, nn, train as sd_train
 from ._args import add_data_flag, add_sde_flag, add_training_flags, positive_int
-from ._common import DATASETS, make_sde, UserError, writable_dir
+from ._common import load_dataset, make_sde, UserError, writable_dir
 from ._conditioning import TEST_SPLITS
 
 
@@ -57,11 +57,12 @@ def run(args) -> int:
     steps_per_call = (
         None if args.steps_per_call is None else min(args.steps_per_call, args.steps)
     )
-    dataset = DATASETS[args.data]()
+    dataset = load_dataset(args.data, args.data_range, args.image_size)
     if dataset.labels is None or len(dataset.data_shape) != 3:
         raise UserError(
-            f"--data {args.data} has no class labels; a classifier trains on labelled "
-            "images: digits, digits16, colored-digits, colored-digits16"
+            f"--data {args.data} has no class labels or is not images; a classifier "
+            "trains on labelled images: digits, digits16, colored-digits, "
+            "colored-digits16, or a .npz file with images 'x' and labels 'y'"
         )
     sde = make_sde(args.sde, dataset)
     num_classes = int(jnp.max(dataset.labels)) + 1
@@ -110,8 +111,10 @@ def run(args) -> int:
         },
     )
 
-    # Report: accuracy of the EMA classifier on the test split at t = eps.
-    test = TEST_SPLITS[args.data]()
+    # Report: accuracy of the EMA classifier on the test split at t = eps (your own
+    # data has none: on the training data, and the line says so).
+    split = "test" if args.data in TEST_SPLITS else "training"
+    test = TEST_SPLITS[args.data]() if split == "test" else dataset
     eps = jnp.asarray(sde.default_eps)
     logits = _logits(res.ema_model, eps, test.model_data())
     acc = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == np.asarray(test.labels)))
@@ -119,7 +122,7 @@ def run(args) -> int:
     last = float(res.losses[-min(n, 100) :].mean()) if n else float("nan")
     print(
         f"trained classifier on {args.data} ({args.sde}): {n} steps in "
-        f"{res.wall_time:.1f} s, final loss {last:.4g}, test accuracy at t = eps "
+        f"{res.wall_time:.1f} s, final loss {last:.4g}, {split} accuracy at t = eps "
         f"{acc:.3f}; checkpoint in {out}"
     )
     return 0

@@ -1,5 +1,6 @@
 """Embedded data sets (nothing downloads): 2-D toys, scikit-learn's digits, coloured
-digits; scaling and uniform dequantisation through [`Dataset`][]."""
+digits; your own arrays and image folders ([`load_data`][]); scaling and uniform
+dequantisation through [`Dataset`][]."""
 
 from ._dataset import Dataset as Dataset, dataset_from_array as dataset_from_array
 from ._digits import (
@@ -7,6 +8,7 @@ from ._digits import (
     digits as digits,
     digits_array as digits_array,
 )
+from ._files import DataFileError as DataFileError, load_data as load_data
 from ._toy import (
     checkerboard as checkerboard,
     gaussian_mixture as gaussian_mixture,
