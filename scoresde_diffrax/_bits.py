@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Integer, PRNGKeyArray
 
 from ._brownian import per_sample_keys
 from ._checks import is_concrete
@@ -62,7 +62,7 @@ def _check_levels(num_levels, num_bits) -> int:
 
 def dequantize(
     key: PRNGKeyArray,
-    x: Int[ArrayLike, " batch *shape"] | Float[ArrayLike, " batch *shape"],
+    x: Integer[ArrayLike, " batch *shape"] | Float[ArrayLike, " batch *shape"],
     *,
     num_bits: int | None = None,
     data_range: Sequence[float] = (0.0, 1.0),
@@ -82,7 +82,8 @@ def dequantize(
 
     - `key`: a JAX PRNG key.
     - `x`: integer-valued data in $\{0, \dots, L - 1\}$, shape
-        `(batch, *data_shape)` (an integer dtype, or floats holding integers).
+        `(batch, *data_shape)` (a signed or unsigned integer dtype such as `uint8`,
+        or floats holding integers).
     - `num_bits`: $n$, the bit depth ($L = 2^n$); the alternative to `num_levels`.
         Default 8 when neither is given.
     - `data_range`: $(\ell, h)$ the dequantised data are scaled to, e.g. `(0.0, 1.0)`

@@ -435,3 +435,32 @@ def test_likelihood_command_matches_log_likelihood(ckpts, tmp_path, capsys):
     assert float(line.group(1)) == pytest.approx(bpd.mean(), abs=1e-4)
     assert float(line.group(2)) == pytest.approx(se, abs=1e-4)
     assert "4 examples of digits (test)" in out
+
+
+def test_likelihood_of_your_own_data(ckpts, tmp_path, capsys):
+    """`--data PATH`: all the file's examples (8-bit images: 256 levels), scored as
+    `sd.log_likelihood` scores them; `--split` is for the built-in data sets."""
+    k = np.asarray(jr.randint(jr.key(5), (4, 1, 8, 8), 0, 256), np.uint8)
+    path = tmp_path / "mine.npy"
+    np.save(path, k)
+    argv = ["likelihood", "--checkpoint", ckpts["digits"], "--data", str(path)]
+    code, out, err = run(
+        argv + ["--seed", "1", "--out", str(tmp_path / "ll.npy")], capsys
+    )
+    assert code == 0, err
+    assert "4 examples of" in out and "(all)" in out and "(256 levels)" in out
+    model, meta = sd.load_checkpoint(ckpts["digits"])
+    key_deq, key_probe = jr.split(jr.key(1))
+    y = sd.dequantize(key_deq, k, num_levels=256, data_range=(-1.0, 1.0))
+    ref = sd.log_likelihood(
+        key_probe,
+        sd.sde_from_description(meta["sde"]),
+        sd.nn.loop_friendly(model),
+        y,
+        divergence=sd.Hutchinson(),
+        progress_meter=dfx.TqdmProgressMeter(),
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "ll.npy"), ref.log_prob, rtol=1e-5)
+    capsys.readouterr()  # the reference's progress meter
+    code, _, err = run(argv + ["--split", "test"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--split applies" in err, err

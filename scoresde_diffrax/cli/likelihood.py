@@ -11,7 +11,13 @@ import numpy as np
 
 from .. import bits_per_dim, dequantize, ExactDivergence, Hutchinson, log_likelihood
 from ._args import positive_float, positive_int
-from ._common import DATASETS, load_for_sampling, UserError, writable_dir
+from ._common import (
+    DATASETS,
+    load_dataset,
+    load_for_sampling,
+    UserError,
+    writable_dir,
+)
 from ._conditioning import TEST_SPLITS
 
 
@@ -32,15 +38,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--data",
         default=None,
-        metavar="NAME",
-        help="data set (default: the checkpoint's): " + ", ".join(DATASETS),
+        metavar="NAME|PATH",
+        help="data set (default: the checkpoint's): " + ", ".join(DATASETS) + ", or "
+        "your own .npy/.npz file or folder of images (all its examples; see "
+        "`scoresde train --help`)",
     )
     parser.add_argument(
         "--split",
         choices=("test", "train"),
-        default="test",
-        help="which split (default test; the 2-D toys have only train, their "
-        "8192 generated points)",
+        default=None,
+        help="which split of a built-in data set (default test; the 2-D toys have "
+        "only train, their 8192 generated points)",
     )
     parser.add_argument(
         "--num-examples",
@@ -107,11 +115,17 @@ def parse_divergence(spec: str):
     raise UserError(f"--divergence must be one of {DIVERGENCES}, got {spec!r}")
 
 
-def _examples(name: str, split: str, data_meta: dict):
-    """The examples of `split` of `--data name` (data units)."""
+def _examples(name: str, split: str | None, data_meta: dict):
+    """The examples of `split` of `--data name` (data units), or all those of your
+    own file or folder, and their number of quantisation levels (or None)."""
     if name not in DATASETS:
-        raise UserError(f"--data must be one of {', '.join(DATASETS)}, got {name!r}")
-    if split == "test":
+        if split is not None:
+            raise UserError(
+                f"--split applies to the built-in data sets, not to --data {name} "
+                "(all its examples are scored)"
+            )
+        ds = load_dataset(name)
+    elif split in (None, "test"):
         if name not in TEST_SPLITS:
             raise UserError(
                 f"--data {name} has no test split (a generated toy); pass --split train"
@@ -139,11 +153,13 @@ def run(args) -> int:
     model, sde, data_meta = load_for_sampling(args.checkpoint)
     if not args.eps < sde.T:
         raise UserError(f"--eps must be below the SDE's end time T = {sde.T}")
-    x, levels = _examples(args.data or data_meta["name"], args.split, data_meta)
+    name = args.data or data_meta["name"]
+    x, levels = _examples(name, args.split, data_meta)
+    split = args.split or ("test" if name in DATASETS else "all")
     if args.num_examples is not None:
         if args.num_examples > len(x):
             raise UserError(
-                f"--num-examples must be at most {len(x)} (the {args.split} split), "
+                f"--num-examples must be at most {len(x)} (the {split} examples), "
                 f"got {args.num_examples}"
             )
         x = x[: args.num_examples]
@@ -182,7 +198,7 @@ def run(args) -> int:
     n = len(log_prob)
     se = float(np.std(log_prob, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     line = (
-        f"{n} examples of {args.data or data_meta['name']} ({args.split}): "
+        f"{n} examples of {name} ({split}): "
         f"log-likelihood {log_prob.mean():.4f} +- {se:.4f} nats"
     )
     if levels is not None:
