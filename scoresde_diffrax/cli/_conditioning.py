@@ -11,7 +11,7 @@ from .. import data, Impute, load_checkpoint, nn, sde_from_description
 from .._pictures import image_grid, save_image
 from ._args import positive_int
 from ._common import UserError
-from ._solvers import SOLVERS
+from ._solvers import choose_solver, SOLVERS
 
 
 CLASSIFIER = "NoiseConditionalClassifier"
@@ -209,9 +209,15 @@ def add_inverse_flags(
     parser.add_argument(
         "--solver",
         default="pc",
-        choices=fixed,
         metavar="NAME",
         help="a fixed-step solver (default pc, the paper's): " + ", ".join(fixed),
+    )
+    parser.add_argument(
+        "--method",
+        choices=("sde", "ode"),
+        default=None,
+        help="reverse-time SDE or probability-flow ODE, for a solver that serves "
+        "both (heun)",
     )
     parser.add_argument(
         "--steps",
@@ -223,9 +229,13 @@ def add_inverse_flags(
 
 
 def solve_kwargs(args, sde) -> dict:
-    """`sd.sample` arguments of `--solver` / `--steps` (the solver not yet wrapped)."""
-    entry = SOLVERS[args.solver]
-    return entry.sample_kwargs(sde, args.steps, None)
+    """`sd.sample` arguments of `--solver` / `--method` / `--steps` (the solver not
+    yet wrapped). Sets `args.solver` to the name in the one scheme."""
+    choice = choose_solver(
+        args.solver, args.method, prog=f"scoresde {args.command}", fixed_only=True
+    )
+    args.solver = choice.label
+    return choice.entry.sample_kwargs(sde, args.steps, None, method=choice.method)
 
 
 def impute_solver(kwargs: dict, observation, mask) -> dict:
