@@ -191,7 +191,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
                 "--out",
                 "{d}",
             ],
-            "invalid choice: 'cifar'",
+            "argument --data: must be one of moons",
         ),
         (
             [
