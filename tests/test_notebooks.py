@@ -136,10 +136,26 @@ def _check_controllable_generation(ns: dict, printed: str) -> None:
     assert err < 0.1, (rep.mode_weights, ns["post8"].weights)
 
 
+def _check_train_digits(ns: dict, printed: str) -> None:
+    # Each solver's score evaluations, and FD-digits of the same order as that of as
+    # many real digits (noise or a broken sampler is far above it).
+    rows = _printed(r"^(.+?)\s+(\d+) score evaluations\s+FD-digits\s+(\S+)$", printed)
+    (real,) = _printed(r"^real training digits\s+FD-digits\s+(\S+)$", printed)
+    nfe = {"PC": 200, "Euler": 200, "DPM": 25}
+    assert len(rows) == 3, rows
+    for name, n, fd in rows:
+        assert int(n) == nfe[re.match(r"[A-Za-z]+", name).group()], (name, n)
+        assert 0 < float(fd) < 2 * float(real), (name, fd, real)
+    # Bits/dim near the committed model's 1.87 on the whole test split (4.09 uniform).
+    ((bpd, se),) = _printed(r"^bits/dim on \d+ test digits: (\S+) ± (\S+) ", printed)
+    assert abs(float(bpd) - 1.87) < 0.25 and float(se) < 0.1, (bpd, se)
+
+
 CHECKS = {
     "controllable_generation.ipynb": _check_controllable_generation,
     "quickstart.ipynb": _check_quickstart,
     "samplers_and_likelihoods.ipynb": _check_samplers_and_likelihoods,
+    "train_digits.ipynb": _check_train_digits,
 }
 
 
