@@ -464,3 +464,19 @@ def test_likelihood_of_your_own_data(ckpts, tmp_path, capsys):
     capsys.readouterr()  # the reference's progress meter
     code, _, err = run(argv + ["--split", "test"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--split applies" in err, err
+
+
+def test_sample_progress_bar(ckpts, tmp_path, capsys):
+    base = ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+    base += ["--solver", "euler-maruyama", "--steps", "5"]
+    code, _, err = run(base + ["--out", str(tmp_path / "a.npy"), "--progress"], capsys)
+    assert code == 0 and "100.00%" in err, err
+    code, _, err = run(base + ["--out", str(tmp_path / "b.npy"), "--quiet"], capsys)
+    assert code == 0 and err == ""
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    )
+    code, _, err = run(
+        base + ["--out", str(tmp_path / "c.npy"), "--quiet", "--progress"], capsys
+    )
+    assert code == 2 and "not allowed with argument" in err and err.count("\n") == 1

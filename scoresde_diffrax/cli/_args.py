@@ -317,7 +317,18 @@ def add_solver_flags(parser, *, required: bool, default: str | None = None) -> N
 
 def add_sampling_flags(parser) -> None:
     """Drawing samples from a checkpoint: the checkpoint, how many, the solver and its
-    steps, the seed, the output files, the end time, `--data-parallel`."""
+    steps, the seed, the output files, the end time, `--data-parallel`, the progress
+    bar."""
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress",
+        action="store_true",
+        help="a progress bar of the solve on stderr (the default when stderr is a "
+        "terminal)",
+    )
+    progress.add_argument(
+        "--quiet", action="store_true", help="no progress bar, even on a terminal"
+    )
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -346,8 +357,8 @@ def add_sampling_flags(parser) -> None:
         "--png",
         default=None,
         metavar="FILE.png",
-        help="also write a picture: an image grid (first 64) or a 2-D histogram; "
-        "its directory is created with its parents",
+        help="also write a picture: an image grid (first 64) or a 2-D scatter over "
+        "the training data; its directory is created with its parents",
     )
     parser.add_argument(
         "--eps",

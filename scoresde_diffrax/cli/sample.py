@@ -1,7 +1,9 @@
 """`scoresde sample`: draw samples from a trained checkpoint with a named solver."""
 
 import pathlib
+import sys
 
+import diffrax as dfx
 import jax.numpy as jnp
 import jax.random as jr
 
@@ -89,6 +91,7 @@ def _sample(args, sde, model, shape, mesh, choice, step_kwargs):
             denoise=args.denoise,
             eps=args.eps,
             sharding=mesh,
+            progress_meter=progress_meter(args),
         )
     except MemoryError as e:
         largest = getattr(e, "largest", None)
@@ -101,6 +104,13 @@ def _sample(args, sde, model, shape, mesh, choice, step_kwargs):
         raise UserError(
             f"--num-samples {args.num_samples} does not fit in memory; {fix}"
         ) from e
+
+
+def progress_meter(args) -> dfx.AbstractProgressMeter:
+    """diffrax's tqdm progress bar with `--progress`, or by default when stderr is a
+    terminal; none with `--quiet`."""
+    show = args.progress or (not args.quiet and sys.stderr.isatty())
+    return dfx.TqdmProgressMeter() if show else dfx.NoProgressMeter()
 
 
 def _labels(args, k: int, owner: str):
