@@ -1,5 +1,5 @@
 """The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, and the
-controllable-generation commands `train-classifier`, `inpaint`, `colorize`.
+controllable-generation commands `train-classifier`, `inpaint`, `colorize`, `inverse`.
 
 This package is the one place where names (strings) map to objects: data sets, SDEs,
 models and solvers. Each command is a module with `add_parser(subparsers)` and
@@ -11,8 +11,9 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
 - `_conditioning.py`: what the conditional commands share (classifier checkpoints
     and their pairing, test splits, inpainting masks, side-by-side pictures);
-- `train.py`, `sample.py`, `train_classifier.py`, `inpaint.py`, `colorize.py`: the
-    commands.
+- `train.py`, `sample.py`, `train_classifier.py`, `inpaint.py`, `colorize.py`,
+    `inverse.py` (y = A(x) + noise: super-resolution, blur, mask, random projection;
+    projection or DPS): the commands.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from . import (
     colorize as colorize,
     inpaint as inpaint,
+    inverse as inverse,
     sample as sample,
     train as train,
     train_classifier as train_classifier,
@@ -36,7 +38,7 @@ from ._solvers import (
 
 
 # in the order of `scoresde --help`
-COMMANDS = (train, sample, train_classifier, inpaint, colorize)
+COMMANDS = (train, sample, train_classifier, inpaint, colorize, inverse)
 
 
 def build_parser() -> argparse.ArgumentParser:
