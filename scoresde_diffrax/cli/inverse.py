@@ -142,7 +142,7 @@ def blur_matrix(n: int, sigma: float) -> np.ndarray:
     r = len(kernel) // 2
     mat = np.zeros((n, n))
     for i in range(n):
-        for k, w in zip(range(-r, r + 1), kernel):
+        for k, w in zip(range(-r, r + 1), kernel, strict=True):
             mat[i, _reflect_index(i + k, n)] += w
     return mat
 
@@ -367,7 +367,9 @@ def add_parser(subparsers) -> None:
 def _check_flags(args) -> None:
     """The checks of `inverse`'s flags that need neither checkpoint nor data."""
     if not (0 <= args.noise_std < math.inf):
-        raise UserError(f"--noise-std must be a finite number >= 0, got {args.noise_std}")
+        raise UserError(
+            f"--noise-std must be a finite number >= 0, got {args.noise_std}"
+        )
     if args.method == "projection" and args.step_size is not None:
         raise UserError(
             "--step-size is DPS's zeta; --method projection takes no step size"
