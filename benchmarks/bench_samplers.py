@@ -16,13 +16,11 @@ import json
 import os
 import platform
 import sys
-import time
 
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -33,92 +31,105 @@ def mixture(dim: int) -> sd.GaussianMixture:
     if dim == 2:
         means = jnp.array([[-3.0, 0.0], [3.0, 1.0], [0.0, -3.5]])
         return sd.GaussianMixture(means, jnp.array([0.5, 0.8, 0.6]), [0.2, 0.5, 0.3])
-    km, ks = jr.split(jr.key(1234))
-    means = 3.0 * jr.normal(km, (4, dim))
-    stds = jr.uniform(ks, (4, dim), minval=0.4, maxval=1.0)
-    return sd.GaussianMixture(means, stds, jnp.array([0.1, 0.2, 0.3, 0.4]))
-
-
-def grid(kind, n):
-    return lambda sde: dict(stepsize_controller=dfx.StepTo(sd.time_grid(sde, n, kind)))
-
-
-def steps(n):
-    return lambda sde: dict(num_steps=n)
-
-
-def pid(tol):
-    return lambda sde: dict(stepsize_controller=dfx.PIDController(rtol=tol, atol=tol))
+    return sd.bench.mixture_preset(dim, 4)  # seed 1234, weights 0.1, 0.2, 0.3, 0.4
 
 
 def pid_sde(tol):
-    return lambda sde: dict(
-        stepsize_controller=dfx.PIDController(rtol=tol, atol=tol, dcoeff=0.0),
-        max_steps=16384,
-    )
+    return dfx.PIDController(rtol=tol, atol=tol, dcoeff=0.0)
 
 
 PC = sd.PredictorCorrector(sd.ReverseDiffusion(), sd.Langevin(snr=0.16))
 PC_BATCH = sd.PredictorCorrector(
     sd.ReverseDiffusion(), sd.Langevin(snr=0.16, batch_norm=True)
 )
-SAMPLERS = {
-    # name: (solver, method, [settings])
-    "Euler-Maruyama": (dfx.Euler(), "sde", [steps(n) for n in (50, 200, 1000)]),
-    "ReverseDiffusion": (
-        sd.ReverseDiffusion(),
-        "sde",
-        [steps(n) for n in (50, 200, 1000)],
-    ),
+# name: (solver, method, time grid, score evaluations per step, fixed step counts)
+FIXED = {
+    "Euler-Maruyama": (dfx.Euler(), "sde", "uniform", 1, (50, 200, 1000)),
+    "ReverseDiffusion": (sd.ReverseDiffusion(), "sde", "uniform", 1, (50, 200, 1000)),
     "AncestralSampling": (
         sd.AncestralSampling(),
         "sde",
-        [steps(n) for n in (50, 200, 1000)],
+        "uniform",
+        1,
+        (50, 200, 1000),
     ),
-    "PC RD+Langevin(0.16)": (PC, "sde", [steps(n) for n in (25, 100, 1000)]),
+    "PC RD+Langevin(0.16)": (PC, "sde", "uniform", 2, (25, 100, 1000)),
     "PC RD+Langevin(0.16, batch norm)": (
         PC_BATCH,
         "sde",
-        [steps(n) for n in (25, 100, 1000)],
+        "uniform",
+        2,
+        (25, 100, 1000),
     ),
-    "DDIM (eta=0), logsnr grid": (
-        sd.DDIM(),
-        "ode",
-        [grid("logsnr", n) for n in (10, 25, 50, 100)],
-    ),
+    "DDIM (eta=0), logsnr grid": (sd.DDIM(), "ode", "logsnr", 1, (10, 25, 50, 100)),
     "DPMSolverPP2M, logsnr grid": (
         sd.DPMSolverPP2M(),
         "ode",
-        [grid("logsnr", n) for n in (10, 25, 50, 100)],
+        "logsnr",
+        1,
+        (10, 25, 50, 100),
     ),
-    "EDMHeun, edm grid": (
-        sd.EDMHeun(),
-        "ode",
-        [grid("edm", n) for n in (5, 12, 25, 50)],
-    ),
+    "EDMHeun, edm grid": (sd.EDMHeun(), "ode", "edm", 2, (5, 12, 25, 50)),
     "EDMHeun churn=0.1, edm grid": (
         sd.StochasticEDMHeun(churn=0.1),
         "sde",
-        [grid("edm", n) for n in (12, 25, 50)],
+        "edm",
+        2,
+        (12, 25, 50),
     ),
-    "ShARK adaptive (SDE)": (
-        dfx.ShARK(),
-        "sde",
-        [pid_sde(t) for t in (1e-1, 3e-2, 1e-2)],
-    ),
-    "SRA1 adaptive (SDE)": (dfx.SRA1(), "sde", [pid_sde(t) for t in (1e-1, 3e-2)]),
-    "Tsit5 adaptive (PF ODE)": (dfx.Tsit5(), "ode", [pid(t) for t in (1e-3, 1e-5)]),
 }
+# name: (solver, method, tolerances, controller of a tolerance, max steps)
+ADAPTIVE = {
+    "ShARK adaptive (SDE)": (dfx.ShARK(), "sde", (1e-1, 3e-2, 1e-2), pid_sde, 16384),
+    "SRA1 adaptive (SDE)": (dfx.SRA1(), "sde", (1e-1, 3e-2), pid_sde, 16384),
+    "Tsit5 adaptive (PF ODE)": (
+        dfx.Tsit5(),
+        "ode",
+        (1e-3, 1e-5),
+        lambda t: dfx.PIDController(rtol=t, atol=t),
+        4096,
+    ),
+}
+SAMPLERS = [*FIXED, *ADAPTIVE]
 
 
-def metrics(mix, x, ref, key):
-    rep = sd.metrics.mixture_report(mix, x)
-    true = sd.metrics.mixture_report(mix, ref)
+def runs(one_budget: bool):
+    """(name, [sd.bench.Sampler], NFE budgets) per sampler of the tables above."""
+    for name, (solver, method, grid, per_step, steps) in FIXED.items():
+        if one_budget:
+            steps = [steps[len(steps) // 2]]
+        sampler = sd.bench.Sampler(name, solver, method, grid, per_step)
+        yield name, [sampler], [n * per_step for n in steps]
+    for name, (solver, method, tols, controller, max_steps) in ADAPTIVE.items():
+        if one_budget:
+            tols = [tols[len(tols) // 2]]
+        samplers = [
+            sd.bench.Sampler(
+                name,
+                solver,
+                method,
+                adaptive=True,
+                max_steps=max_steps,
+                stepsize_controller=controller(t),
+            )
+            for t in tols
+        ]
+        yield name, samplers, [1]
+
+
+# The runner's metrics -> this file's columns (errors as absolute values, as before).
+def _columns(metrics: dict) -> dict:
+    (vr, vr_se), (gap, gap_se) = metrics["variance_ratio"], metrics["log_prob_gap"]
+    (w, w_se), (sw, sw_se) = metrics["weight_error"], metrics["sliced_w2"]
     return dict(
-        variance_ratio_err=abs(rep.variance_ratio - 1),
-        logp_gap=abs(rep.mean_log_prob - true.mean_log_prob),
-        weight_err=float(np.max(np.abs(rep.mode_weights - np.asarray(mix.weights)))),
-        sw2=float(sd.metrics.sliced_wasserstein(key, x, ref)),
+        variance_ratio_err=abs(vr - 1),
+        logp_gap=abs(gap),
+        weight_err=w,
+        sw2=sw,
+        variance_ratio_se=vr_se,
+        logp_gap_se=gap_se,
+        weight_err_se=w_se,
+        sw2_se=sw_se,
     )
 
 
@@ -144,49 +155,34 @@ def main():
     rows = []
     for dim in dims:
         mix = mixture(dim)
-        ref = mix.sample(jr.key(100), n)  # the reference "truth" sample
-        floor = metrics(mix, mix.sample(jr.key(101), n), ref, jr.key(5))
         for sname, sde in sdes.items():
-            score = mix.score(sde)
-            for name, (solver, method, settings) in SAMPLERS.items():
-                if args.one_budget:
-                    settings = [settings[len(settings) // 2]]
-                for make in settings:
-                    kw = make(sde)
-                    times = []
-                    for _ in range(2):  # the first call compiles
-                        t = time.perf_counter()
-                        out = sd.sample(
-                            jr.key(7),
-                            sde,
-                            score,
-                            (n, dim),
-                            solver=solver,
-                            method=method,
-                            **kw,
-                        )
-                        out.samples.block_until_ready()
-                        times.append(time.perf_counter() - t)
-                    t_first, wall = times
-                    m = metrics(mix, out.samples, ref, jr.key(5))
+            problem = sd.bench.MixtureProblem(mix, sde, f"{dim}-D {sname}")
+            for _, samplers, budgets in runs(args.one_budget):
+                # One key for every call: the same reference, floor and projections.
+                records = sd.bench.run(
+                    jr.key(7), [problem], samplers, budgets, num_samples=n
+                )
+                for r in records:
+                    m, floor = _columns(r.metrics), _columns(r.floor)
                     row = dict(
                         dim=dim,
                         sde=sname,
-                        sampler=name,
-                        nfe=int(out.stats["num_score_evals"]),
-                        steps=int(out.stats["num_steps"]),
-                        wall_s=wall,
-                        compile_and_run_s=t_first,
+                        sampler=r.sampler,
+                        nfe=r.nfe,
+                        steps=r.steps,
+                        wall_s=r.run_s,
+                        compile_and_run_s=r.compile_s + r.run_s,
                         **m,
                         **{"floor_" + k: v for k, v in floor.items()},
                     )
                     rows.append(row)
                     print(
-                        f"{dim:3d}D {sname:5s} {name:34s} nfe={row['nfe']:5d} "
-                        f"|vr-1|={m['variance_ratio_err']:.3f} ({floor['variance_ratio_err']:.3f}) "
+                        f"{dim:3d}D {sname:5s} {r.sampler:34s} nfe={r.nfe:5d} "
+                        f"|vr-1|={m['variance_ratio_err']:.3f} "
+                        f"({floor['variance_ratio_err']:.3f}) "
                         f"logp={m['logp_gap']:.3f} ({floor['logp_gap']:.3f}) "
                         f"w={m['weight_err']:.3f} ({floor['weight_err']:.3f}) "
-                        f"sw2={m['sw2']:.4f} ({floor['sw2']:.4f}) t={wall:.2f}s",
+                        f"sw2={m['sw2']:.4f} ({floor['sw2']:.4f}) t={r.run_s:.2f}s",
                         flush=True,
                     )
     out = dict(
@@ -200,7 +196,8 @@ def main():
             num_samples=n,
             note="2 CPU cores shared with other jobs: wall times are noisy; compare "
             "within one run. Floors are true samples of the same size vs the same "
-            "reference sample.",
+            "reference sample. Run by sd.bench.run; *_se are standard errors (sw2's "
+            "over its random projections).",
         ),
         rows=rows,
     )

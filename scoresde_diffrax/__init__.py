@@ -3,7 +3,12 @@
 The public API. Everything here is a stable name; private modules may change.
 """
 
-from . import data as data, metrics as metrics, nn as nn
+from . import (
+    bench as bench,
+    data as data,
+    metrics as metrics,
+    nn as nn,
+)
 from ._bits import bits_per_dim as bits_per_dim, dequantize as dequantize
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
 from ._checkpoint import (
@@ -18,6 +23,7 @@ from ._divergence import (
     ExactDivergence as ExactDivergence,
     Hutchinson as Hutchinson,
 )
+from ._errors import SolveError as SolveError
 from ._exact import (
     FullCovarianceMixture as FullCovarianceMixture,
     GaussianMixture as GaussianMixture,

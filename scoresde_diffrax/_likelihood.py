@@ -9,6 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 from ._brownian import per_sample_keys
 from ._checks import check_batch, check_eps, check_fits_score, check_ode_solve_args
 from ._divergence import AbstractDivergence, Hutchinson
+from ._errors import solve_error
 from ._plan import plan_solve, solve_batch, SolvePlan
 from ._sde import AbstractSDE
 from ._sharding import (
@@ -100,6 +101,7 @@ def log_likelihood(
     max_steps: int = 4096,
     throw: bool = True,
     sharding: jax.sharding.Mesh | jax.sharding.NamedSharding | None = None,
+    progress_meter: dfx.AbstractProgressMeter | None = None,
 ) -> LikelihoodResult:
     r"""The log-density $\log p_\epsilon(x)$ of the model, through the probability-flow
     ODE, in one jit-compiled `diffrax.diffeqsolve`.
@@ -161,7 +163,8 @@ def log_likelihood(
         the prior mismatch $\log p_T - \log \pi$.
     - `max_steps`: maximum number of steps (an int >= 1) of a solve that is not a
         fixed grid.
-    - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite results always
+    - `throw`: raise if the solve fails (diffrax's `throw`), as a
+        [`SolveError`][] whose message says what to change. Non-finite results always
         raise. With `throw=False` a failed solve (e.g. `max_steps` reached because the
         score is NaN somewhere and every step is rejected) returns the finite values
         it reached, with `result != diffrax.RESULTS.successful`: check `result`.
@@ -172,6 +175,8 @@ def log_likelihood(
         is a maximum over the batch, so the results are those of one device up to
         float32 round-off (the latents bitwise with fixed steps); the outputs come
         back sharded over the batch.
+    - `progress_meter`: a diffrax progress meter (e.g. `diffrax.TqdmProgressMeter()`)
+        for the batched solve (`per_example=False`); default none.
 
     **Returns:** a [`LikelihoodResult`][] with `.log_prob` (nats, shape `(batch,)`),
     `.latent` (shape of `x`) and `.stats` (`num_steps`, `num_score_evals`).
@@ -179,8 +184,9 @@ def log_likelihood(
     **Raises:** `ValueError` naming the argument for an `x` that does not fit the
     score or is not finite, `rtol`/`atol <= 0`, a bad `eps` or `num_steps`, an SDE
     solver, or a batch that does not divide over `sharding`; `TypeError` for a
-    `sharding` that is neither a `Mesh` nor a `NamedSharding`; a run-time error if the
-    solve produces NaN or inf.
+    `sharding` that is neither a `Mesh` nor a `NamedSharding`; a [`SolveError`][]
+    (a `RuntimeError`) if the solve reaches `max_steps`, gives up, or produces NaN or
+    inf.
 
     **Example:**
 
@@ -240,12 +246,23 @@ def log_likelihood(
         prior_log_prob=prior_log_prob,
         throw=bool(throw),
         sharding=batch_sh,
+        progress_meter=dfx.NoProgressMeter()
+        if progress_meter is None
+        else progress_meter,
     )
-    latent, log_prob, prior_lp, stats, result = _solve(problem, key, x)
+    try:
+        latent, log_prob, prior_lp, stats, result = _solve(problem, key, x)
+        if batch_sh is not None:
+            raise_if_failed((latent, log_prob), result, throw=throw, msg=_NOT_FINITE)
+    except RuntimeError as e:
+        err = solve_error(
+            "log_likelihood", e, max_steps=plan.max_steps, not_finite=_NOT_FINITE
+        )
+        if err is None:
+            raise
+        raise err from e
 
     # Report
-    if batch_sh is not None:
-        raise_if_failed((latent, log_prob), result, throw=throw, msg=_NOT_FINITE)
     stats = dict(stats, num_score_evals=plan.num_score_evals(stats["num_steps"]))
     return LikelihoodResult(
         log_prob=log_prob,
@@ -268,6 +285,7 @@ class _Likelihood(eqx.Module):
     per_example: bool = eqx.field(static=True)
     prior_log_prob: Callable
     throw: bool = eqx.field(static=True)
+    progress_meter: dfx.AbstractProgressMeter
     sharding: jax.sharding.NamedSharding | None = eqx.field(static=True)
 
 
@@ -293,6 +311,7 @@ def _solve(p: _Likelihood, key: PRNGKeyArray, x: Array):
         plan=p.plan,
         adjoint=p.adjoint,
         throw=p.throw and p.sharding is None,  # sharded: raise_if_failed
+        progress_meter=p.progress_meter,
     )
 
     # Finish up

@@ -245,6 +245,7 @@ def solve_batch(
     plan: SolvePlan,
     adjoint: dfx.AbstractAdjoint,
     throw: bool,
+    progress_meter: dfx.AbstractProgressMeter | None = None,
 ):
     """Solve `plan`'s interval to its end with the whole batch as one state, or
     (`per_example`) as a vmap of solves of one example each. Each per-example solve
@@ -262,6 +263,8 @@ def solve_batch(
         throw=throw,
     )
     if not per_example:
+        if progress_meter is not None:
+            kw["progress_meter"] = progress_meter
         return _solve_to_end(terms, y0, args, **kw)
 
     def one(y, a):

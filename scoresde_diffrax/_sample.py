@@ -25,6 +25,7 @@ from ._conditioning import (
     example,
     has_per_example,
 )
+from ._errors import solve_error
 from ._memory import (
     compiled_bytes,
     gib,
@@ -155,8 +156,9 @@ def sample(
         fixed grid (fixed solves take exactly their grid's steps).
     - `progress_meter`: a diffrax progress meter (e.g. `diffrax.TqdmProgressMeter()`);
         default none. A progress meter reports to the host during the solve.
-    - `throw`: raise if the solve fails (diffrax's `throw`). Non-finite samples always
-        raise. With `throw=False` a failed solve (e.g. an adaptive solve whose steps
+    - `throw`: raise if the solve fails (diffrax's `throw`), as a [`SolveError`][]
+        whose message says what to change (e.g. `max_steps` reached: raise it or
+        loosen the controller's `rtol`). Non-finite samples always raise. With `throw=False` a failed solve (e.g. an adaptive solve whose steps
         are all rejected because the score is NaN somewhere, until `max_steps`) returns
         the finite state it reached, with `result != diffrax.RESULTS.successful`:
         check `result`.
@@ -257,6 +259,8 @@ def sample(
     )
     try:
         samples, ts, trajectory, result, stats = _solve(problem, key)
+        if batch_sh is not None:
+            raise_if_failed(samples, result, throw=throw, msg=_NOT_FINITE)
     except jax.errors.JaxRuntimeError as e:
         if not is_out_of_memory(e):
             raise
@@ -264,10 +268,13 @@ def sample(
         err = MemoryError(msg)
         err.largest = largest  # the largest number of samples that fits, or None
         raise err from e
+    except RuntimeError as e:
+        err = solve_error("sample", e, max_steps=plan.max_steps, not_finite=_NOT_FINITE)
+        if err is None:
+            raise
+        raise err from e
 
     # Report
-    if batch_sh is not None:
-        raise_if_failed(samples, result, throw=throw, msg=_NOT_FINITE)
     nfe = plan.num_score_evals(stats["num_steps"])
     if denoise and plan.first_evals >= 0:
         nfe = nfe + 1

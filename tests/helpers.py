@@ -265,3 +265,22 @@ def restart_grid(sde, n_before: int, t_min: float, n_after: int):
     before = sd.time_grid(sde, n_before, "logsnr", eps=t_min)
     after = sd.time_grid(sde, n_after, "logsnr", start=t_min)
     return jnp.concatenate([before, after[1:]])
+
+
+def inverse_mixture() -> sd.GaussianMixture:
+    """The 8-D mixture of the inverse-problem tests (and `benchmarks/bench_inverse.py`):
+    components 0 and 1 overlap on coordinates 0-3 and are far apart on 4-7;
+    component 2 is far on 0-3. Weights 0.3 / 0.3 / 0.4."""
+    means = [
+        [-0.6, -0.6, 0.6, 0.6, 3.0, 3.0, -3.0, 0.0],
+        [0.6, 0.6, -0.6, -0.6, -3.0, 3.0, 3.0, 0.0],
+        [3.0, -3.0, 3.0, 3.0, 0.0, -3.0, 0.0, 3.0],
+    ]
+    stds = [
+        [0.8, 0.9, 1.0, 0.7, 0.6, 0.8, 0.7, 0.9],
+        [1.0, 0.7, 0.8, 0.9, 0.9, 0.6, 0.8, 0.7],
+        [0.9, 0.8, 0.7, 1.0, 0.7, 0.9, 0.6, 0.8],
+    ]
+    return sd.GaussianMixture(
+        jnp.array(means), jnp.array(stds), jnp.array([0.3, 0.3, 0.4])
+    )

@@ -127,7 +127,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
             "--num-samples",
             "8",
             "--solver",
-            "ode-tsit5",
+            "tsit5",
             "--out",
             str(tmp_path / "o.npy"),
         ],
@@ -191,7 +191,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
                 "--out",
                 "{d}",
             ],
-            "invalid choice: 'cifar'",
+            "argument --data: must be one of moons",
         ),
         (
             [
@@ -269,7 +269,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
                 "--out",
                 "{d}/x.npy",
             ],
-            "invalid choice: 'rk99'",
+            "--solver: unknown solver 'rk99'; choose from euler-maruyama",
         ),
         (
             [
@@ -425,20 +425,25 @@ def _paper_pc():
 # tolerance, or a `sd.time_grid` kind).
 EXPECTED = {
     "euler-maruyama": (dfx.Euler, "sde", "uniform"),
-    "euler-heun-sde": (dfx.EulerHeun, "sde", "uniform"),
-    "heun-sde": (dfx.Heun, "sde", "uniform"),
-    "shark-adaptive": (dfx.ShARK, "sde", 1e-2),
-    "sra1-adaptive": (dfx.SRA1, "sde", 1e-2),
-    "ode-euler": (dfx.Euler, "ode", "uniform"),
-    "heun-ode": (dfx.Heun, "ode", "uniform"),
-    "midpoint-ode": (dfx.Midpoint, "ode", "uniform"),
-    "ode-tsit5": (dfx.Tsit5, "ode", 1e-5),
-    "dopri5-ode": (dfx.Dopri5, "ode", 1e-5),
+    "euler-heun": (dfx.EulerHeun, "sde", "uniform"),
+    "heun --method sde": (dfx.Heun, "sde", "uniform"),
+    "shark": (dfx.ShARK, "sde", 1e-2),
+    "sra1": (dfx.SRA1, "sde", 1e-2),
+    "euler": (dfx.Euler, "ode", "uniform"),
+    "heun": (dfx.Heun, "ode", "uniform"),
+    "midpoint": (dfx.Midpoint, "ode", "uniform"),
+    "tsit5": (dfx.Tsit5, "ode", 1e-5),
+    "dopri5": (dfx.Dopri5, "ode", 1e-5),
     "pc": (_paper_pc, "sde", "uniform"),
     "reverse-diffusion": (sd.ReverseDiffusion, "sde", "uniform"),
     "ancestral": (sd.AncestralSampling, "sde", "uniform"),
+    "sde-dpm-solver++2m": (lambda: sd.StochasticDPMSolverPP(2), "sde", "logsnr"),
+    "edm-heun-churn": (sd.StochasticEDMHeun, "sde", "edm"),
     "ddim": (sd.DDIM, "ode", "uniform"),
     "dpm-solver++2m": (sd.DPMSolverPP2M, "ode", "logsnr"),
+    "dpm-solver++3m": (sd.DPMSolverPP3M, "ode", "logsnr"),
+    "unipc": (sd.UniPC, "ode", "logsnr"),
+    "deis": (sd.DEIS, "ode", "logsnr"),
     "edm-heun": (sd.EDMHeun, "ode", "edm"),
 }
 
@@ -456,9 +461,17 @@ def _sample_kwargs(name, sde, eps=None) -> dict:
     return kwargs | dict(stepsize_controller=dfx.StepTo(ts))
 
 
-ODE_SECOND_ORDER = ("heun-ode", "midpoint-ode", "dpm-solver++2m", "edm-heun")
-ODE_FIRST_ORDER = ("ode-euler", "ddim")
-ODE_ADAPTIVE = ("ode-tsit5", "dopri5-ode")
+ODE_SECOND_ORDER = (
+    "heun",
+    "midpoint",
+    "dpm-solver++2m",
+    "dpm-solver++3m",
+    "unipc",
+    "deis",
+    "edm-heun",
+)
+ODE_FIRST_ORDER = ("euler", "ddim")
+ODE_ADAPTIVE = ("tsit5", "dopri5")
 
 
 def _cli(argv) -> str:
@@ -497,12 +510,13 @@ def cli_samples(tiny_checkpoint, tmp_path_factory):
     """Every `--solver`, once, from `tiny_checkpoint`: name -> (samples, stdout)."""
     d = tmp_path_factory.mktemp("samples")
     runs = {}
-    for name in sorted(cli.SOLVERS):
-        npy = d / f"{name}.npy"
-        steps = MAX_STEPS if isinstance(EXPECTED[name][2], float) else STEPS
+    for name in sorted(EXPECTED):
+        npy = d / f"{name.split()[0]}-{EXPECTED[name][1]}.npy"
+        adaptive = isinstance(EXPECTED[name][2], float)
+        steps = ["--max-steps", str(MAX_STEPS)] if adaptive else ["--steps", str(STEPS)]
         stdout = _cli(
             ["sample", "--checkpoint", str(tiny_checkpoint), "--num-samples", "8"]
-            + ["--solver", name, "--steps", str(steps), "--seed", "3"]
+            + ["--solver", *name.split(), *steps, "--seed", "3"]
             + ["--out", str(npy)]
         )
         runs[name] = np.load(npy), stdout
@@ -510,10 +524,15 @@ def cli_samples(tiny_checkpoint, tmp_path_factory):
 
 
 def test_cli_solvers_are_the_expected_ones():
-    assert set(cli.SOLVERS) == set(EXPECTED)
+    labels = {
+        name if m == e.method else f"{name} --method {m}"
+        for name, e in cli.SOLVERS.items()
+        for m in e.all_methods
+    }
+    assert labels == set(EXPECTED)
 
 
-@pytest.mark.parametrize("name", sorted(cli.SOLVERS))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_cli_solver_is_the_sd_sample_call(tiny_checkpoint, cli_samples, name):
     """`scoresde sample --solver name` writes what the equivalent `sd.sample` call
     returns (the same compiled program: bitwise), and reports its steps."""
@@ -525,15 +544,18 @@ def test_cli_solver_is_the_sd_sample_call(tiny_checkpoint, cli_samples, name):
     np.testing.assert_array_equal(x, ref)
     nfe = int(stats["num_score_evals"])
     assert f"({name}, {int(stats['num_steps'])} steps, {nfe} score" in stdout
+    entry = cli.SOLVERS[name.split()[0]]  # what `scoresde solvers` says
+    per_step = entry.evals_per_step * int(stats["num_steps"])
+    assert nfe == per_step + (1 if entry.adaptive and EXPECTED[name][1] == "ode" else 0)
 
 
 def test_cli_ode_solvers_agree_at_many_steps(cli_samples):
     """The probability-flow ODE solvers of the CLI solve one ODE: at 1000 steps the
     fixed-step ones agree with each other (and the adaptive ones with them) to their
-    order's error. Measured against heun-ode (samples of size ~2.4; seeds 0 and 3):
+    order's error. Measured against heun (samples of size ~2.4; seeds 0 and 3):
     second order <= 4.6e-5, first order <= 1.5e-3, tsit5 <= 1.8e-3, dopri5 <= 9.2e-3;
     an SDE solver (euler-maruyama) >= 3.8."""
-    ref = cli_samples["heun-ode"][0]
+    ref = cli_samples["heun"][0]
 
     def diff(name):
         return float(np.max(np.abs(cli_samples[name][0] - ref)))

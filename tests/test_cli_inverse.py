@@ -270,6 +270,17 @@ def test_measure_adds_the_noise():
     np.testing.assert_array_equal(y, inverse.measure(op, x, 0.5, seed=0))
 
 
+def test_help_lists_each_operator(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["inverse", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in (*inverse.OPERATORS, "left-half", "centre-square", "random-pixels:P"):
+        assert name in text, name
+    for flag in ("--method", "--solver-method", "--noise-std", "--step-size"):
+        assert flag in text, flag
+
+
 # --------------------------------------------------------------------------- bad input
 
 

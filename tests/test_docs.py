@@ -21,6 +21,18 @@ def _public(module, prefix):
     }
 
 
+def _bench_public():
+    """`sd.bench`'s own names (not those it imports)."""
+    return {
+        name
+        for name in _public(sd.bench, "scoresde_diffrax.bench")
+        if getattr(
+            getattr(sd.bench, name.rsplit(".", 1)[1]), "__module__", sd.bench.__name__
+        )
+        in (sd.bench.__name__, "builtins")
+    }
+
+
 def test_every_public_name_is_documented():
     pages = "\n".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.md"))
     documented = {
@@ -33,6 +45,7 @@ def test_every_public_name_is_documented():
         | _public(sd.nn, "scoresde_diffrax.nn")
         | _public(sd.data, "scoresde_diffrax.data")
         | _public(sd.metrics, "scoresde_diffrax.metrics")
+        | _bench_public()
     )
     assert public - documented == set(), "add these to docs/api/*.md"
     assert documented - public == set(), "these are documented but not public"

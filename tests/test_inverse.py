@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import inverse_mixture
 
 import scoresde_diffrax as sd
 
@@ -16,16 +17,6 @@ import scoresde_diffrax as sd
 # coordinates 4-7; on the observed 0-3, components 0 and 1 overlap around the
 # observation and component 2 is far. Exact posterior weights 0.473 / 0.527 / 0
 # (prior 0.3 / 0.3 / 0.4).
-MEANS = [
-    [-0.6, -0.6, 0.6, 0.6, 3.0, 3.0, -3.0, 0.0],
-    [0.6, 0.6, -0.6, -0.6, -3.0, 3.0, 3.0, 0.0],
-    [3.0, -3.0, 3.0, 3.0, 0.0, -3.0, 0.0, 3.0],
-]
-STDS = [
-    [0.8, 0.9, 1.0, 0.7, 0.6, 0.8, 0.7, 0.9],
-    [1.0, 0.7, 0.8, 0.9, 0.9, 0.6, 0.8, 0.7],
-    [0.9, 0.8, 0.7, 1.0, 0.7, 0.9, 0.6, 0.8],
-]
 MASK = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
 X_OBS = jnp.array([0.3, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0])
 N = 1500
@@ -33,9 +24,7 @@ SDES = {"vp": sd.VPSDE(), "ve": sd.VESDE(sigma_min=0.01, sigma_max=20.0)}
 
 
 def _problem():
-    mix = sd.GaussianMixture(
-        jnp.array(MEANS), jnp.array(STDS), jnp.array([0.3, 0.3, 0.4])
-    )
+    mix = inverse_mixture()
     return mix, mix.condition_on_coordinates(MASK, X_OBS)
 
 

@@ -9,22 +9,11 @@ import jax.random as jr
 import lineax as lx
 import numpy as np
 import pytest
+from helpers import inverse_mixture
 
 import scoresde_diffrax as sd
 
 
-# The 8-D mixture of tests/test_inverse.py: components 0 and 1 overlap on
-# coordinates 0-3 and are far apart on 4-7; component 2 is far on 0-3.
-MEANS = [
-    [-0.6, -0.6, 0.6, 0.6, 3.0, 3.0, -3.0, 0.0],
-    [0.6, 0.6, -0.6, -0.6, -3.0, 3.0, 3.0, 0.0],
-    [3.0, -3.0, 3.0, 3.0, 0.0, -3.0, 0.0, 3.0],
-]
-STDS = [
-    [0.8, 0.9, 1.0, 0.7, 0.6, 0.8, 0.7, 0.9],
-    [1.0, 0.7, 0.8, 0.9, 0.9, 0.6, 0.8, 0.7],
-    [0.9, 0.8, 0.7, 1.0, 0.7, 0.9, 0.6, 0.8],
-]
 N = 1500
 STEPS = 200
 SDES = {"vp": sd.VPSDE(), "ve": sd.VESDE(sigma_min=0.01, sigma_max=20.0)}
@@ -32,9 +21,7 @@ SIGMA_Y_DPS = 0.1
 
 
 def _mixture():
-    return sd.GaussianMixture(
-        jnp.array(MEANS), jnp.array(STDS), jnp.array([0.3, 0.3, 0.4])
-    )
+    return inverse_mixture()
 
 
 def _operator():
@@ -52,7 +39,7 @@ def _operator():
         )
         / 2
     )
-    mu = np.asarray(MEANS)
+    mu = np.asarray(inverse_mixture().means)
     y = A @ (0.55 * mu[0] + 0.45 * mu[1])
     return A.astype(np.float32), y.astype(np.float32)
 

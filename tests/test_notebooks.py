@@ -136,10 +136,48 @@ def _check_controllable_generation(ns: dict, printed: str) -> None:
     assert err < 0.1, (rep.mode_weights, ns["post8"].weights)
 
 
+def _check_train_digits(ns: dict, printed: str) -> None:
+    # Each solver's score evaluations, and FD-digits of the same order as that of as
+    # many real digits (noise or a broken sampler is far above it).
+    rows = _printed(r"^(.+?)\s+(\d+) score evaluations\s+FD-digits\s+(\S+)$", printed)
+    (real,) = _printed(r"^real training digits\s+FD-digits\s+(\S+)$", printed)
+    nfe = {"PC": 200, "Euler": 200, "DPM": 25}
+    assert len(rows) == 3, rows
+    for name, n, fd in rows:
+        assert int(n) == nfe[re.match(r"[A-Za-z]+", name).group()], (name, n)
+        assert 0 < float(fd) < 2 * float(real), (name, fd, real)
+    # Bits/dim near the committed model's 1.87 on the whole test split (4.09 uniform).
+    ((bpd, se),) = _printed(r"^bits/dim on \d+ test digits: (\S+) ± (\S+) ", printed)
+    assert abs(float(bpd) - 1.87) < 0.25 and float(se) < 0.1, (bpd, se)
+
+
+def _check_bring_your_own_model(ns: dict, printed: str) -> None:
+    # The plain-JAX model learned something, and every solve spent its budget.
+    assert float(ns["losses"][-100:].mean()) < 0.8 * float(ns["losses"][:100].mean())
+    records = ns["records"]
+    assert len(records) == 2 * 3 * 2
+    for r in records:
+        assert r.nfe == r.nfe_budget, r
+    # At 50 evaluations with the exact score the ODE solvers reproduce the mixture
+    # (variance ratio within 4 standard errors), and the trained model's samples are
+    # within twice the floor's sliced W2 to held-out data.
+    for r in records:
+        if r.nfe_budget != 50:
+            continue
+        if r.problem == "exact score" and r.sampler != "euler-maruyama":
+            ratio, se = r.metrics["variance_ratio"]
+            assert abs(ratio - 1) < 4 * se + 0.02, r
+        if r.problem == "my model":
+            assert r.metrics["sliced_w2"][0] < 2 * r.floor["sliced_w2"][0], r
+    assert "| sampler | NFE | sliced_w2 |" in printed
+
+
 CHECKS = {
+    "bring_your_own_model.ipynb": _check_bring_your_own_model,
     "controllable_generation.ipynb": _check_controllable_generation,
     "quickstart.ipynb": _check_quickstart,
     "samplers_and_likelihoods.ipynb": _check_samplers_and_likelihoods,
+    "train_digits.ipynb": _check_train_digits,
 }
 
 

@@ -1,4 +1,5 @@
-"""The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, and the
+"""The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, `scoresde
+likelihood ...`, `scoresde bench ...`, `scoresde solvers`, and the
 controllable-generation commands `train-classifier`, `inpaint`, `colorize`, `inverse`.
 
 This package is the one place where names (strings) map to objects: data sets, SDEs,
@@ -11,20 +12,24 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
 - `_conditioning.py`: what the conditional commands share (classifier checkpoints
     and their pairing, test splits, inpainting masks, side-by-side pictures);
-- `train.py`, `sample.py`, `train_classifier.py`, `inpaint.py`, `colorize.py`,
-    `inverse.py` (y = A(x) + noise: super-resolution, blur, mask, random projection;
-    projection or DPS): the commands.
+- `train.py`, `sample.py`, `likelihood.py`, `bench.py`, `train_classifier.py`,
+    `inpaint.py`, `colorize.py`, `inverse.py` (y = A(x) + noise: super-resolution,
+    blur, mask, random projection; projection or DPS), `solvers.py`: the commands.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
 
+from .._errors import SolveError
 from . import (
+    bench as bench,
     colorize as colorize,
     inpaint as inpaint,
     inverse as inverse,
+    likelihood as likelihood,
     sample as sample,
+    solvers as solvers,
     train as train,
     train_classifier as train_classifier,
 )
@@ -38,14 +43,25 @@ from ._solvers import (
 
 
 # in the order of `scoresde --help`
-COMMANDS = (train, sample, train_classifier, inpaint, colorize, inverse)
+COMMANDS = (
+    train,
+    sample,
+    likelihood,
+    bench,
+    train_classifier,
+    inpaint,
+    colorize,
+    inverse,
+    solvers,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="scoresde",
         description="Score-based generative modelling with SDEs: train a score model on "
-        "embedded data, then sample from it.",
+        "embedded data, sample from it, score data (likelihood), compare solvers "
+        "(bench).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
@@ -67,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except UserError as e:
         prog, msg = e.prog or prog, str(e)
+    except SolveError as e:
+        msg = solve_failure(e)
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
         msg = str(e)
     except KeyboardInterrupt:
@@ -75,6 +93,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     msg = " ".join(msg.split())  # one line
     print(f"{prog}: error: {msg}", file=sys.stderr)
     return 2
+
+
+# A failed solve, in terms of the flags that fix it.
+_FIXES = {
+    "max_steps": "raise --max-steps, or loosen --rtol/--atol",
+    "non_finite": "use more --steps or another --solver (tighter --rtol/--atol for "
+    "an adaptive one), and check the checkpoint",
+    "diverged": "tighten --rtol/--atol or use another --solver",
+}
+
+
+def solve_failure(error: SolveError) -> str:
+    """The one-line message of a failed solve: what happened (the library's words),
+    then the flags to change."""
+    what = error.what.replace(
+        f"max_steps={error.max_steps}", f"--max-steps {error.max_steps}"
+    )
+    return f"{what}; {_FIXES[error.kind]}"
 
 
 def console_main() -> None:  # pragma: no cover - the console-script entry point

@@ -4,15 +4,30 @@ flags several commands share, each group added by one function."""
 import argparse
 import math
 import pathlib
+import textwrap
 from collections.abc import Callable
 
 from ._common import DATASETS, MODELS, SDES, UserError
-from ._solvers import SOLVERS
+from ._solvers import DEFAULT_MAX_STEPS, DEFAULT_STEPS, SOLVERS
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help text wrapped at spaces only: a name like `euler-maruyama` or
+    `dpm-solver++2m` stays on one line (argparse breaks on hyphens by default)."""
+
+    def _split_lines(self, text, width):
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False)
 
 
 class Parser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors are one `UserError` line, no usage dump,
-    prefixed like every other error of the command (`scoresde train: error: ...`)."""
+    prefixed like every other error of the command (`scoresde train: error: ...`);
+    its help never splits a hyphenated name."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UserError(message, prog=self.prog)
@@ -251,6 +266,55 @@ def add_distributed_flags(parser) -> None:
 # --------------------------------------------------------------------------- sampling
 
 
+def add_solver_flags(parser, *, required: bool, default: str | None = None) -> None:
+    """`--solver NAME`, `--method`, `--steps` (fixed-step solvers), `--max-steps`,
+    `--rtol`, `--atol` (adaptive ones); checked by `_solvers.choose_solver` and
+    `check_step_flags`."""
+    parser.add_argument(
+        "--solver",
+        required=required,
+        default=default,
+        metavar="NAME",
+        help="the solver (`scoresde solvers` prints the table): "
+        + ", ".join(SOLVERS)
+        + (f" (default {default})" if default else ""),
+    )
+    parser.add_argument(
+        "--method",
+        choices=("sde", "ode"),
+        default=None,
+        help="reverse-time SDE or probability-flow ODE, for a solver that serves "
+        "both (heun; default ode)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help=f"fixed steps of a fixed-step solver (default {DEFAULT_STEPS})",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help="most steps an adaptive solver may take before giving up (default "
+        f"{DEFAULT_MAX_STEPS})",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=positive_float,
+        default=None,
+        help="relative tolerance of an adaptive solver (default: the solver's)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=positive_float,
+        default=None,
+        help="absolute tolerance of an adaptive solver (default: the solver's)",
+    )
+
+
 def add_sampling_flags(parser) -> None:
     """Drawing samples from a checkpoint: the checkpoint, how many, the solver and its
     steps, the seed, the output files, the end time, `--data-parallel`."""
@@ -267,20 +331,7 @@ def add_sampling_flags(parser) -> None:
         metavar="N",
         help="number of samples",
     )
-    parser.add_argument(
-        "--solver",
-        required=True,
-        choices=list(SOLVERS),
-        metavar="NAME",
-        help="; ".join(f"{k}: {v.help}" for k, v in SOLVERS.items()),
-    )
-    parser.add_argument(
-        "--steps",
-        type=positive_int,
-        default=1000,
-        metavar="K",
-        help="fixed steps, or the maximum for adaptive solvers (default 1000)",
-    )
+    add_solver_flags(parser, required=True)
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"
     )

@@ -11,7 +11,7 @@ from .. import data, Impute, load_checkpoint, nn, sde_from_description
 from .._pictures import image_grid, save_image
 from ._args import positive_int
 from ._common import UserError
-from ._solvers import SOLVERS
+from ._solvers import choose_solver, SOLVERS
 
 
 CLASSIFIER = "NoiseConditionalClassifier"
@@ -174,9 +174,13 @@ def load_observations(path: str, data_meta: dict) -> np.ndarray:
 
 
 def add_inverse_flags(
-    parser: argparse.ArgumentParser, default_steps: int = 500
+    parser: argparse.ArgumentParser,
+    default_steps: int = 500,
+    method_flag: str = "--method",
 ) -> None:
-    """The flags `inpaint` and `colorize` share."""
+    """The flags `inpaint`, `colorize` and `inverse` share; the solver's SDE/ODE
+    choice is `method_flag` (`inverse` names it `--solver-method`: its `--method` is
+    the inverse-problem method), read into `args.solver_method`."""
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -209,9 +213,16 @@ def add_inverse_flags(
     parser.add_argument(
         "--solver",
         default="pc",
-        choices=fixed,
         metavar="NAME",
         help="a fixed-step solver (default pc, the paper's): " + ", ".join(fixed),
+    )
+    parser.add_argument(
+        method_flag,
+        dest="solver_method",
+        choices=("sde", "ode"),
+        default=None,
+        help="reverse-time SDE or probability-flow ODE, for a solver that serves "
+        "both (heun)",
     )
     parser.add_argument(
         "--steps",
@@ -223,9 +234,16 @@ def add_inverse_flags(
 
 
 def solve_kwargs(args, sde) -> dict:
-    """`sd.sample` arguments of `--solver` / `--steps` (the solver not yet wrapped)."""
-    entry = SOLVERS[args.solver]
-    return entry.sample_kwargs(sde, args.steps, None)
+    """`sd.sample` arguments of `--solver` / `--method` / `--steps` (the solver not
+    yet wrapped). Sets `args.solver` to the name in the one scheme."""
+    choice = choose_solver(
+        args.solver,
+        args.solver_method,
+        prog=f"scoresde {args.command}",
+        fixed_only=True,
+    )
+    args.solver = choice.label
+    return choice.entry.sample_kwargs(sde, args.steps, None, method=choice.method)
 
 
 def impute_solver(kwargs: dict, observation, mask) -> dict:

@@ -318,7 +318,7 @@ def add_parser(subparsers) -> None:
         "reconstruct them with sd.Project (Song et al. 2022) or sd.DPS (Chung et al. "
         "2023) around a fixed-step solver.",
     )
-    add_inverse_flags(parser)
+    add_inverse_flags(parser, method_flag="--solver-method")
     parser.add_argument(
         "--data",
         required=True,

@@ -18,7 +18,7 @@ from ._common import (
     save_samples,
     UserError,
 )
-from ._solvers import SOLVERS
+from ._solvers import check_step_flags, choose_solver, DEPRECATED
 
 
 def add_parser(subparsers) -> None:
@@ -33,6 +33,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     # Checks and set-up
     out = check_sample_suffixes(args.out, args.png)
+    choice = choose_solver(args.solver, args.method, prog="scoresde sample")
+    step_kwargs = check_step_flags(
+        choice, args, deprecated_steps=args.solver in DEPRECATED
+    )
     model, sde, data_meta = load_for_sampling(args.checkpoint)
     if args.eps is not None and not args.eps < sde.T:
         raise UserError(
@@ -46,9 +50,9 @@ def run(args) -> int:
     created = make_sample_dirs(out, args.png)
     try:
         check_room(shape, out)
-        res = _sample(args, sde, model, shape, mesh)
+        res = _sample(args, sde, model, shape, mesh, choice, step_kwargs)
         title = (
-            f"{pathlib.Path(args.checkpoint).name}: {args.solver}, "
+            f"{pathlib.Path(args.checkpoint).name}: {choice.label}, "
             f"{int(res.stats['num_score_evals'])} score evaluations"
         )
         save_samples(res.samples, data_meta, out, args.png, title)
@@ -63,14 +67,14 @@ def run(args) -> int:
     if mesh is not None:
         devices = f" on {devices_splitting(res.samples)} devices"
     print(
-        f"{args.num_samples} samples ({args.solver}, {int(res.stats['num_steps'])} steps, "
+        f"{args.num_samples} samples ({choice.label}, {int(res.stats['num_steps'])} steps, "
         f"{nfe} score evaluations each){devices} -> {out}"
         + (f", {args.png}" if args.png else "")
     )
     return 0
 
 
-def _sample(args, sde, model, shape, mesh):
+def _sample(args, sde, model, shape, mesh, choice, step_kwargs):
     """`sd.sample` for the flags; running out of memory is a `UserError` saying how
     many samples fit."""
     try:
@@ -79,7 +83,9 @@ def _sample(args, sde, model, shape, mesh):
             sde,
             model,
             shape,
-            **SOLVERS[args.solver].sample_kwargs(sde, args.steps, args.eps),
+            **choice.entry.sample_kwargs(
+                sde, step_kwargs.pop("steps"), args.eps, **step_kwargs
+            ),
             denoise=args.denoise,
             eps=args.eps,
             sharding=mesh,

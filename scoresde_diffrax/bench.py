@@ -1,0 +1,598 @@
+"""Solver comparison: problems x samplers x budgets of score evaluations -> records.
+
+A *problem* is an SDE with a score and something to compare samples with: an exact
+Gaussian mixture ([`MixtureProblem`][scoresde_diffrax.bench.MixtureProblem]), or a
+trained model with held-out data ([`DataProblem`][scoresde_diffrax.bench.DataProblem]).
+A *sampler* ([`Sampler`][scoresde_diffrax.bench.Sampler]) is a solver object with the
+terms it solves and how a budget of score evaluations becomes its steps.
+[`run`][scoresde_diffrax.bench.run] samples every problem with every sampler at every
+budget and returns one [`BenchRecord`][scoresde_diffrax.bench.BenchRecord] per solve:
+the score evaluations spent, compile and run time, and each metric with its standard
+error and its floor (the same metric for true samples of the same size).
+[`to_markdown`][scoresde_diffrax.bench.to_markdown],
+[`to_json_lines`][scoresde_diffrax.bench.to_json_lines] and
+[`plot`][scoresde_diffrax.bench.plot] write them out. `scoresde bench` is this
+module from the shell.
+
+```python
+import diffrax as dfx, jax.random as jr, scoresde_diffrax as sd
+
+problem = sd.bench.MixtureProblem(sd.bench.mixture_preset(64, 4), sd.VPSDE())
+samplers = [
+    sd.bench.Sampler("euler-maruyama", dfx.Euler(), "sde"),
+    sd.bench.Sampler("dpm-solver++2m", sd.DPMSolverPP2M(), "ode", grid="logsnr"),
+]
+records = sd.bench.run(jr.key(0), [problem], samplers, [10, 50], num_samples=2000)
+print(sd.bench.to_markdown(records))
+```
+"""
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._exact import GaussianMixture
+from ._sample import sample
+from ._sde import AbstractSDE
+from ._solver import time_grid
+from .metrics import mixture_report
+
+
+MIXTURE_METRICS = ("sliced_w2", "variance_ratio", "weight_error", "log_prob_gap")
+DATA_METRICS = ("sliced_w2",)
+_NUM_PROJECTIONS = 256
+_FLOOR_DRAWS = 5
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def mixture_preset(
+    dim: int, num_components: int, *, seed: int = 1234
+) -> GaussianMixture:
+    """The benchmark mixture of `num_components` diagonal Gaussians in `dim`
+    dimensions (what `--problem mixture:D=dim,K=num_components` names): means
+    `3 N(0, I)`, standard deviations uniform in `[0.4, 1.0]` per coordinate, weights
+    proportional to `1, 2, ..., K`, all drawn from `jr.key(seed)`.
+
+    **Arguments:**
+
+    - `dim`: the dimension $D \\geq 1$.
+    - `num_components`: the number of components $K \\geq 1$.
+    - `seed`: the seed of the means and standard deviations (default 1234, the
+        64-D mixture of `benchmarks/bench_samplers.py` for `K = 4`).
+
+    **Returns:** a [`GaussianMixture`][scoresde_diffrax.GaussianMixture].
+    """
+    if dim < 1 or num_components < 1:
+        raise ValueError(
+            f"`dim` and `num_components` must be >= 1, got {dim}, {num_components}."
+        )
+    km, ks = jr.split(jr.key(seed))
+    means = 3.0 * jr.normal(km, (num_components, dim))
+    stds = jr.uniform(ks, (num_components, dim), minval=0.4, maxval=1.0)
+    weights = jnp.arange(1, num_components + 1, dtype=means.dtype)
+    return GaussianMixture(means, stds, weights / jnp.sum(weights))
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureProblem:
+    """An exact Gaussian mixture pushed through `sde`: the score is exact, and the
+    metrics compare samples with the mixture itself (`MIXTURE_METRICS`).
+
+    **Fields:**
+
+    - `mixture`: a [`GaussianMixture`][scoresde_diffrax.GaussianMixture].
+    - `sde`: the forward SDE.
+    - `name`: the label in the records (default `"mixture D=..,K=.."`).
+    """
+
+    mixture: GaussianMixture
+    sde: AbstractSDE
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The problem's name in the records."""
+        m = self.mixture
+        return self.name or f"mixture D={m.dim},K={m.num_components}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one example, `(D,)`."""
+        return (self.mixture.dim,)
+
+    def score(self) -> Callable:
+        """The exact score of the mixture's marginals under `sde`."""
+        return self.mixture.score(self.sde)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataProblem:
+    """A score model (e.g. a trained checkpoint's) with held-out data: the metric is
+    the sliced Wasserstein-2 distance to the held data (`DATA_METRICS`).
+
+    **Fields:**
+
+    - `sde`: the forward SDE the model was trained with.
+    - `score`: the score model, `score(t, x)` on one example.
+    - `data`: held-out examples in model units, shape `(n, *data_shape)`. The first
+        `num_samples` are the reference; the next `num_samples` (if there are as many)
+        give the floor.
+    - `name`: the label in the records.
+    """
+
+    sde: AbstractSDE
+    score: Callable
+    data: Any
+    name: str = "data"
+
+    @property
+    def label(self) -> str:
+        """The problem's name in the records."""
+        return self.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one example, `data_shape`."""
+        return tuple(np.shape(self.data)[1:])
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A solver with the terms it solves and how a budget becomes its steps.
+
+    **Fields:**
+
+    - `name`: the label in the records.
+    - `solver`: a diffrax solver (or one of this package's samplers).
+    - `method`: `"sde"` (reverse-time SDE) or `"ode"` (probability-flow ODE).
+    - `grid`: for fixed steps, the [`time_grid`][scoresde_diffrax.time_grid] kind
+        (`"uniform"`, `"logsnr"`, `"edm"`).
+    - `evals_per_step`: score evaluations per step: a budget of `nfe` evaluations
+        buys `nfe // evals_per_step` steps.
+    - `adaptive`: a PID step-size controller with `rtol`/`atol` and at most
+        `max_steps` steps; the budgets do not apply (one solve, its evaluations
+        recorded).
+    - `rtol`, `atol`, `max_steps`: the adaptive solve's settings.
+    - `stepsize_controller`: for an adaptive sampler, a controller to use instead of
+        `diffrax.PIDController(rtol=rtol, atol=atol)` (e.g. with `dcoeff=0` for SDEs).
+    """
+
+    name: str
+    solver: dfx.AbstractSolver
+    method: Literal["sde", "ode"]
+    grid: str = "uniform"
+    evals_per_step: int = 1
+    adaptive: bool = False
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    max_steps: int = 4096
+    stepsize_controller: dfx.AbstractStepSizeController | None = None
+
+    def check_budget(self, nfe: int | None) -> None:
+        """Raise a `ValueError` if a fixed-step sampler's budget of `nfe` score
+        evaluations (an int, or None) buys no step; nothing for an adaptive one."""
+        if self.adaptive:
+            return
+        if nfe is None or nfe < self.evals_per_step:
+            raise ValueError(
+                f"an NFE budget of {nfe} is below what {self.name} needs: "
+                f"{self.evals_per_step} score evaluations per step, so at least "
+                f"{self.evals_per_step}."
+            )
+
+    def sample_kwargs(self, sde: AbstractSDE, nfe: int | None) -> dict:
+        """The [`sample`][scoresde_diffrax.sample] arguments (`solver`, `method`
+        and the steps) of a budget of `nfe` score evaluations for `sde` (whose
+        [`time_grid`][scoresde_diffrax.time_grid] a non-uniform grid follows); `nfe`
+        is ignored (may be None) for an adaptive sampler. `ValueError` if the budget
+        buys no step."""
+        kwargs: dict = dict(solver=self.solver, method=self.method)
+        self.check_budget(nfe)
+        if self.adaptive:
+            controller = self.stepsize_controller
+            if controller is None:
+                controller = dfx.PIDController(rtol=self.rtol, atol=self.atol)
+            return kwargs | dict(
+                stepsize_controller=controller, max_steps=self.max_steps
+            )
+        steps = nfe // self.evals_per_step
+        if self.grid == "uniform":
+            return kwargs | dict(num_steps=steps)
+        return kwargs | dict(
+            stepsize_controller=dfx.StepTo(time_grid(sde, steps, self.grid))
+        )
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRecord:
+    """One solve of one problem by one sampler at one budget.
+
+    **Fields:**
+
+    - `problem`, `sampler`: their labels.
+    - `nfe_budget`: the budget asked for (None for an adaptive sampler).
+    - `nfe`: the score evaluations each sample took; `steps`: solver steps.
+    - `compile_s`: the first call's time minus the second's (compilation and
+        tracing); `run_s`: the second call's time (the same key: the same samples).
+    - `metrics`: name -> `(value, standard error)`.
+    - `floor`: name -> `(value, standard error)` of the same metric for true samples
+        of the same size: for a mixture, the mean over 5 independent sets of true
+        samples and the standard error of that mean; for data, one held set beside
+        the reference, with the metric's own standard error (NaN where there are not
+        enough held data).
+    """
+
+    problem: str
+    sampler: str
+    nfe_budget: int | None
+    nfe: int
+    steps: int
+    compile_s: float
+    run_s: float
+    metrics: dict
+    floor: dict
+
+    def as_dict(self) -> dict:
+        """A JSON-able dict (one line of `to_json_lines`)."""
+        return dict(
+            problem=self.problem,
+            sampler=self.sampler,
+            nfe_budget=self.nfe_budget,
+            nfe=self.nfe,
+            steps=self.steps,
+            compile_s=self.compile_s,
+            run_s=self.run_s,
+            metrics={
+                k: dict(
+                    value=_num(v[0]),
+                    se=_num(v[1]),
+                    floor=_num(self.floor[k][0]),
+                    floor_se=_num(self.floor[k][1]),
+                )
+                for k, v in self.metrics.items()
+            },
+        )
+
+
+def _num(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def sliced_w2_with_se(
+    key: PRNGKeyArray,
+    x: Float[ArrayLike, "n D"],
+    y: Float[ArrayLike, "m D"],
+    num_projections: int = _NUM_PROJECTIONS,
+) -> tuple[float, float]:
+    """The sliced Wasserstein-2 distance of
+    [`sliced_wasserstein`][scoresde_diffrax.metrics.sliced_wasserstein] (the same
+    projections for the same `key`) and its standard error over the random
+    projections (delta method on the mean of the per-projection squared distances);
+    the sampling noise of `x` and `y` shows in the floor instead.
+
+    **Arguments:**
+
+    - `key`: the key of the projection directions.
+    - `x`, `y`: the two point clouds, shapes `(n, D)` and `(m, D)`.
+    - `num_projections`: the number of directions (default 256).
+
+    **Returns:** `(distance, standard error)`.
+    """
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    theta = jr.normal(key, (num_projections, x.shape[1]), dtype=x.dtype)
+    theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
+    px, py = jnp.sort(x @ theta.T, axis=0), jnp.sort(y @ theta.T, axis=0)
+    n_q = max(x.shape[0], y.shape[0])
+    q = (jnp.arange(n_q) + 0.5) / n_q
+
+    def quantiles(s: Array) -> Array:
+        idx = jnp.clip((q * s.shape[0]).astype(jnp.int32), 0, s.shape[0] - 1)
+        return s[idx]
+
+    per = np.asarray(
+        jax.vmap(lambda a, b: jnp.mean((quantiles(a) - quantiles(b)) ** 2), (1, 1))(
+            px, py
+        ),
+        np.float64,
+    )
+    sw = math.sqrt(per.mean())
+    se = per.std(ddof=1) / math.sqrt(len(per)) / (2 * sw) if sw > 0 else 0.0
+    return sw, float(se)
+
+
+def _mixture_metrics(
+    mix: GaussianMixture, x: np.ndarray, ref: np.ndarray, ref_logp: tuple, key
+) -> dict:
+    rep = mixture_report(mix, x)
+    w = np.asarray(mix.weights, np.float64)
+    k = int(np.argmax(np.abs(rep.mode_weights - w)))
+    return dict(
+        sliced_w2=sliced_w2_with_se(key, x, ref),
+        variance_ratio=(rep.variance_ratio, rep.variance_ratio_se),
+        weight_error=(
+            float(np.abs(rep.mode_weights - w)[k]),
+            float(rep.mode_weights_se[k]),
+        ),
+        log_prob_gap=(
+            rep.mean_log_prob - ref_logp[0],
+            math.hypot(rep.mean_log_prob_se, ref_logp[1]),
+        ),
+    )
+
+
+def _flat(x: Any) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x.reshape(len(x), -1)
+
+
+class _Target:
+    """What one problem's samples are compared with, and its floor."""
+
+    def __init__(self, key, problem, n: int, metrics: Sequence[str]):
+        kref, kfloor, self.kproj = jr.split(key, 3)
+        self.problem, self.metrics = problem, tuple(metrics)
+        is_mix = isinstance(problem, MixtureProblem)
+        allowed = MIXTURE_METRICS if is_mix else DATA_METRICS
+        bad = [m for m in self.metrics if m not in allowed]
+        if bad:
+            raise ValueError(
+                f"metric(s) {', '.join(bad)} do not apply to {problem.label}; "
+                f"choose from {', '.join(allowed)}."
+            )
+        if is_mix:
+            mix = problem.mixture
+            self.ref = np.asarray(mix.sample(kref, n), np.float64)
+            r = mixture_report(mix, self.ref)
+            self.ref_logp = (r.mean_log_prob, r.mean_log_prob_se)
+            # The floor: the mean over several independent true-sample sets, with
+            # the standard error of that mean (one set's value is itself noisy).
+            draws = [
+                self.of(np.asarray(mix.sample(k, n)))
+                for k in jr.split(kfloor, _FLOOR_DRAWS)
+            ]
+            floor = {
+                m: (
+                    float(np.mean([d[m][0] for d in draws])),
+                    float(np.std([d[m][0] for d in draws], ddof=1))
+                    / math.sqrt(_FLOOR_DRAWS),
+                )
+                for m in self.metrics
+            }
+        else:
+            data = _flat(problem.data)
+            if len(data) < n:
+                raise ValueError(
+                    f"`num_samples` = {n} exceeds the {len(data)} held examples of "
+                    f"{problem.label}: lower it."
+                )
+            self.ref = data[:n]
+            floor = None
+            if len(data) >= 2 * n:
+                floor = self.of(data[n : 2 * n])
+        nan = (math.nan, math.nan)
+        self.floor = floor if floor is not None else {m: nan for m in self.metrics}
+
+    def of(self, x: Any) -> dict:
+        x = _flat(x)
+        if isinstance(self.problem, MixtureProblem):
+            m = _mixture_metrics(
+                self.problem.mixture, x, self.ref, self.ref_logp, self.kproj
+            )
+        else:
+            m = dict(sliced_w2=sliced_w2_with_se(self.kproj, x, self.ref))
+        return {k: (float(m[k][0]), float(m[k][1])) for k in self.metrics}
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def run(
+    key: PRNGKeyArray,
+    problems: Sequence[MixtureProblem | DataProblem],
+    samplers: Sequence[Sampler],
+    nfe_budgets: Sequence[int],
+    *,
+    num_samples: int = 1000,
+    metrics: Sequence[str] | None = None,
+    callback: Callable[[BenchRecord], None] | None = None,
+) -> list[BenchRecord]:
+    """Sample every problem with every sampler at every budget of score evaluations
+    and measure the samples.
+
+    Each solve runs twice with the same key: the first call's time minus the
+    second's is the compile time, the second's the run time. The samples of every
+    solve of a problem share one key (the same prior draws and noise), and every
+    metric uses the same reference sample and projections, so the records of one
+    problem differ by the sampler and the budget only.
+
+    **Arguments:**
+
+    - `key`: a JAX PRNG key (samples, reference samples, projections).
+    - `problems`: [`MixtureProblem`][scoresde_diffrax.bench.MixtureProblem]s and
+        [`DataProblem`][scoresde_diffrax.bench.DataProblem]s.
+    - `samplers`: [`Sampler`][scoresde_diffrax.bench.Sampler]s.
+    - `nfe_budgets`: budgets of score evaluations per sample (ints >= 1); an
+        adaptive sampler runs once whatever the budgets.
+    - `num_samples`: samples per solve, and the size of the reference and floor
+        samples (default 1000).
+    - `metrics`: the names to measure (default all that apply: `MIXTURE_METRICS` =
+        `sliced_w2` (to true samples), `variance_ratio` (within-mode variance / true),
+        `weight_error` (largest |mode weight - true|), `log_prob_gap` (mean exact
+        log p0 of the samples minus that of true samples: the likelihood error) for
+        mixtures; `DATA_METRICS` = `sliced_w2` (to the held data) for data).
+    - `callback`: called with each record as it is made (e.g. to print progress).
+
+    **Returns:** a list of [`BenchRecord`][scoresde_diffrax.bench.BenchRecord], in
+    the order problem, sampler, budget.
+
+    **Raises:** `ValueError` for a metric that does not apply to a problem, a budget
+    below a sampler's evaluations per step, or more samples than held data;
+    [`SolveError`][scoresde_diffrax.SolveError] for a failed solve.
+    """
+    budgets = [int(b) for b in nfe_budgets]
+    if not budgets or min(budgets) < 1:
+        raise ValueError(f"`nfe_budgets` must be ints >= 1, got {list(nfe_budgets)}.")
+    for s in samplers:  # before any solve
+        s.check_budget(min(budgets))
+    targets, sample_keys = [], []
+    for i, problem in enumerate(problems):  # every check before any solve
+        ktarget, ksample = jr.split(jr.fold_in(key, i))
+        names = metrics
+        if names is None:
+            is_mix = isinstance(problem, MixtureProblem)
+            names = MIXTURE_METRICS if is_mix else DATA_METRICS
+        targets.append(_Target(ktarget, problem, num_samples, names))
+        sample_keys.append(ksample)
+    records = []
+    for problem, target, ksample in zip(problems, targets, sample_keys, strict=True):
+        score = (
+            problem.score() if isinstance(problem, MixtureProblem) else problem.score
+        )
+        shape = (num_samples, *problem.shape)
+        for s in samplers:
+            for budget in [None] if s.adaptive else budgets:
+                kwargs = s.sample_kwargs(problem.sde, budget)
+                times = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    res = sample(ksample, problem.sde, score, shape, **kwargs)
+                    res.samples.block_until_ready()
+                    times.append(time.perf_counter() - t)
+                record = BenchRecord(
+                    problem=problem.label,
+                    sampler=s.name,
+                    nfe_budget=budget,
+                    nfe=int(res.stats["num_score_evals"]),
+                    steps=int(res.stats["num_steps"]),
+                    compile_s=max(times[0] - times[1], 0.0),
+                    run_s=times[1],
+                    metrics=target.of(res.samples),
+                    floor=target.floor,
+                )
+                records.append(record)
+                if callback is not None:
+                    callback(record)
+    return records
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_json_lines(records: Sequence[BenchRecord]) -> str:
+    """The records as JSON lines (one object per record, `BenchRecord.as_dict`).
+
+    **Arguments:**
+
+    - `records`: what [`run`][scoresde_diffrax.bench.run] returned.
+
+    **Returns:** the text, one line per record.
+    """
+    return "".join(json.dumps(r.as_dict()) + "\n" for r in records)
+
+
+def _fmt(v: float, se: float) -> str:
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:.4g} ± {se:.2g}" if math.isfinite(se) else f"{v:.4g}"
+
+
+def to_markdown(records: Sequence[BenchRecord]) -> str:
+    """A markdown table per problem: a row per record (sampler, NFE, each metric
+    `value ± standard error`, compile and run seconds) and a first row `true
+    samples` with the floors.
+
+    **Arguments:**
+
+    - `records`: what [`run`][scoresde_diffrax.bench.run] returned.
+
+    **Returns:** the markdown text.
+    """
+    out = []
+    for problem in dict.fromkeys(r.problem for r in records):
+        rows = [r for r in records if r.problem == problem]
+        names = list(rows[0].metrics)
+        out.append(f"### {problem}\n")
+        out.append("| sampler | NFE | " + " | ".join(names) + " | compile s | run s |")
+        out.append("|---|---:|" + "---:|" * len(names) + "---:|---:|")
+        floor = rows[0].floor
+        out.append(
+            "| true samples | - | "
+            + " | ".join(_fmt(*floor[m]) for m in names)
+            + " | - | - |"
+        )
+        for r in rows:
+            out.append(
+                f"| {r.sampler} | {r.nfe} | "
+                + " | ".join(_fmt(*r.metrics[m]) for m in names)
+                + f" | {r.compile_s:.2f} | {r.run_s:.3f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(records: Sequence[BenchRecord], path: str) -> None:
+    """A PNG of each metric against the score evaluations (log scale), a line per
+    sampler with standard-error bars, the floor of true samples dashed; a column per
+    metric, a row per problem. Needs matplotlib (drawn with its Agg backend).
+
+    **Arguments:**
+
+    - `records`: what [`run`][scoresde_diffrax.bench.run] returned.
+    - `path`: the PNG file to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(dict.fromkeys(r.problem for r in records))
+    names = list(records[0].metrics)
+    fig, axes = plt.subplots(
+        len(problems),
+        len(names),
+        figsize=(4.2 * len(names), 3.4 * len(problems)),
+        squeeze=False,
+    )
+    for i, problem in enumerate(problems):
+        rows = [r for r in records if r.problem == problem]
+        for j, m in enumerate(names):
+            ax = axes[i, j]
+            for sampler in dict.fromkeys(r.sampler for r in rows):
+                pts = sorted(
+                    (r.nfe, *r.metrics[m]) for r in rows if r.sampler == sampler
+                )
+                nfe, val, se = (np.array(c, float) for c in zip(*pts, strict=True))
+                ax.errorbar(
+                    nfe, val, yerr=se, marker="o", ms=3, capsize=2, label=sampler
+                )
+            fv = rows[0].floor[m][0]
+            if math.isfinite(fv):
+                ax.axhline(fv, color="k", ls="--", lw=1, label="true samples")
+            ax.set_xscale("log")
+            ax.set_xlabel("score evaluations (NFE)")
+            ax.set_title(f"{problem}: {m}", fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

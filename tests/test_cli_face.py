@@ -1,0 +1,466 @@
+"""The user's face (issue 14, points 1-4): `scoresde bench` and `sd.bench`,
+`scoresde likelihood` and `bits_per_dim(num_levels=...)`, the solver names and
+`scoresde solvers`, and run-time failures as one line (exit code 2) in the CLI and as
+`sd.SolveError` in the library. Checkpoints are written without training (small
+randomly initialised MLPs; no compilation to make them)."""
+
+import json
+import math
+import re
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import scoresde_diffrax as sd
+from scoresde_diffrax import cli
+from scoresde_diffrax._checkpoint import describe_model, describe_sde
+from scoresde_diffrax.cli._solvers import choose_solver, DEPRECATED, SOLVERS
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _checkpoint(directory, model, sde, dataset):
+    state = sd.TrainState(
+        model=model, ema=model, opt_state=None, step=jnp.asarray(1), key=jr.key(0)
+    )
+    meta = {
+        "model": describe_model(model),
+        "sde": describe_sde(sde),
+        "data": dataset.metadata(),
+    }
+    sd.save_checkpoint(directory, state, meta)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Untrained checkpoints (VP): an MLP on moons, the same with NaN weights, an MLP
+    on the 8x8 digits."""
+    root = tmp_path_factory.mktemp("face")
+    vp = sd.VPSDE()
+    moons = sd.data.Dataset(sd.data.moons(jr.key(0), 512), None, name="moons")
+    net = sd.nn.MLPScore((2,), width=16, depth=1, key=jr.key(1))
+    _checkpoint(root / "moons", sd.EpsScore(net, vp), vp, moons)
+    nan = jax.tree_util.tree_map(lambda a: a * jnp.nan if eqx_array(a) else a, net)
+    _checkpoint(root / "nan", sd.EpsScore(nan, vp), vp, moons)
+    dnet = sd.nn.MLPScore((1, 8, 8), width=16, depth=1, key=jr.key(2))
+    _checkpoint(root / "digits", sd.EpsScore(dnet, vp), vp, sd.data.digits())
+    return {k: str(root / k) for k in ("moons", "nan", "digits")}
+
+
+def eqx_array(a):
+    return isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
+
+
+# ------------------------------------------------------------------ help, solvers
+
+
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        ("bench", ["--problem", "--solvers", "--nfe", "--metrics", "--out"]),
+        ("likelihood", ["--checkpoint", "--divergence", "--split", "--out"]),
+        ("solvers", []),
+        ("sample", ["--solver", "--method", "--steps", "--max-steps", "--rtol"]),
+    ],
+)
+def test_help_of_each_command(command, flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: scoresde {command}")
+    for flag in flags:
+        assert flag in out, flag
+    if command == "sample":  # every solver name, none split over two lines
+        for name in SOLVERS:
+            assert re.search(rf"(^|[\s,]){re.escape(name)}([,\s]|$)", out), name
+
+
+def test_solvers_table_lists_every_solver(capsys):
+    code, out, _ = run(["solvers"], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line}
+    for name, e in SOLVERS.items():
+        row = rows[name]
+        assert row[1] == "/".join(m.upper() for m in e.all_methods)
+        assert row[2] == (
+            "adaptive" if e.adaptive else "fixed" + "," * (e.grid != "uniform")
+        )
+        assert str(e.evals_per_step) in row[3:6]
+    for old, (new, method) in DEPRECATED.items():
+        said = f"{old} -> {new}" + (f" --method {method}" if method else "")
+        assert said in out
+
+
+def test_old_names_map_to_new_ones(capsys):
+    """Each old name resolves to its new name and method, with one note line; the
+    solver objects are the ones the old names built."""
+    built = {
+        "euler-heun-sde": (dfx.EulerHeun, "sde"),
+        "heun-sde": (dfx.Heun, "sde"),
+        "shark-adaptive": (dfx.ShARK, "sde"),
+        "sra1-adaptive": (dfx.SRA1, "sde"),
+        "ode-euler": (dfx.Euler, "ode"),
+        "heun-ode": (dfx.Heun, "ode"),
+        "midpoint-ode": (dfx.Midpoint, "ode"),
+        "ode-tsit5": (dfx.Tsit5, "ode"),
+        "dopri5-ode": (dfx.Dopri5, "ode"),
+    }
+    assert set(built) == set(DEPRECATED)
+    for old, (cls, method) in built.items():
+        choice = choose_solver(old, prog="scoresde sample")
+        err = capsys.readouterr().err
+        assert (choice.name, choice.method) == (
+            DEPRECATED[old][0],
+            method,
+        )
+        assert type(choice.entry.make()) is cls
+        assert err.count("\n") == 1 and f"--solver {old} is deprecated" in err
+        assert f"use --solver {choice.label}" in err
+
+
+def test_old_name_samples_what_the_new_name_samples(ckpts, tmp_path, capsys):
+    base = ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+    code, _, err = run(
+        base
+        + ["--solver", "heun-sde", "--steps", "3", "--out", str(tmp_path / "a.npy")],
+        capsys,
+    )
+    assert code == 0 and "deprecated" in err
+    code, out, err = run(
+        base
+        + ["--solver", "heun", "--method", "sde", "--steps", "3"]
+        + ["--out", str(tmp_path / "b.npy")],
+        capsys,
+    )
+    assert code == 0 and err == ""
+    assert "(heun --method sde, 3 steps, 6 score evaluations each)" in out
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    )
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_max_steps_is_one_line_and_the_api_raises_the_same(ckpts, tmp_path, capsys):
+    code, out, err = run(
+        ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+        + ["--solver", "tsit5", "--max-steps", "2", "--out", str(tmp_path / "x.npy")],
+        capsys,
+    )
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err == (
+        "scoresde sample: error: the solve reached --max-steps 2 before its end time; "
+        "raise --max-steps, or loosen --rtol/--atol\n"
+    )
+    assert not (tmp_path / "x.npy").exists()
+    # An old adaptive name keeps its old --steps: the maximum number of steps.
+    code, _, err = run(
+        ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+        + ["--solver", "ode-tsit5", "--steps", "2", "--out", str(tmp_path / "x.npy")],
+        capsys,
+    )
+    note, error = err.splitlines()
+    assert code == 2 and "use --solver tsit5" in note
+    assert error.endswith(
+        "reached --max-steps 2 before its end time; raise --max-steps, or loosen --rtol/--atol"
+    )
+    # The library: the same failure, the same words first, as an exception.
+    model, meta = sd.load_checkpoint(ckpts["moons"])
+    sde = sd.sde_from_description(meta["sde"])
+    with pytest.raises(sd.SolveError) as e:
+        sd.sample(
+            jr.key(0),
+            sde,
+            model,
+            (4, 2),
+            solver=dfx.Tsit5(),
+            stepsize_controller=dfx.PIDController(rtol=1e-5, atol=1e-5),
+            max_steps=2,
+        )
+    assert isinstance(e.value, RuntimeError) and e.value.kind == "max_steps"
+    assert str(e.value).startswith(
+        "sample: the solve reached max_steps=2 before its end time; raise max_steps"
+    )
+
+
+def test_non_finite_samples_are_one_line(ckpts, tmp_path, capsys):
+    code, _, err = run(
+        ["sample", "--checkpoint", ckpts["nan"], "--num-samples", "4"]
+        + ["--solver", "euler", "--steps", "2", "--out", str(tmp_path / "x.npy")],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "non-finite" in err and "--steps" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["sample", "--solver", "tsit5", "--steps", "5"], "--steps is for fixed-step"),
+        (["sample", "--solver", "euler", "--rtol", "1e-3"], "--rtol is for adaptive"),
+        (["sample", "--solver", "euler", "--max-steps", "9"], "--max-steps is for"),
+        (["sample", "--solver", "tsit5", "--method", "sde"], "--method sde: --solver"),
+        (["sample", "--solver", "tsit"], "--solver: unknown solver 'tsit'; choose"),
+        (["bench", "--problem", "cube:3", "--solvers", "euler"], "--problem must be"),
+        (["bench", "--problem", "mixture:D=x,K=2", "--solvers", "euler"], "--problem"),
+        (["bench", "--problem", "mixture:D=2,K=2", "--solvers", "eulr"], "--solvers:"),
+        (
+            ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "pc", "--nfe", "1"],
+            "--nfe: an NFE budget of 1 is below what pc needs",
+        ),
+        (
+            [
+                "bench",
+                "--problem",
+                "mixture:D=2,K=2",
+                "--solvers",
+                "euler",
+                "--nfe",
+                "0",
+            ],
+            "--nfe",
+        ),
+        (
+            [
+                "bench",
+                "--problem",
+                "mixture:D=2,K=2",
+                "--solvers",
+                "euler",
+                "--metrics",
+                "fid",
+            ],
+            "--metrics: unknown fid",
+        ),
+        (["likelihood", "--divergence", "gaussian:0"], "--divergence must be"),
+        (["likelihood", "--num-examples", "99999"], "--num-examples must be at most"),
+        (["likelihood", "--out", "ll.txt"], "--out must name a .npy"),
+        (["likelihood", "--data", "moons"], "--split train"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_flag(ckpts, tmp_path, capsys, argv, needle):
+    command, rest = argv[0], argv[1:]
+    if command == "sample":
+        rest += ["--checkpoint", ckpts["moons"], "--num-samples", "2"]
+        rest += ["--out", str(tmp_path / "x.npy")]
+    elif command == "bench":
+        rest += ["--out", str(tmp_path / "b")]
+    else:
+        ck = ckpts["moons"] if "moons" in rest else ckpts["digits"]
+        rest += ["--checkpoint", ck]
+    code, out, err = run([command, *rest], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert needle in err, err
+
+
+def test_bench_out_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code, _, err = run(
+        ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "euler"]
+        + ["--out", str(tmp_path / "file" / "b")],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1 and "--out" in err, err
+
+
+# ------------------------------------------------------------------ bench
+
+
+def test_bench_command_writes_what_the_runner_returns(tmp_path, capsys):
+    out_dir = tmp_path / "bench"
+    code, out, err = run(
+        [
+            "bench",
+            "--problem",
+            "mixture:D=2,K=2",
+            "--solvers",
+            "euler-maruyama",
+        ]
+        + [
+            "--nfe",
+            "4,8",
+            "--num-samples",
+            "100",
+            "--seed",
+            "3",
+            "--out",
+            str(out_dir),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    lines = (out_dir / "records.jsonl").read_text().splitlines()
+    got = [json.loads(line) for line in lines]
+    table = (out_dir / "table.md").read_text()
+    assert table in out
+    assert (out_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    problem = sd.bench.MixtureProblem(
+        sd.bench.mixture_preset(2, 2), sd.VPSDE(), "mixture D=2,K=2,vp"
+    )
+    samplers = [sd.bench.Sampler("euler-maruyama", dfx.Euler(), "sde")]
+    records = sd.bench.run(jr.key(3), [problem], samplers, [4, 8], num_samples=100)
+    assert [(g["sampler"], g["nfe"], g["steps"]) for g in got] == [
+        ("euler-maruyama", 4, 4),
+        ("euler-maruyama", 8, 8),
+    ]
+    for g, r in zip(got, records, strict=True):
+        assert (g["sampler"], g["nfe"], g["nfe_budget"]) == (
+            r.sampler,
+            r.nfe,
+            r.nfe_budget,
+        )
+        assert set(g["metrics"]) == set(sd.bench.MIXTURE_METRICS)
+        for name, m in g["metrics"].items():
+            assert m["value"] == r.metrics[name][0] and m["se"] == r.metrics[name][1]
+            assert m["floor"] == r.floor[name][0]
+            # the table shows the same figures
+            assert f"{r.metrics[name][0]:.4g} ± {r.metrics[name][1]:.2g}" in table
+    # The figures are the metrics of the samples: recompute one by hand.
+    x = sd.sample(
+        jr.split(jr.fold_in(jr.key(3), 0))[1],
+        problem.sde,
+        problem.score(),
+        (100, 2),
+        solver=dfx.Euler(),
+        method="sde",
+        num_steps=8,
+    ).samples
+    rep = sd.metrics.mixture_report(problem.mixture, x)
+    assert got[1]["metrics"]["variance_ratio"]["value"] == pytest.approx(
+        rep.variance_ratio
+    )
+    # More steps of the same solver are closer to the truth; the floor is true samples.
+    vr = [abs(g["metrics"]["variance_ratio"]["value"] - 1) for g in got[:2]]
+    assert vr[1] < vr[0]
+
+
+def test_bench_on_a_checkpoint_uses_held_data(ckpts, tmp_path, capsys):
+    code, out, err = run(
+        ["bench", "--problem", f"checkpoint:{ckpts['moons']}", "--solvers", "euler"]
+        + ["--nfe", "3", "--num-samples", "50", "--out", str(tmp_path / "b")],
+        capsys,
+    )
+    assert code == 0, err
+    (rec,) = [json.loads(x) for x in (tmp_path / "b" / "records.jsonl").open()]
+    m = rec["metrics"]["sliced_w2"]
+    assert rec["nfe"] == 3 and rec["problem"].startswith("moons")
+    # an untrained model is far from the data; true samples are not
+    assert m["floor"] is not None and 0 < m["floor"] < m["value"]
+
+
+def test_runner_checks_budgets_and_metrics():
+    problem = sd.bench.MixtureProblem(sd.bench.mixture_preset(2, 2), sd.VPSDE())
+    pc = sd.bench.Sampler("pc", sd.PredictorCorrector(), "sde", evals_per_step=2)
+    # a budget buys budget // evals_per_step steps, on the sampler's grid
+    assert pc.sample_kwargs(problem.sde, 5)["num_steps"] == 2
+    dpm = sd.bench.Sampler("dpm", sd.DPMSolverPP2M(), "ode", grid="logsnr")
+    ts = dpm.sample_kwargs(problem.sde, 7)["stepsize_controller"].ts
+    np.testing.assert_allclose(ts, sd.time_grid(problem.sde, 7, "logsnr"))
+    with pytest.raises(ValueError, match="below what pc needs"):
+        sd.bench.run(jr.key(0), [problem], [pc], [1])
+    with pytest.raises(ValueError, match="do not apply"):
+        sd.bench.run(jr.key(0), [problem], [pc], [4], metrics=["fd_digits"])
+
+
+# ------------------------------------------------------------------ likelihood
+
+
+def test_bits_per_dim_takes_levels():
+    x = jnp.full((3, 4), 0.25)
+    lp = jnp.array([-1.0, 0.5, 2.0])
+    np.testing.assert_allclose(
+        sd.bits_per_dim(lp, x, num_levels=256), sd.bits_per_dim(lp, x, num_bits=8)
+    )
+    np.testing.assert_allclose(
+        sd.bits_per_dim(lp, x), sd.bits_per_dim(lp, x, num_bits=8)
+    )
+    # 17 levels in [-1, 1]: + log2(17) - log2(2) per dimension
+    xs = jnp.zeros((3, 4))
+    want = -np.asarray(lp) / (4 * math.log(2)) + math.log2(17) - 1
+    got = sd.bits_per_dim(lp, xs, data_range=(-1.0, 1.0), num_levels=17)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        sd.bits_per_dim(lp, x, num_bits=8, num_levels=256)
+    with pytest.raises(ValueError, match="num_levels"):
+        sd.bits_per_dim(lp, x, num_levels=1)
+    y = sd.dequantize(jr.key(0), jnp.array([[0, 16]]), num_levels=17)
+    assert 0 <= float(y[0, 0]) < 1 / 17 and 16 / 17 <= float(y[0, 1]) < 1
+    with pytest.raises(ValueError, match=r"\[0, 16\] \(17 levels\)"):
+        sd.dequantize(jr.key(0), jnp.array([[17.0]]), num_levels=17)
+
+
+def test_likelihood_command_matches_log_likelihood(ckpts, tmp_path, capsys):
+    npy = tmp_path / "ll.npy"
+    code, out, err = run(
+        ["likelihood", "--checkpoint", ckpts["digits"], "--num-examples", "4"]
+        + ["--seed", "1", "--out", str(npy)],
+        capsys,
+    )
+    assert code == 0, err
+    assert "100.00%" in err  # diffrax's progress meter ran to the end
+    got = np.load(npy)
+
+    model, meta = sd.load_checkpoint(ckpts["digits"])
+    sde = sd.sde_from_description(meta["sde"])
+    x = np.asarray(sd.data.digits("test").x[:4])
+    k = np.round(x * 16)
+    key_deq, key_probe = jr.split(jr.key(1))
+    y = sd.dequantize(key_deq, k, num_levels=17, data_range=(-1.0, 1.0))
+    ref = sd.log_likelihood(
+        key_probe,
+        sde,
+        sd.nn.loop_friendly(model),
+        y,
+        divergence=sd.Hutchinson(),
+        progress_meter=dfx.TqdmProgressMeter(),  # as the CLI: the same program
+    )
+    np.testing.assert_allclose(got, np.asarray(ref.log_prob), rtol=1e-5)
+    bpd = np.asarray(
+        sd.bits_per_dim(ref.log_prob, y, data_range=(-1.0, 1.0), num_levels=17)
+    )
+    se = bpd.std(ddof=1) / 2
+    line = re.search(r"([-\d.]+) \+- ([-\d.]+) bits/dim \(17 levels\)", out)
+    assert line, out
+    assert float(line.group(1)) == pytest.approx(bpd.mean(), abs=1e-4)
+    assert float(line.group(2)) == pytest.approx(se, abs=1e-4)
+    assert "4 examples of digits (test)" in out
+
+
+def test_likelihood_of_your_own_data(ckpts, tmp_path, capsys):
+    """`--data PATH`: all the file's examples (8-bit images: 256 levels), scored as
+    `sd.log_likelihood` scores them; `--split` is for the built-in data sets."""
+    k = np.asarray(jr.randint(jr.key(5), (4, 1, 8, 8), 0, 256), np.uint8)
+    path = tmp_path / "mine.npy"
+    np.save(path, k)
+    argv = ["likelihood", "--checkpoint", ckpts["digits"], "--data", str(path)]
+    code, out, err = run(
+        argv + ["--seed", "1", "--out", str(tmp_path / "ll.npy")], capsys
+    )
+    assert code == 0, err
+    assert "4 examples of" in out and "(all)" in out and "(256 levels)" in out
+    model, meta = sd.load_checkpoint(ckpts["digits"])
+    key_deq, key_probe = jr.split(jr.key(1))
+    y = sd.dequantize(key_deq, k, num_levels=256, data_range=(-1.0, 1.0))
+    ref = sd.log_likelihood(
+        key_probe,
+        sd.sde_from_description(meta["sde"]),
+        sd.nn.loop_friendly(model),
+        y,
+        divergence=sd.Hutchinson(),
+        progress_meter=dfx.TqdmProgressMeter(),
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "ll.npy"), ref.log_prob, rtol=1e-5)
+    capsys.readouterr()  # the reference's progress meter
+    code, _, err = run(argv + ["--split", "test"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--split applies" in err, err
