@@ -20,6 +20,9 @@ and the noise of `--noise-std` is in those units too. The operators:
     `--seed` (`D = C H W`, the example flattened in C order), so that each measurement
     has about the scale of one pixel.
 
+`--method` is the inverse-problem method (projection or dps); the solver's SDE/ODE
+choice, `--method` in `inpaint` and `colorize`, is `--solver-method` here.
+
 Super-resolution, blur and mask average with weights that sum to 1 (or select), so
 they commute with the affine map between data and model units: their measurement,
 mapped back to data units, is an image (shown as such in the PNG).
