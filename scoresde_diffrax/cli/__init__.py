@@ -1,6 +1,6 @@
 """The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, `scoresde
 likelihood ...`, `scoresde bench ...`, `scoresde solvers`, and the
-controllable-generation commands `train-classifier`, `inpaint`, `colorize`.
+controllable-generation commands `train-classifier`, `inpaint`, `colorize`, `inverse`.
 
 This package is the one place where names (strings) map to objects: data sets, SDEs,
 models and solvers. Each command is a module with `add_parser(subparsers)` and
@@ -13,7 +13,8 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
 - `_conditioning.py`: what the conditional commands share (classifier checkpoints
     and their pairing, test splits, inpainting masks, side-by-side pictures);
 - `train.py`, `sample.py`, `likelihood.py`, `bench.py`, `train_classifier.py`,
-    `inpaint.py`, `colorize.py`, `solvers.py`: the commands.
+    `inpaint.py`, `colorize.py`, `inverse.py` (y = A(x) + noise: super-resolution,
+    blur, mask, random projection; projection or DPS), `solvers.py`: the commands.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from . import (
     bench as bench,
     colorize as colorize,
     inpaint as inpaint,
+    inverse as inverse,
     likelihood as likelihood,
     sample as sample,
     solvers as solvers,
@@ -49,6 +51,7 @@ COMMANDS = (
     train_classifier,
     inpaint,
     colorize,
+    inverse,
     solvers,
 )
 

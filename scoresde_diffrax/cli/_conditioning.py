@@ -174,9 +174,13 @@ def load_observations(path: str, data_meta: dict) -> np.ndarray:
 
 
 def add_inverse_flags(
-    parser: argparse.ArgumentParser, default_steps: int = 500
+    parser: argparse.ArgumentParser,
+    default_steps: int = 500,
+    method_flag: str = "--method",
 ) -> None:
-    """The flags `inpaint` and `colorize` share."""
+    """The flags `inpaint`, `colorize` and `inverse` share; the solver's SDE/ODE
+    choice is `method_flag` (`inverse` names it `--solver-method`: its `--method` is
+    the inverse-problem method), read into `args.solver_method`."""
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -213,7 +217,8 @@ def add_inverse_flags(
         help="a fixed-step solver (default pc, the paper's): " + ", ".join(fixed),
     )
     parser.add_argument(
-        "--method",
+        method_flag,
+        dest="solver_method",
         choices=("sde", "ode"),
         default=None,
         help="reverse-time SDE or probability-flow ODE, for a solver that serves "
@@ -232,7 +237,10 @@ def solve_kwargs(args, sde) -> dict:
     """`sd.sample` arguments of `--solver` / `--method` / `--steps` (the solver not
     yet wrapped). Sets `args.solver` to the name in the one scheme."""
     choice = choose_solver(
-        args.solver, args.method, prog=f"scoresde {args.command}", fixed_only=True
+        args.solver,
+        args.solver_method,
+        prog=f"scoresde {args.command}",
+        fixed_only=True,
     )
     args.solver = choice.label
     return choice.entry.sample_kwargs(sde, args.steps, None, method=choice.method)

@@ -1,0 +1,318 @@
+"""`scoresde inverse` end to end, in process, on tiny runs (untrained checkpoints, 3
+steps, 8x8 digits): each operator through projection and DPS, measurement consistency
+of projection computed from the written file; the operators against hand-computed
+values; the bad inputs (one line, exit code 2)."""
+
+import math
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import scoresde_diffrax as sd
+from scoresde_diffrax import cli
+from scoresde_diffrax._checkpoint import describe_model, describe_sde
+from scoresde_diffrax.cli import inverse
+from scoresde_diffrax.data import digits_array
+
+
+def run(argv, capsys):
+    """`scoresde ARGV` in process: exit code, stdout, stderr."""
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _checkpoint(directory, model, sde, dataset):
+    """An untrained checkpoint of `model` (what `load_checkpoint` reads), written
+    without a training run (no compilation)."""
+    state = sd.TrainState(
+        model=model, ema=model, opt_state=None, step=jnp.asarray(1), key=jr.key(0)
+    )
+    meta = {
+        "model": describe_model(model),
+        "sde": describe_sde(sde),
+        "data": dataset.metadata(),
+    }
+    sd.save_checkpoint(directory, state, meta)
+
+
+def _zeros(make):
+    """The module `make(key)` builds, with zero weights, computed from its structure
+    alone (`eqx.filter_eval_shape`: nothing compiles)."""
+    like = eqx.filter_eval_shape(make, jr.key(0))
+    return jax.tree_util.tree_map(
+        lambda x: (
+            jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+        ),
+        like,
+    )
+
+
+def _linear_x0_net(c: float):
+    """An `MLPScore` on 8x8 digits (one hidden layer of 128) whose output is exactly
+    `c * x` at every `t`: hidden units `silu(x)` and `silu(-x)`, output `c (silu(x) -
+    silu(-x)) = c x`. As an `X0Score` it predicts `x0_hat = c x_t`: a score that pulls
+    the samples towards 0 (grey in data units), with a nonzero Jacobian for DPS's
+    gradient through `x0_hat`."""
+    net = _zeros(lambda k: sd.nn.MLPScore((1, 8, 8), width=128, depth=1, key=k))
+    eye = jnp.eye(64)
+    (layer,) = net.layers
+    w1 = layer.weight.at[:64, :64].set(eye).at[64:, :64].set(-eye)
+    net = eqx.tree_at(lambda m: m.layers[0].weight, net, w1)
+    w2 = jnp.concatenate([c * eye, -c * eye], axis=1)
+    return eqx.tree_at(lambda m: m.out.weight, net, w2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Untrained checkpoints on digits (VP): score models predicting `x0 = 0` (zero
+    weights in `sd.X0Score`: the exact score of data at 0 in model units, grey in
+    data units, so that the samples stay in range and clipping to [0, 1] leaves the
+    projected measurement alone) and `x0 = x / 2` (`_linear_x0_net`, for DPS, whose
+    gradient through `x0_hat` vanishes for the first), and a classifier (zero
+    weights)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    paths = {k: root / k for k in ("score", "linear", "clf")}
+    digits, vp = sd.data.digits(), sd.VPSDE()
+    clf = _zeros(
+        lambda k: sd.nn.NoiseConditionalClassifier(
+            (1, 8, 8), channels=8, num_levels=1, groups=4, key=k
+        )
+    )
+    zero = _zeros(lambda k: sd.nn.MLPScore((1, 8, 8), width=32, depth=1, key=k))
+    _checkpoint(paths["score"], sd.X0Score(zero, vp), vp, digits)
+    _checkpoint(paths["linear"], sd.X0Score(_linear_x0_net(0.5), vp), vp, digits)
+    _checkpoint(paths["clf"], clf, vp, digits)
+    return paths
+
+
+def test_linear_x0_net():
+    x = jr.normal(jr.key(0), (1, 8, 8))
+    np.testing.assert_allclose(_linear_x0_net(0.5)(0.3, x), 0.5 * x, atol=1e-6)
+
+
+TRUTH = digits_array("test")[0][:4]  # data units, (4, 1, 8, 8)
+SCALE_SHIFT = (2.0, -1.0)  # digits: [0, 1] -> [-1, 1]
+
+
+def _argv(runs, tmp_path, operator, method, *extra, steps=3):
+    return [
+        "inverse",
+        "--checkpoint",
+        str(runs["score"]),
+        "--data",
+        "digits",
+        "--operator",
+        operator,
+        "--method",
+        method,
+        "--num-samples",
+        "4",
+        "--seed",
+        "3",
+        "--solver",
+        "ancestral",
+        "--steps",
+        str(steps),
+        "--out",
+        str(tmp_path / "x.npy"),
+        *extra,
+    ]
+
+
+# --------------------------------------------------------------------------- end to end
+
+# 4 random measurements: their minimum-norm solution A^+ y (what projection gives with
+# x0 = 0) stays inside [-1, 1] for these digits (-0.64..0.47; with 8, up to 1.13), so
+# clipping to [0, 1] keeps A(x) = y.
+OPS = ["super-resolution:2", "blur:0.7", "mask:centre-square", "random-projection:4"]
+
+
+@pytest.mark.parametrize("operator", OPS)
+def test_projection_satisfies_the_measurement(runs, tmp_path, capsys, operator):
+    png = tmp_path / "p.png"
+    argv = _argv(runs, tmp_path, operator, "projection", "--noise-std", "0")
+    code, out, err = run(argv + ["--png", str(png)], capsys)
+    assert code == 0, err
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (4, 1, 8, 8) and x.dtype == np.float32
+    assert np.all((x >= 0) & (x <= 1)) and png.exists()
+    assert "4 reconstructions (projection" in out and "PSNR" in out
+
+    # A(x) = y = A(truth) (noise std 0), computed here from the written file.
+    op = inverse.make_operator(operator, (1, 8, 8), 3, SCALE_SHIFT)
+    model = lambda v: v * 2.0 - 1.0  # noqa: E731
+    got = np.asarray(op.batch(model(x)))
+    want = np.asarray(op.batch(model(TRUTH)))
+    scale = np.abs(want).max()
+    assert np.max(np.abs(got - want)) < 2e-3 * scale, np.max(np.abs(got - want))
+    # ... and the residual the command prints says so.
+    printed = float(re.search(r"sqrt\(m\) (\S+)", out).group(1))
+    assert printed < 2e-3
+
+    # The result is not the truth: the measurement alone does not fix it (except for
+    # a blur, which is invertible; x0 = 0 fills the rest with grey).
+    if not operator.startswith("blur"):
+        assert np.max(np.abs(x - TRUTH)) > 0.1
+
+
+@pytest.mark.parametrize("operator", OPS)
+def test_dps_writes_images(runs, tmp_path, capsys, operator):
+    argv = _argv(runs, tmp_path, operator, "dps", "--noise-std", "0.1", steps=3)
+    argv[argv.index("--checkpoint") + 1] = str(runs["linear"])
+    code, out, err = run(argv + ["--step-size", "1"], capsys)
+    assert code == 0, err
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (4, 1, 8, 8) and x.dtype == np.float32
+    assert np.all(np.isfinite(x)) and np.all((x >= 0) & (x <= 1))
+    # DPS adds one score evaluation per step to ancestral sampling's one.
+    assert "6 score evaluations each" in out, out
+    # The gradient steps pull the samples towards the measurement: for the random
+    # projection (a few measurements that DPS can fit in 3 steps), the residual is
+    # well below that of grey images (0 in model units), where the model alone leads
+    # (measured: 0.49 vs 0.88 on average). For the others, the noise that 3 steps of
+    # this toy model leave in the samples is as large as the DPS correction.
+    if operator.startswith("random-projection"):
+        op = inverse.make_operator(operator, (1, 8, 8), 3, SCALE_SHIFT)
+        y = inverse.measure(op, TRUTH * 2.0 - 1.0, 0.1, seed=3)
+        got = inverse.residuals(op, x * 2.0 - 1.0, y)
+        grey = inverse.residuals(op, np.zeros_like(x), y)
+        assert got.mean() < 0.7 * grey.mean(), (got, grey)
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def test_super_resolution_is_block_averaging():
+    op = inverse.make_operator("super-resolution:2", (1, 4, 4), 0)
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    want = np.array([[[2.5, 4.5], [10.5, 12.5]]])  # e.g. (0 + 1 + 4 + 5) / 4
+    np.testing.assert_allclose(np.asarray(op(x)), want, rtol=1e-6)
+    assert op.out_shape == (1, 2, 2) and op.num_measurements == 4
+    # The picture: nearest-neighbour upsampling, back in data units.
+    shown = op.shown(np.asarray(op(x))[None])
+    np.testing.assert_allclose(shown[0, 0, :2, :2], 2.5)
+    np.testing.assert_allclose(shown[0, 0, 2:, 2:], 12.5)
+
+
+def test_blur_of_a_delta_is_the_kernel():
+    sigma = 1.0
+    k1 = np.exp(-(np.arange(-2, 3) ** 2) / 2.0)  # r = ceil(2 sigma) = 2: 5 taps
+    k1 /= k1.sum()
+    np.testing.assert_allclose(inverse.gaussian_kernel(sigma), k1, rtol=1e-12)
+    op = inverse.make_operator(f"blur:{sigma}", (2, 9, 9), 0)
+    x = np.zeros((2, 9, 9), np.float32)
+    x[1, 4, 4] = 1.0  # a delta in the middle of channel 1
+    out = np.asarray(op(x))
+    want = np.zeros((9, 9))
+    want[2:7, 2:7] = np.outer(k1, k1)
+    np.testing.assert_allclose(out[1], want, atol=1e-7)
+    np.testing.assert_array_equal(out[0], 0)  # channels blur separately
+    # Reflect padding: the mass that falls outside comes back mirrored about the edge
+    # pixel (index -1 -> 1): a delta next to the edge (row 1) gives row 0 the weights
+    # of offsets -1 and +1, and itself those of 0 and -2 (row 1 - 2 = -1 -> 1).
+    x = np.zeros((1, 9, 9), np.float32)
+    x[0, 1, 4] = 1.0
+    col = np.asarray(op(x))[0, :, 4]
+    np.testing.assert_allclose(
+        col[:5],
+        np.array([2 * k1[1], k1[2] + k1[0], k1[1], k1[0], 0]) * k1[2],
+        atol=1e-7,
+    )
+    # Sums to 1 (a constant image stays constant), so it commutes with the
+    # data-to-model map.
+    np.testing.assert_allclose(np.asarray(op(np.ones((2, 9, 9)))), 1.0, rtol=1e-6)
+
+
+def test_mask_and_random_projection():
+    op = inverse.make_operator("mask:left-half", (1, 4, 4), 0)
+    x = np.arange(1, 17, dtype=np.float32).reshape(1, 4, 4)
+    want = x.copy()
+    want[..., :2] = 0  # the left half is hidden
+    np.testing.assert_array_equal(np.asarray(op(x)), want)
+    assert op.num_measurements == 8 and op.mask[..., 2:].all()
+    # The random mask is one draw, shared by the examples, from the seed.
+    a = inverse.make_operator("mask:random-pixels:0.5", (1, 8, 8), 1).mask
+    b = inverse.make_operator("mask:random-pixels:0.5", (1, 8, 8), 2).mask
+    assert a.shape == (1, 8, 8) and 10 < a.sum() < 54 and not np.array_equal(a, b)
+
+    op = inverse.make_operator("random-projection:5", (1, 4, 4), 0)
+    g = op.matrix()
+    assert g.shape == (5, 16) and op.out_shape == (5,)
+    np.testing.assert_allclose(np.asarray(op(x)), g @ x.reshape(-1), rtol=1e-5)
+    assert 0.5 < g.std() * math.sqrt(16) < 1.5  # N(0, 1/D) entries
+    # A^+ y explains y.
+    y = np.asarray(op.batch(x[None]))
+    np.testing.assert_allclose(g @ op.pinv_image(y).reshape(-1), y[0], rtol=1e-4)
+
+
+def test_matrix_of_a_callable_operator():
+    op = inverse.make_operator("super-resolution:2", (1, 4, 4), 0)
+    mat = op.matrix()
+    x = np.random.RandomState(0).normal(size=(1, 4, 4))
+    np.testing.assert_allclose(
+        mat @ x.reshape(-1), np.asarray(op(x.astype(np.float32))).reshape(-1), 1e-5
+    )
+    assert mat.shape == (4, 16) and np.allclose(mat.sum(1), 1)
+
+
+def test_measure_adds_the_noise():
+    op = inverse.make_operator("mask:right-half", (1, 8, 8), 0)
+    x = np.zeros((3, 1, 8, 8), np.float32)
+    y = inverse.measure(op, x, 0.5, seed=0)
+    assert np.all(y[..., 4:] == 0)  # no noise where nothing is measured
+    assert 0.35 < y[..., :4].std() < 0.65
+    np.testing.assert_array_equal(y, inverse.measure(op, x, 0.5, seed=0))
+
+
+def test_help_lists_each_operator(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["inverse", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in (*inverse.OPERATORS, "left-half", "centre-square", "random-pixels:P"):
+        assert name in text, name
+    for flag in ("--method", "--solver-method", "--noise-std", "--step-size"):
+        assert flag in text, flag
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "operator, method, extra, match",
+    [
+        ("zoom:2", "dps", [], "--operator must be one of super-resolution:F, blur"),
+        ("blur", "dps", [], "--operator must be one of"),
+        ("super-resolution:3", "dps", [], "factor must divide the image size 8 x 8"),
+        ("super-resolution:x", "dps", [], "needs an integer F >= 1"),
+        ("blur:-1", "dps", [], "blur:SIGMA needs a finite SIGMA > 0"),
+        ("mask:top", "dps", [], "mask:NAME needs NAME one of left-half"),
+        ("mask:random-pixels:1.5", "dps", [], "needs 0 < P < 1"),
+        ("random-projection:0", "dps", [], "needs an integer M >= 1"),
+        ("blur:1", "dps", ["--noise-std", "-0.1"], "--noise-std must be a finite"),
+        ("blur:1", "projection", ["--step-size", "1"], "--method projection takes no"),
+        ("blur:1", "dps", ["--step-size", "-1"], "--step-size"),
+        ("blur:1", "tikhonov", [], "--method"),
+        ("blur:1", "dps", ["--checkpoint", "{clf}"], "holds a classifier"),
+        ("blur:1", "dps", ["--data", "moons"], "--data moons has no test split"),
+        ("blur:1", "dps", ["--data", "colored-digits"], "examples of shape"),
+        ("blur:1", "dps", ["--solver", "ode-tsit5"], "--solver"),
+    ],
+)
+def test_user_errors(runs, tmp_path, capsys, operator, method, extra, match):
+    extra = [e.format(clf=runs["clf"]) for e in extra]
+    argv = _argv(runs, tmp_path, operator, method)
+    if "--noise-std" not in extra:
+        argv += ["--noise-std", "0.1"]
+    code, out, err = run(argv + extra, capsys)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("scoresde inverse: error:"), err
+    assert re.search(re.escape(match), err), err
+    assert not (tmp_path / "x.npy").exists()
