@@ -35,7 +35,32 @@ def _channel_mix(matrix: Array | None, x: Array) -> Array:
     )
 
 
-class Impute(dfx.AbstractWrappedSolver):
+class AbstractStateWrapper(dfx.AbstractWrappedSolver):
+    """A solver wrapper that changes the state after each step of `solver` (the
+    inverse-problem wrappers [`Impute`][], [`Project`][], [`DPS`][]): the inner
+    solver's terms and their arguments, linear interpolation between the changed
+    states, and no order claimed (the change is not a smooth function of the step)."""
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return dfx.LocalLinearInterpolation
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return None
+
+    def strong_order(self, terms):
+        return None
+
+
+class Impute(AbstractStateWrapper):
     r"""Imputation (inpainting) with an unconditional score, the method of Song et al.
     (2021, appendix I.2), as a diffrax solver that wraps a fixed-step sampler: after
     every step of `solver` from $t$ to $t'$, the observed coordinates are replaced by
@@ -166,24 +191,6 @@ class Impute(dfx.AbstractWrappedSolver):
         self.decoupling = dec
         self.inverse = inv
         self.noise_level = noise_level
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return dfx.LocalLinearInterpolation
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return None
-
-    def strong_order(self, terms):
-        return None
 
     # ------------------------------------------------------------------ helpers
 

@@ -16,7 +16,13 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._checks import check_mask, concrete_float, is_concrete
 from ._conditioning import PerExample
-from ._inverse import check_noise_level, fresh_normal, ImputeState, problem
+from ._inverse import (
+    AbstractStateWrapper,
+    check_noise_level,
+    fresh_normal,
+    ImputeState,
+    problem,
+)
 from ._solver._common import dense_info
 
 
@@ -59,7 +65,7 @@ def _as_matrix(operator, name: str = "operator") -> np.ndarray:
     return m
 
 
-class Project(dfx.AbstractWrappedSolver):
+class Project(AbstractStateWrapper):
     r"""Measurement-consistent projection for a linear inverse problem $y = A x$
     (Song, Shen, Xing, Ermon, ICLR 2022), as a diffrax solver that wraps a fixed-step
     sampler. After every step of `solver` from $t$ to $t'$ the state is moved onto
@@ -173,24 +179,6 @@ class Project(dfx.AbstractWrappedSolver):
         self.basis = jnp.asarray(vt[:r].T, dtype)  # V_r, (D, r)
         self.gain = jnp.asarray(u[:, :r].T / sv[:r, None], dtype)  # S_r^-1 U_r^T
 
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return dfx.LocalLinearInterpolation
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return None
-
-    def strong_order(self, terms):
-        return None
-
     # ------------------------------------------------------------------ helpers
 
     def _coords(self, x: Array) -> Array:
@@ -274,7 +262,7 @@ def _apply(operator, x: Array) -> Array:
     return jnp.matmul(operator, x.reshape(-1), precision=jax.lax.Precision.HIGHEST)
 
 
-class DPS(dfx.AbstractWrappedSolver):
+class DPS(AbstractStateWrapper):
     r"""Diffusion posterior sampling (Chung, Kim, Mccann, Klasky, Ye, ICLR 2023) for
     $y = \mathcal{A}(x_0) + \text{noise}$ with any differentiable $\mathcal{A}$
     (linear or not), as a diffrax solver that wraps a fixed-step sampler. After each
@@ -376,24 +364,6 @@ class DPS(dfx.AbstractWrappedSolver):
         self.operator = operator
         self.observation = PerExample(obs, name="observation")
         self.step_size = jnp.asarray(step_size, dtype=jnp.result_type(float))
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return dfx.LocalLinearInterpolation
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return None
-
-    def strong_order(self, terms):
-        return None
 
     def init(self, terms, t0, t1, y0, args):
         return self.solver.init(terms, t0, t1, y0, args)
