@@ -325,7 +325,8 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     cases = sorted({(r["dim"], r["sde"]) for r in rows})
-    fig, axes = plt.subplots(3, 3, figsize=(16, 13), squeeze=False)
+    nrows = -(-len(cases) // 3)
+    fig, axes = plt.subplots(nrows, 3, figsize=(16, 4.4 * nrows), squeeze=False)
     names = list(SAMPLERS)
     cmap = plt.get_cmap("tab20")
     for ax, (dim, sname) in zip(axes.flat, cases, strict=False):
