@@ -20,12 +20,18 @@ _cache: dict = {}
 _lock = threading.Lock()
 
 
-class _Counter:
-    def __init__(self):
-        self.n = 0
+# Calls counted per probe. The host callback is this one module-level function and the
+# probe's number reaches it as a traced argument, so a compiled probe that JAX reuses
+# from any cache still counts into the probe that runs it (a callback closing over a
+# per-probe counter could count into a stale one, leaving the new probe at 0).
+_counts: dict[int, int] = {}
+_next_probe = iter(range(1, 2**30 - 1))
 
-    def __call__(self):
-        self.n += 1
+
+def _count(probe_id) -> None:
+    i = int(probe_id)
+    with _lock:
+        _counts[i] = _counts.get(i, 0) + 1
 
 
 class SolverProbe(NamedTuple):
@@ -80,19 +86,23 @@ def probe_solver(
     if cache_key is not None and cache_key in _cache:
         return _cache[cache_key]
 
-    counter = _Counter()
+    with _lock:
+        probe_id = next(_next_probe)
     found = {}
 
-    def score(t, x):
-        jax.debug.callback(counter)
-        return jnp.zeros_like(x)
+    def terms_counting(pid):
+        def score(t, x):
+            jax.debug.callback(_count, pid)
+            return jnp.zeros_like(x)
 
-    terms = make_terms(score)
+        return make_terms(score)
+
     y0 = jnp.zeros(shape)
     ts = (-0.9, -0.8, -0.7)  # inside [-T, -eps] of the reversed clock
 
     @jax.jit
-    def first(y0):
+    def first(y0, pid):
+        terms = terms_counting(pid)
         state = solver.init(terms, ts[0], ts[1], y0, None)
         y1, y_err, _, state, _ = solver.step(
             terms, ts[0], ts[1], y0, None, state, False
@@ -101,16 +111,20 @@ def probe_solver(
         return y1, state
 
     @jax.jit
-    def later(y1, state):
+    def later(y1, state, pid):
+        terms = terms_counting(pid)
         return solver.step(terms, ts[1], ts[2], y1, None, state, False)[0]
 
+    first_id, later_id = 2 * probe_id, 2 * probe_id + 1
     try:
-        y1, state = first(y0)
+        y1, state = first(y0, jnp.int32(first_id))
+        jax.block_until_ready(y1)
         jax.effects_barrier()
-        n_first = counter.n
-        later(y1, state)
+        later_y = later(y1, state, jnp.int32(later_id))
+        jax.block_until_ready(later_y)
         jax.effects_barrier()
-        n_later = counter.n - n_first
+        with _lock:
+            n_first, n_later = _counts.pop(first_id, 0), _counts.pop(later_id, 0)
         out = SolverProbe(n_first, n_later, found["has_error_estimate"])
     except Exception:  # noqa: BLE001 - e.g. implicit solvers: count not constant
         out = SolverProbe(-1, -1, isinstance(solver, dfx.AbstractAdaptiveSolver))
