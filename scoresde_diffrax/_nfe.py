@@ -128,7 +128,10 @@ def probe_solver(
         out = SolverProbe(n_first, n_later, found["has_error_estimate"])
     except Exception:  # noqa: BLE001 - e.g. implicit solvers: count not constant
         out = SolverProbe(-1, -1, isinstance(solver, dfx.AbstractAdaptiveSolver))
-    if cache_key is not None:
+    # A count of 0 is never a solver's (every step evaluates the score): the probe ran
+    # staged into an outer trace (`sample` under `jit`/`vmap`) and counted nothing.
+    # It is not cached, so later calls outside that trace probe again.
+    if cache_key is not None and out.first != 0:
         with _lock:
             _cache[cache_key] = out
     return out
