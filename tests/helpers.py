@@ -1,6 +1,7 @@
 """What the test modules share: the SDEs and exact mixtures they test against, the
 statistical check of generated samples against an exact mixture, the Gaussian case with
-a closed-form probability-flow map, and a score that counts its calls.
+a closed-form probability-flow map, a score that counts its calls, and the command
+line run in process with checkpoints written without training.
 
 Test modules import from here (`from helpers import ...`), never from each other.
 """
@@ -10,10 +11,13 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 from scipy import special as scipy_special, stats as scipy_stats
 
 import scoresde_diffrax as sd
+from scoresde_diffrax import cli
+from scoresde_diffrax._checkpoint import describe_model, describe_sde
 
 
 SDES = {
@@ -283,4 +287,47 @@ def inverse_mixture() -> sd.GaussianMixture:
     ]
     return sd.GaussianMixture(
         jnp.array(means), jnp.array(stds), jnp.array([0.3, 0.3, 0.4])
+    )
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def run_cli(argv, capsys):
+    """`scoresde ARGV` in process: its exit code, stdout and stderr (what was printed
+    before the call is discarded)."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> bool:
+    """Whether a command's stderr is one line and no traceback."""
+    return err.count("\n") == 1 and "Traceback" not in err
+
+
+def write_checkpoint(directory, model, sde, dataset):
+    """An untrained checkpoint of `model` (what `load_checkpoint` reads), written
+    without a training run (no compilation)."""
+    state = sd.TrainState(
+        model=model, ema=model, opt_state=None, step=jnp.asarray(1), key=jr.key(0)
+    )
+    meta = {
+        "model": describe_model(model),
+        "sde": describe_sde(sde),
+        "data": dataset.metadata(),
+    }
+    sd.save_checkpoint(directory, state, meta)
+
+
+def zero_weights(make):
+    """The module `make(key)` builds, with zero weights, computed from its structure
+    alone (`eqx.filter_eval_shape`: nothing compiles)."""
+    like = eqx.filter_eval_shape(make, jr.key(0))
+    return jax.tree_util.tree_map(
+        lambda x: (
+            jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+        ),
+        like,
     )

@@ -13,6 +13,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 import tomllib
+from helpers import run_cli
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
@@ -21,15 +22,9 @@ from scoresde_diffrax import cli
 TINY = ["--steps-per-call", "10", "--batch-size", "32", "--quiet"]
 
 
-def run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_train_sample_resume_end_to_end(tmp_path, capsys):
     ck = tmp_path / "ck"
-    code, out, err = run(
+    code, out, err = run_cli(
         [
             "train",
             "--data",
@@ -53,7 +48,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
     assert code == 0, err
     assert "20 steps" in out and (ck / "ckpt_000000020.json").exists()
     # Resume to 30 steps.
-    code, out, err = run(
+    code, out, err = run_cli(
         [
             "train",
             "--data",
@@ -76,7 +71,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
     assert code == 0, err
     assert "10 steps" in out and (ck / "ckpt_000000030.json").exists()
     npy, png = tmp_path / "s.npy", tmp_path / "s.png"
-    code, out, err = run(
+    code, out, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -101,7 +96,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
     assert x.shape == (50, 2) and np.all(np.isfinite(x))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Same seed, same samples; an adaptive ODE solver works too.
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -119,7 +114,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
     )
     assert code == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), x)
-    code, out, err = run(
+    code, out, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -135,7 +130,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
     )
     assert code == 0, err
     # Bad input that needs a checkpoint: another architecture cannot resume.
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "train",
             "--data",
@@ -157,7 +152,7 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
     # A truncated checkpoint file.
     eqx_file = ck / "ckpt_000000030.eqx"
     eqx_file.write_bytes(eqx_file.read_bytes()[:50])
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -305,7 +300,7 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     argv = [a.format(d=tmp_path, f=blocker) for a in argv]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err, err
@@ -343,7 +338,7 @@ _TRAIN5 = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp", "--steps
 )
 def test_distributed_flags_one_line_exit_2(tmp_path, capsys, flags, needle):
     # Checked before jax.distributed.initialize is called (nothing connects).
-    code, out, err = run([*_TRAIN5, "--out", str(tmp_path / "o"), *flags], capsys)
+    code, out, err = run_cli([*_TRAIN5, "--out", str(tmp_path / "o"), *flags], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err, err

@@ -6,18 +6,13 @@ import re
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
 
 
 TINY = ["--steps-per-call", "2", "--batch-size", "16", "--quiet"]
-
-
-def run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def test_train_conditional_and_sample_each_label(conditional_run, tmp_path, caps
     assert meta["loss"]["cond_drop"] == 0.2 and meta["cli"]["conditional"] is True
     assert model.model.config.num_classes == 10
     npy = tmp_path / "s.npy"
-    code, out, err = run(
+    code, out, err = run_cli(
         ["sample", "--checkpoint", str(conditional_run), "--label", "all"]
         + ["--guidance-scale", "2", "--num-samples", "12", "--solver", "ancestral"]
         + ["--steps", "3", "--out", str(npy)],
@@ -46,7 +41,7 @@ def test_train_conditional_and_sample_each_label(conditional_run, tmp_path, caps
     assert code == 0, err
     assert np.load(npy).shape == (12, 1, 8, 8) and "3 score evaluations" in out
     # A resumed run keeps its settings: another --cond-drop is refused.
-    code, out, err = run(
+    code, out, err = run_cli(
         ["train", "--out", str(conditional_run), "--steps", "6", "--resume"]
         + ["--cond-drop", "0.5"],
         capsys,
@@ -72,7 +67,7 @@ def test_conditional_user_errors(conditional_run, tmp_path, capsys, argv, match)
     else:
         argv += ["--out", str(tmp_path / "o.npy"), "--num-samples", "2"]
         argv += ["--solver", "ancestral", "--steps", "2"]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1, err
     assert re.search(match, err), err
@@ -81,5 +76,5 @@ def test_conditional_user_errors(conditional_run, tmp_path, capsys, argv, match)
 def test_conditional_needs_labels(tmp_path, capsys):
     argv = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp"]
     argv += ["--conditional", "--steps", "2", "--out", str(tmp_path / "m"), *TINY]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2 and re.search(r"--conditional needs a data set with labels", err)

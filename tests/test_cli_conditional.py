@@ -10,33 +10,12 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import run_cli, write_checkpoint
 
 import scoresde_diffrax as sd
-from scoresde_diffrax import cli
-from scoresde_diffrax._checkpoint import describe_model, describe_sde
 
 
 TINY = ["--steps-per-call", "2", "--batch-size", "16", "--quiet"]
-
-
-def run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _checkpoint(directory, model, sde, dataset):
-    """An untrained checkpoint of `model` (what `load_checkpoint` reads), written
-    without a training run (no compilation)."""
-    state = sd.TrainState(
-        model=model, ema=model, opt_state=None, step=jnp.asarray(1), key=jr.key(0)
-    )
-    meta = {
-        "model": describe_model(model),
-        "sde": describe_sde(sde),
-        "data": dataset.metadata(),
-    }
-    sd.save_checkpoint(directory, state, meta)
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +48,10 @@ def runs(tmp_path_factory):
             (1, 8, 8), channels=8, num_levels=1, groups=4, key=k
         )
     )
-    _checkpoint(paths["score"], sd.EpsScore(mlp((1, 8, 8)), vp), vp, digits)
-    _checkpoint(paths["clf"], clf, vp, digits)
-    _checkpoint(paths["color"], sd.EpsScore(mlp((3, 8, 8)), vp), vp, colored)
-    _checkpoint(paths["clf_ve"], clf, ve, digits)
+    write_checkpoint(paths["score"], sd.EpsScore(mlp((1, 8, 8)), vp), vp, digits)
+    write_checkpoint(paths["clf"], clf, vp, digits)
+    write_checkpoint(paths["color"], sd.EpsScore(mlp((3, 8, 8)), vp), vp, colored)
+    write_checkpoint(paths["clf_ve"], clf, ve, digits)
     return paths
 
 
@@ -80,10 +59,10 @@ def test_train_classifier_reports_and_resumes(tmp_path, capsys):
     out = tmp_path / "clf"
     argv = ["train-classifier", "--data", "digits", "--sde", "vp", "--out", str(out)]
     argv += [*TINY, "--channels", "8", "--levels", "1", "--steps-per-call", "1"]
-    code, text, err = run(argv + ["--steps", "2"], capsys)
+    code, text, err = run_cli(argv + ["--steps", "2"], capsys)
     assert code == 0, err
     assert "2 steps" in text and "test accuracy" in text
-    code, text, err = run(argv + ["--steps", "4", "--resume"], capsys)
+    code, text, err = run_cli(argv + ["--steps", "4", "--resume"], capsys)
     assert code == 0, err
     assert "2 steps" in text and (out / "ckpt_000000004.json").exists()
     model, meta = sd.load_checkpoint(out)
@@ -93,7 +72,7 @@ def test_train_classifier_reports_and_resumes(tmp_path, capsys):
 
 def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
     npy, png = tmp_path / "g.npy", tmp_path / "g.png"
-    code, out, err = run(
+    code, out, err = run_cli(
         ["sample", "--checkpoint", str(runs["score"]), "--classifier"]
         + [str(runs["clf"]), "--label", "all", "--guidance-scale", "2"]
         + ["--num-samples", "12", "--solver", "ancestral", "--steps", "3"]
@@ -106,7 +85,7 @@ def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
 
     # Inpainting: the known region is the observation, the PNG three columns.
     npy, png = tmp_path / "i.npy", tmp_path / "i.png"
-    code, out, err = run(
+    code, out, err = run_cli(
         ["inpaint", "--checkpoint", str(runs["score"]), "--data", "digits"]
         + ["--mask", "left-half", "--num-samples", "5", "--seed", "1"]
         + [
@@ -137,7 +116,7 @@ def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
     m = np.zeros((1, 8, 8), bool)
     m[:, :4] = True
     np.save(mask, m)
-    code, out, err = run(
+    code, out, err = run_cli(
         ["inpaint", "--checkpoint", str(runs["score"]), "--observations", str(obs)]
         + ["--mask-file", str(mask), "--solver", "ancestral", "--steps", "3"]
         + ["--out", str(tmp_path / "own.npy")],
@@ -149,7 +128,7 @@ def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
 
     # Colorization: the grey level of each result is the observation's.
     npy = tmp_path / "c.npy"
-    code, out, err = run(
+    code, out, err = run_cli(
         ["colorize", "--checkpoint", str(runs["color"]), "--data", "colored-digits"]
         + [
             "--num-samples",
@@ -400,7 +379,7 @@ def test_user_errors(runs, tmp_path, capsys, argv, match):
         argv += ["--out", str(tmp_path / "o.npy")]
     if argv[0] == "sample":
         argv += ["--num-samples", "2", "--solver", "ancestral", "--steps", "2"]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1, err
     assert re.search(match, err), err

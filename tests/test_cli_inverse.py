@@ -7,50 +7,16 @@ import math
 import re
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import run_cli, write_checkpoint, zero_weights
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
-from scoresde_diffrax._checkpoint import describe_model, describe_sde
 from scoresde_diffrax.cli import inverse
 from scoresde_diffrax.data import digits_array
-
-
-def run(argv, capsys):
-    """`scoresde ARGV` in process: exit code, stdout, stderr."""
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _checkpoint(directory, model, sde, dataset):
-    """An untrained checkpoint of `model` (what `load_checkpoint` reads), written
-    without a training run (no compilation)."""
-    state = sd.TrainState(
-        model=model, ema=model, opt_state=None, step=jnp.asarray(1), key=jr.key(0)
-    )
-    meta = {
-        "model": describe_model(model),
-        "sde": describe_sde(sde),
-        "data": dataset.metadata(),
-    }
-    sd.save_checkpoint(directory, state, meta)
-
-
-def _zeros(make):
-    """The module `make(key)` builds, with zero weights, computed from its structure
-    alone (`eqx.filter_eval_shape`: nothing compiles)."""
-    like = eqx.filter_eval_shape(make, jr.key(0))
-    return jax.tree_util.tree_map(
-        lambda x: (
-            jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
-        ),
-        like,
-    )
 
 
 def _linear_x0_net(c: float):
@@ -59,7 +25,7 @@ def _linear_x0_net(c: float):
     silu(-x)) = c x`. As an `X0Score` it predicts `x0_hat = c x_t`: a score that pulls
     the samples towards 0 (grey in data units), with a nonzero Jacobian for DPS's
     gradient through `x0_hat`."""
-    net = _zeros(lambda k: sd.nn.MLPScore((1, 8, 8), width=128, depth=1, key=k))
+    net = zero_weights(lambda k: sd.nn.MLPScore((1, 8, 8), width=128, depth=1, key=k))
     eye = jnp.eye(64)
     (layer,) = net.layers
     w1 = layer.weight.at[:64, :64].set(eye).at[64:, :64].set(-eye)
@@ -79,15 +45,15 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     paths = {k: root / k for k in ("score", "linear", "clf")}
     digits, vp = sd.data.digits(), sd.VPSDE()
-    clf = _zeros(
+    clf = zero_weights(
         lambda k: sd.nn.NoiseConditionalClassifier(
             (1, 8, 8), channels=8, num_levels=1, groups=4, key=k
         )
     )
-    zero = _zeros(lambda k: sd.nn.MLPScore((1, 8, 8), width=32, depth=1, key=k))
-    _checkpoint(paths["score"], sd.X0Score(zero, vp), vp, digits)
-    _checkpoint(paths["linear"], sd.X0Score(_linear_x0_net(0.5), vp), vp, digits)
-    _checkpoint(paths["clf"], clf, vp, digits)
+    zero = zero_weights(lambda k: sd.nn.MLPScore((1, 8, 8), width=32, depth=1, key=k))
+    write_checkpoint(paths["score"], sd.X0Score(zero, vp), vp, digits)
+    write_checkpoint(paths["linear"], sd.X0Score(_linear_x0_net(0.5), vp), vp, digits)
+    write_checkpoint(paths["clf"], clf, vp, digits)
     return paths
 
 
@@ -137,7 +103,7 @@ OPS = ["super-resolution:2", "blur:0.7", "mask:centre-square", "random-projectio
 def test_projection_satisfies_the_measurement(runs, tmp_path, capsys, operator):
     png = tmp_path / "p.png"
     argv = _argv(runs, tmp_path, operator, "projection", "--noise-std", "0")
-    code, out, err = run(argv + ["--png", str(png)], capsys)
+    code, out, err = run_cli(argv + ["--png", str(png)], capsys)
     assert code == 0, err
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (4, 1, 8, 8) and x.dtype == np.float32
@@ -165,7 +131,7 @@ def test_projection_satisfies_the_measurement(runs, tmp_path, capsys, operator):
 def test_dps_writes_images(runs, tmp_path, capsys, operator):
     argv = _argv(runs, tmp_path, operator, "dps", "--noise-std", "0.1", steps=3)
     argv[argv.index("--checkpoint") + 1] = str(runs["linear"])
-    code, out, err = run(argv + ["--step-size", "1"], capsys)
+    code, out, err = run_cli(argv + ["--step-size", "1"], capsys)
     assert code == 0, err
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (4, 1, 8, 8) and x.dtype == np.float32
@@ -310,7 +276,7 @@ def test_user_errors(runs, tmp_path, capsys, operator, method, extra, match):
     argv = _argv(runs, tmp_path, operator, method)
     if "--noise-std" not in extra:
         argv += ["--noise-std", "0.1"]
-    code, out, err = run(argv + extra, capsys)
+    code, out, err = run_cli(argv + extra, capsys)
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("scoresde inverse: error:"), err

@@ -17,6 +17,7 @@ import jax
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import one_line, run_cli
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
@@ -26,17 +27,6 @@ from scoresde_diffrax.cli._common import DATASETS
 ROOT = pathlib.Path(__file__).parents[1]
 MOONS = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp"]
 TINY = ["--batch-size", "8", "--quiet"]
-
-
-def run(argv, capsys):
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> bool:
-    return err.count("\n") == 1 and "Traceback" not in err
 
 
 def leaves(tree):
@@ -92,7 +82,7 @@ def test_resume_refuses_each_contradicting_flag(
     """Every setting of the run comes from the checkpoint: a flag that contradicts it
     is refused in one line naming the flag and both values, before anything runs."""
     before = sorted(p.name for p in run20.iterdir())
-    code, out, err = run(
+    code, out, err = run_cli(
         ["train", "--out", run20, "--resume", "--steps", "30", flag, value, "--quiet"],
         capsys,
     )
@@ -108,7 +98,7 @@ def test_resume_with_only_steps_grown_is_bit_exact(run20, tmp_path, capsys):
     bitwise where an uninterrupted 30-step run with those settings ends; the metadata
     still describes the same run. Repeating the same flags is allowed."""
     d = copy_run(run20, tmp_path / "ck")
-    code, out, err = run(
+    code, out, err = run_cli(
         ["train", "--out", d, "--resume", "--steps", "30", "--quiet"], capsys
     )
     assert code == 0, err
@@ -125,7 +115,7 @@ def test_resume_with_only_steps_grown_is_bit_exact(run20, tmp_path, capsys):
         "--warmup",
         "2",
     ]
-    code, _, err = run([*argv, "--out", full, "--quiet"], capsys)
+    code, _, err = run_cli([*argv, "--out", full, "--quiet"], capsys)
     assert code == 0, err
     resumed_ema, meta = sd.load_checkpoint(d)
     full_ema, full_meta = sd.load_checkpoint(full)
@@ -137,7 +127,7 @@ def test_resume_with_only_steps_grown_is_bit_exact(run20, tmp_path, capsys):
         assert meta[key] == full_meta[key], key
     assert meta["batch_size"] == 16 and meta["optimizer"]["warmup_steps"] == 2
     # The same flags as the checkpoint's are not a contradiction.
-    code, out, err = run(
+    code, out, err = run_cli(
         [
             "train",
             "--out",
@@ -158,10 +148,14 @@ def test_resume_with_only_steps_grown_is_bit_exact(run20, tmp_path, capsys):
 
 
 def test_resume_already_complete_and_out_already_used(run20, capsys):
-    code, out, err = run(["train", "--out", run20, "--resume", "--steps", "15"], capsys)
+    code, out, err = run_cli(
+        ["train", "--out", run20, "--resume", "--steps", "15"], capsys
+    )
     assert code == 0 and err == ""
     assert "already complete" in out and "step 20" in out and "nan" not in out
-    code, out, err = run([*MOONS, "--steps", "40", "--out", run20, "--quiet"], capsys)
+    code, out, err = run_cli(
+        [*MOONS, "--steps", "40", "--out", run20, "--quiet"], capsys
+    )
     assert code == 2 and one_line(err)
     assert f"--out {run20} already holds a run" in err and "--resume" in err
     assert "checkpoint_dir" not in err and "resume=True" not in err
@@ -186,7 +180,9 @@ def test_resume_refuses_another_kind_of_checkpoint(run20, tmp_path, capsys):
         d = copy_run(run20, tmp_path / needle[:5])
         js = sorted(d.glob("*.json"))[-1]
         js.write_text(json.dumps(edit(json.loads(js.read_text()))))
-        code, _, err = run(["train", "--out", d, "--resume", "--steps", "40"], capsys)
+        code, _, err = run_cli(
+            ["train", "--out", d, "--resume", "--steps", "40"], capsys
+        )
         assert code == 2 and one_line(err) and needle in err, err
     # The library refuses it too.
     d = copy_run(run20, tmp_path / "lib")
@@ -238,7 +234,7 @@ def test_resume_of_a_checkpoint_from_before_input_features(tmp_path, capsys):
     js.write_text(json.dumps(meta))
     loaded, _ = sd.load_checkpoint(d)
     assert loaded.model.input_freqs is None and same_weights(loaded, res.ema_model)
-    code, out, err = run(
+    code, out, err = run_cli(
         ["train", "--out", d, "--resume", "--steps", "6", "--quiet"], capsys
     )
     assert code == 0 and "2 steps" in out, err
@@ -250,7 +246,7 @@ def test_resume_of_a_checkpoint_from_before_input_features(tmp_path, capsys):
 
 def test_nan_loss_is_one_line_and_leaves_no_out_dir(tmp_path, capsys):
     out = tmp_path / "runs" / "nan"
-    code, _, err = run(
+    code, _, err = run_cli(
         [*MOONS, "--steps", "50", "--lr", "1e9", "--out", out, *TINY], capsys
     )
     assert code == 2 and one_line(err), err
@@ -260,7 +256,7 @@ def test_nan_loss_is_one_line_and_leaves_no_out_dir(tmp_path, capsys):
 
 
 def test_too_many_samples_is_one_line(run20, tmp_path, capsys):
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -290,7 +286,7 @@ def test_out_of_memory_says_how_many_fit(run20, tmp_path, capsys):
     """10^8 samples of the moons MLP need ~130 GiB of temporaries (XLA's memory
     analysis: ~1.3 kB per sample); the allocation fails at once, and the error says
     how many fit, from the programs compiled for small batches."""
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -314,7 +310,7 @@ def test_out_of_memory_says_how_many_fit(run20, tmp_path, capsys):
 
 
 def test_unwritable_paths_say_why(run20, capsys):
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -331,7 +327,9 @@ def test_unwritable_paths_say_why(run20, capsys):
     assert code == 2 and one_line(err), err
     assert "--out's directory '/proc' is not writable" in err
     assert "No such file or directory" not in err
-    code, _, err = run([*MOONS, "--steps", "2", "--out", "/proc/run", *TINY], capsys)
+    code, _, err = run_cli(
+        [*MOONS, "--steps", "2", "--out", "/proc/run", *TINY], capsys
+    )
     assert code == 2 and one_line(err) and "--out '/proc/run' cannot be created" in err
 
 
@@ -377,7 +375,7 @@ def test_error_prefix_is_the_same_for_every_error(run20, capsys):
         (["frobnicate"], "scoresde: error: argument COMMAND"),
     ]
     for argv, prefix in cases:
-        code, _, err = run(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
         assert code == 2 and one_line(err) and err.startswith(prefix), err
 
 
@@ -386,7 +384,7 @@ def test_warmup_zero_progress_piped_and_sample_directories(run20, tmp_path, caps
     the progress is a few plain lines, no carriage returns; `sample --out` creates
     missing directories, and says so in its help."""
     d = tmp_path / "w0"
-    code, _, err = run(
+    code, _, err = run_cli(
         [*MOONS, "--steps", "40", "--warmup", "0", "--steps-per-call", "4"]
         + ["--batch-size", "8", "--out", d],
         capsys,
@@ -397,7 +395,7 @@ def test_warmup_zero_progress_piped_and_sample_directories(run20, tmp_path, caps
     assert "\r" not in err and 1 <= len(lines) <= 11, err
     assert lines[-1].startswith("train: step 40/40 (100%), loss ")
     npy = tmp_path / "a" / "b" / "x.npy"
-    code, out, err = run(
+    code, out, err = run_cli(
         ["sample", "--checkpoint", run20, "--num-samples", "4", "--solver", "ddim"]
         + ["--steps", "2", "--out", npy],
         capsys,
@@ -462,12 +460,12 @@ def test_rings_learn_their_shape(tmp_path, capsys):
     57 %, a shapeless blob."""
     ck, npy = tmp_path / "ck", tmp_path / "x.npy"
     train = ["train", "--data", "rings", "--sde", "vp", "--model", "mlp"]
-    code, _, err = run(
+    code, _, err = run_cli(
         [*train, "--steps", "3000", "--batch-size", "512", "--out", ck, "--quiet"],
         capsys,
     )
     assert code == 0, err
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", ck, "--num-samples", "1000", "--solver"]
         + ["euler-maruyama", "--steps", "200", "--out", npy],
         capsys,

@@ -3,21 +3,10 @@
 
 import numpy as np
 import pytest
+from helpers import one_line, run_cli
 from PIL import Image
 
 import scoresde_diffrax as sd
-from scoresde_diffrax import cli
-
-
-def _run(argv, capsys):
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line(err: str) -> bool:
-    return err.count("\n") == 1 and "Traceback" not in err
 
 
 def _png_folder(path, sizes, mode="L", seed=0):
@@ -110,21 +99,21 @@ def test_train_on_own_files_from_the_shell(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--data", tmp_path / "pts.npy", "--sde", "vp", "--model", "mlp"]
     argv += ["--batch-size", "8", "--quiet", "--steps", "3", "--out", out]
-    code, text, err = _run(argv + ["--data-range=-5,5"], capsys)
+    code, text, err = run_cli(argv + ["--data-range=-5,5"], capsys)
     assert code == 0, err
     assert "64 vectors of shape (2,)" in text and "x * 0.2 + 0" in text
     model, meta = sd.load_checkpoint(out)
     assert meta["data"]["name"] == str(tmp_path / "pts.npy")
     assert meta["cli"]["data_range"] == "-5,5"
     # A resumed run keeps its data settings.
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["train", "--out", out, "--resume", "--steps", "4", "--data-range=-6,6"],
         capsys,
     )
-    assert code == 2 and _one_line(err) and "--data-range -6,6 contradicts" in err
+    assert code == 2 and one_line(err) and "--data-range -6,6 contradicts" in err
     # Images from a folder of PNGs, and labelled images from .npz, train too.
     _png_folder(tmp_path / "pngs", [(8, 8)] * 6)
-    code, text, err = _run(
+    code, text, err = run_cli(
         ["train", "--data", tmp_path / "pngs", "--sde", "vp", "--model", "mlp"]
         + ["--batch-size", "4", "--quiet", "--steps", "2", "--out", tmp_path / "r2"],
         capsys,
@@ -152,7 +141,7 @@ def test_bad_data_flags_are_one_line(tmp_path, capsys, extra, match):
     bad.write_text("not numpy")
     extra = [str(bad) if a == "BAD" else a for a in extra]
     argv = ["train", *extra, "--sde", "vp", "--model", "mlp", "--steps", "2"]
-    code, _, err = _run(argv + ["--out", tmp_path / "o", "--quiet"], capsys)
-    assert code == 2 and _one_line(err), err
+    code, _, err = run_cli(argv + ["--out", tmp_path / "o", "--quiet"], capsys)
+    assert code == 2 and one_line(err), err
     assert match in err
     assert not (tmp_path / "o").exists()
