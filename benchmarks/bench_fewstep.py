@@ -378,6 +378,8 @@ def plot(rows, path):
         ax.axhline(sub[0]["gap_se"], color="k", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks([4, *BUDGETS], [str(b) for b in (4, *BUDGETS)])
+        ax.minorticks_off()
         ax.set_xlabel("score evaluations")
         ax.set_ylabel("|mean log p0 gap|")
         ax.set_title(
