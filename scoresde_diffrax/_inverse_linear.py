@@ -88,7 +88,9 @@ class Project(AbstractStateWrapper):
 
     The measurement is treated as exact: noise in $y$ is not modelled (a `weight`
     below 1 softens the projection, as in the paper; [`DPS`][] takes noisy
-    measurements). Which samplers: as for [`Impute`][] (every fixed-step sampler;
+    measurements). With a noisy $y$ and small singular values (a blur) the noise is
+    divided by them and the result is the pseudo-inverse $A^+ y$: use `DPS` there
+    (measured on digits in `benchmarks/README.md`). Which samplers: as for [`Impute`][] (every fixed-step sampler;
     with probability-flow ODE samplers the noise stays $z_0$ along the path). It adds
     no score evaluations. Its error against an exact posterior: README ("Inverse
     problems").
