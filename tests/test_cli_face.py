@@ -242,6 +242,15 @@ def test_non_finite_samples_are_one_line(ckpts, tmp_path, capsys):
             ],
             "--metrics: unknown fid",
         ),
+        (
+            ["sample", "--solver", "restart", "--steps", "4"],
+            "--steps 4 is below what --solver restart needs: at least 5",
+        ),
+        (
+            ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "restart"]
+            + ["--nfe", "4,10"],
+            "--nfe: an NFE budget of 4 is below what restart needs",
+        ),
         (["likelihood", "--divergence", "gaussian:0"], "--divergence must be"),
         (["likelihood", "--num-examples", "99999"], "--num-examples must be at most"),
         (["likelihood", "--out", "ll.txt"], "--out must name a .npy"),
@@ -357,6 +366,42 @@ def test_bench_on_a_checkpoint_uses_held_data(ckpts, tmp_path, capsys):
     assert rec["nfe"] == 3 and rec["problem"].startswith("moons")
     # an untrained model is far from the data; true samples are not
     assert m["floor"] is not None and 0 < m["floor"] < m["value"]
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()])
+def test_restart_schedule_splits_the_budget(sde):
+    """Main grid steps + restarts x segment steps = the budget; t_min on the grid."""
+    for budget in (5, 6, 13, 20, 50, 1000):
+        solver, grid = sd.restart_schedule(sde, budget)
+        ts = np.asarray(grid.ts)
+        main = len(ts) - 1
+        assert main + solver.num_restarts * solver.num_steps == budget, budget
+        assert solver.num_restarts == max(1, budget // 10)
+        assert np.all(np.diff(ts) < 0) and ts[0] == sde.T
+        assert np.isclose(ts[1:-1], solver.t_min, rtol=1e-5).sum() == 1
+        solver.check_grid(ts, float(sde.T), float(ts[-1]), "ts")  # what sample checks
+    with pytest.raises(ValueError, match="at least 5"):
+        sd.restart_schedule(sde, 4)
+
+
+def test_bench_restart_spends_each_budget(tmp_path, capsys):
+    """`--solvers restart` spends exactly each --nfe budget (counted by the solve), as
+    `scoresde solvers` says (1 evaluation per step, segments included)."""
+    assert SOLVERS["restart"].evals_per_step == 1
+    code, out, err = run(
+        ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "restart,euler"]
+        + ["--nfe", "5,12,20", "--num-samples", "64", "--out", str(tmp_path / "b")],
+        capsys,
+    )
+    assert code == 0, err
+    got = [json.loads(x) for x in (tmp_path / "b" / "records.jsonl").open()]
+    rows = [(g["sampler"], g["nfe_budget"], g["nfe"], g["steps"]) for g in got]
+    assert rows[:3] == [
+        ("restart", 5, 5, 2),  # 2 main steps + 1 restart of 3
+        ("restart", 12, 12, 9),  # 9 + 1 x 3
+        ("restart", 20, 20, 14),  # 14 + 2 x 3
+    ], rows
+    assert all(g["nfe"] == g["nfe_budget"] for g in got)
 
 
 def test_runner_checks_budgets_and_metrics():
