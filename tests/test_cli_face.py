@@ -150,6 +150,44 @@ def test_old_name_samples_what_the_new_name_samples(ckpts, tmp_path, capsys):
     )
 
 
+def test_sample_restart_spends_its_steps(ckpts, tmp_path, capsys):
+    """`--solver restart --steps 12` is `sd.restart_schedule(sde, 12)` (the same
+    samples) and spends 12 score evaluations, as the table's 1 per step says."""
+    out_npy = tmp_path / "r.npy"
+    code, out, err = run(
+        ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+        + [
+            "--solver",
+            "restart",
+            "--steps",
+            "12",
+            "--seed",
+            "2",
+            "--out",
+            str(out_npy),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    # 9 steps on the main grid + one restart of 3 steps
+    assert "(restart, 9 steps, 12 score evaluations each)" in out, out
+    model, meta = sd.load_checkpoint(ckpts["moons"])
+    sde = sd.sde_from_description(meta["sde"])
+    solver, grid = sd.restart_schedule(sde, 12)
+    res = sd.sample(
+        jr.key(2),
+        sde,
+        sd.nn.loop_friendly(model),
+        (4, 2),
+        solver=solver,
+        stepsize_controller=grid,
+    )
+    assert int(res.stats["num_score_evals"]) == 12 * SOLVERS["restart"].evals_per_step
+    d = meta["data"]
+    want = (np.asarray(res.samples) - d["shift"]) / d["scale"]
+    np.testing.assert_array_equal(np.load(out_npy), want)
+
+
 # ------------------------------------------------------------------ failures
 
 
