@@ -87,6 +87,7 @@ from ._solver import (
     MultistepState as MultistepState,
     PredictorCorrector as PredictorCorrector,
     Restart as Restart,
+    restart_schedule as restart_schedule,
     ReverseDiffusion as ReverseDiffusion,
     StochasticDDIM as StochasticDDIM,
     StochasticDPMSolverPP as StochasticDPMSolverPP,

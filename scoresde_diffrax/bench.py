@@ -45,11 +45,12 @@ from ._exact import GaussianMixture
 from ._sample import sample
 from ._sde import AbstractSDE
 from ._solver import time_grid
-from .metrics import mixture_report
+from .metrics import fd_digits_with_se, mixture_report
 
 
 MIXTURE_METRICS = ("sliced_w2", "variance_ratio", "weight_error", "log_prob_gap")
-DATA_METRICS = ("sliced_w2",)
+DATA_METRICS = ("sliced_w2", "fd_digits")
+_DIGITS_SHAPES = ((8, 8), (1, 8, 8), (1, 16, 16))
 _NUM_PROJECTIONS = 256
 _FLOOR_DRAWS = 5
 
@@ -119,8 +120,14 @@ class MixtureProblem:
 
 @dataclasses.dataclass(frozen=True)
 class DataProblem:
-    """A score model (e.g. a trained checkpoint's) with held-out data: the metric is
-    the sliced Wasserstein-2 distance to the held data (`DATA_METRICS`).
+    """A score model (e.g. a trained checkpoint's) with held-out data. The metrics
+    (`DATA_METRICS`): `sliced_w2`, the sliced Wasserstein-2 distance to the held
+    data; and for 8x8 digits (examples of shape `(8, 8)`, `(1, 8, 8)` or
+    `(1, 16, 16)` padded, as `sd.data.digits` makes them) `fd_digits`, the Fréchet
+    distance in the features of the FD-digits classifier
+    ([`fd_digits_with_se`][scoresde_diffrax.metrics.fd_digits_with_se]: its standard
+    error is a bootstrap over the samples), with the samples mapped to `[0, 1]`
+    images by `data_range`.
 
     **Fields:**
 
@@ -130,12 +137,30 @@ class DataProblem:
         `num_samples` are the reference; the next `num_samples` (if there are as many)
         give the floor.
     - `name`: the label in the records.
+    - `data_range`: the model units of the images' black and white, `(lo, hi)`
+        (a checkpoint's `(shift, shift + scale)`; `(-1, 1)` for `sd.data.digits`'s
+        default scaling): samples become images `(x - lo) / (hi - lo)`, clipped to
+        `[0, 1]`, for `fd_digits`.
     """
 
     sde: AbstractSDE
     score: Callable
     data: Any
     name: str = "data"
+    data_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics that apply: `sliced_w2`, and `fd_digits` for 8x8 digits."""
+        if self.shape in _DIGITS_SHAPES:
+            return DATA_METRICS
+        return ("sliced_w2",)
+
+    def to_images(self, x: Any) -> np.ndarray:
+        """Examples in model units -> images in `[0, 1]` (by `data_range`)."""
+        lo, hi = self.data_range
+        x = np.asarray(x, np.float64).reshape(len(x), *self.shape)
+        return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
     @property
     def label(self) -> str:
@@ -170,6 +195,12 @@ class Sampler:
     - `rtol`, `atol`, `max_steps`: the adaptive solve's settings.
     - `stepsize_controller`: for an adaptive sampler, a controller to use instead of
         `diffrax.PIDController(rtol=rtol, atol=atol)` (e.g. with `dcoeff=0` for SDEs).
+    - `plan`: for a sampler whose budget is not `nfe // evals_per_step` steps of one
+        grid: `plan(sde, nfe)` returns the `(solver, stepsize_controller)` that spend
+        exactly `nfe` evaluations (e.g.
+        [`restart_schedule`][scoresde_diffrax.restart_schedule]); `solver` and `grid`
+        are then unused.
+    - `min_nfe`: the least budget (default `evals_per_step`).
     """
 
     name: str
@@ -182,17 +213,20 @@ class Sampler:
     atol: float = 1e-3
     max_steps: int = 4096
     stepsize_controller: dfx.AbstractStepSizeController | None = None
+    plan: Callable[[AbstractSDE, int], tuple] | None = None
+    min_nfe: int | None = None
 
     def check_budget(self, nfe: int | None) -> None:
         """Raise a `ValueError` if a fixed-step sampler's budget of `nfe` score
         evaluations (an int, or None) buys no step; nothing for an adaptive one."""
         if self.adaptive:
             return
-        if nfe is None or nfe < self.evals_per_step:
+        least = self.evals_per_step if self.min_nfe is None else self.min_nfe
+        if nfe is None or nfe < least:
             raise ValueError(
                 f"an NFE budget of {nfe} is below what {self.name} needs: "
-                f"{self.evals_per_step} score evaluations per step, so at least "
-                f"{self.evals_per_step}."
+                f"{self.evals_per_step} score evaluations per step, and at least "
+                f"{least}."
             )
 
     def sample_kwargs(self, sde: AbstractSDE, nfe: int | None) -> dict:
@@ -210,6 +244,9 @@ class Sampler:
             return kwargs | dict(
                 stepsize_controller=controller, max_steps=self.max_steps
             )
+        if self.plan is not None:
+            solver, controller = self.plan(sde, nfe)
+            return kwargs | dict(solver=solver, stepsize_controller=controller)
         steps = nfe // self.evals_per_step
         if self.grid == "uniform":
             return kwargs | dict(num_steps=steps)
@@ -353,7 +390,7 @@ class _Target:
         kref, kfloor, self.kproj = jr.split(key, 3)
         self.problem, self.metrics = problem, tuple(metrics)
         is_mix = isinstance(problem, MixtureProblem)
-        allowed = MIXTURE_METRICS if is_mix else DATA_METRICS
+        allowed = MIXTURE_METRICS if is_mix else problem.metrics
         bad = [m for m in self.metrics if m not in allowed]
         if bad:
             raise ValueError(
@@ -387,6 +424,8 @@ class _Target:
                     f"{problem.label}: lower it."
                 )
             self.ref = data[:n]
+            if "fd_digits" in self.metrics:
+                self.ref_images = problem.to_images(self.ref)
             floor = None
             if len(data) >= 2 * n:
                 floor = self.of(data[n : 2 * n])
@@ -400,7 +439,13 @@ class _Target:
                 self.problem.mixture, x, self.ref, self.ref_logp, self.kproj
             )
         else:
-            m = dict(sliced_w2=sliced_w2_with_se(self.kproj, x, self.ref))
+            m = {}
+            if "sliced_w2" in self.metrics:
+                m["sliced_w2"] = sliced_w2_with_se(self.kproj, x, self.ref)
+            if "fd_digits" in self.metrics:
+                m["fd_digits"] = fd_digits_with_se(
+                    self.problem.to_images(x), self.ref_images
+                )
         return {k: (float(m[k][0]), float(m[k][1])) for k in self.metrics}
 
 
@@ -440,7 +485,9 @@ def run(
         `sliced_w2` (to true samples), `variance_ratio` (within-mode variance / true),
         `weight_error` (largest |mode weight - true|), `log_prob_gap` (mean exact
         log p0 of the samples minus that of true samples: the likelihood error) for
-        mixtures; `DATA_METRICS` = `sliced_w2` (to the held data) for data).
+        mixtures; `DATA_METRICS` = `sliced_w2` (to the held data) and, for 8x8
+        digits, `fd_digits` (FD-digits to the held digits, its floor from as many
+        held digits, its standard error a bootstrap over the samples) for data).
     - `callback`: called with each record as it is made (e.g. to print progress).
 
     **Returns:** a list of [`BenchRecord`][scoresde_diffrax.bench.BenchRecord], in
@@ -461,7 +508,7 @@ def run(
         names = metrics
         if names is None:
             is_mix = isinstance(problem, MixtureProblem)
-            names = MIXTURE_METRICS if is_mix else DATA_METRICS
+            names = MIXTURE_METRICS if is_mix else problem.metrics
         targets.append(_Target(ktarget, problem, num_samples, names))
         sample_keys.append(ksample)
     records = []

@@ -440,12 +440,16 @@ EXPECTED = {
     "unipc": (sd.UniPC, "ode", "logsnr"),
     "deis": (sd.DEIS, "ode", "logsnr"),
     "edm-heun": (sd.EDMHeun, "ode", "edm"),
+    "restart": (None, "sde", "restart"),
 }
 
 
 def _sample_kwargs(name, sde, eps=None) -> dict:
     """The `sd.sample` arguments of `--solver name --steps STEPS` (or MAX_STEPS)."""
     make, method, steps = EXPECTED[name]
+    if steps == "restart":  # STEPS score evaluations in all
+        solver, grid = sd.restart_schedule(sde, STEPS, eps=eps)
+        return dict(solver=solver, stepsize_controller=grid, method=method, eps=eps)
     kwargs = dict(solver=make(), method=method, eps=eps)
     if steps == "uniform":
         return kwargs | dict(num_steps=STEPS)
@@ -540,7 +544,9 @@ def test_cli_solver_is_the_sd_sample_call(tiny_checkpoint, cli_samples, name):
     nfe = int(stats["num_score_evals"])
     assert f"({name}, {int(stats['num_steps'])} steps, {nfe} score" in stdout
     entry = cli.SOLVERS[name.split()[0]]  # what `scoresde solvers` says
-    per_step = entry.evals_per_step * int(stats["num_steps"])
+    # --steps STEPS costs evals/step x STEPS (restart: its segments' steps count too)
+    steps = int(stats["num_steps"]) if entry.adaptive else STEPS
+    per_step = entry.evals_per_step * steps
     assert nfe == per_step + (1 if entry.adaptive and EXPECTED[name][1] == "ode" else 0)
 
 

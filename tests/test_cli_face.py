@@ -7,8 +7,10 @@ randomly initialised MLPs; no compilation to make them)."""
 import json
 import math
 import re
+from collections.abc import Callable
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -148,6 +150,44 @@ def test_old_name_samples_what_the_new_name_samples(ckpts, tmp_path, capsys):
     )
 
 
+def test_sample_restart_spends_its_steps(ckpts, tmp_path, capsys):
+    """`--solver restart --steps 12` is `sd.restart_schedule(sde, 12)` (the same
+    samples) and spends 12 score evaluations, as the table's 1 per step says."""
+    out_npy = tmp_path / "r.npy"
+    code, out, err = run(
+        ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+        + [
+            "--solver",
+            "restart",
+            "--steps",
+            "12",
+            "--seed",
+            "2",
+            "--out",
+            str(out_npy),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    # 9 steps on the main grid + one restart of 3 steps
+    assert "(restart, 9 steps, 12 score evaluations each)" in out, out
+    model, meta = sd.load_checkpoint(ckpts["moons"])
+    sde = sd.sde_from_description(meta["sde"])
+    solver, grid = sd.restart_schedule(sde, 12)
+    res = sd.sample(
+        jr.key(2),
+        sde,
+        sd.nn.loop_friendly(model),
+        (4, 2),
+        solver=solver,
+        stepsize_controller=grid,
+    )
+    assert int(res.stats["num_score_evals"]) == 12 * SOLVERS["restart"].evals_per_step
+    d = meta["data"]
+    want = (np.asarray(res.samples) - d["shift"]) / d["scale"]
+    np.testing.assert_array_equal(np.load(out_npy), want)
+
+
 # ------------------------------------------------------------------ failures
 
 
@@ -241,6 +281,15 @@ def test_non_finite_samples_are_one_line(ckpts, tmp_path, capsys):
                 "fid",
             ],
             "--metrics: unknown fid",
+        ),
+        (
+            ["sample", "--solver", "restart", "--steps", "4"],
+            "--steps 4 is below what --solver restart needs: at least 5",
+        ),
+        (
+            ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "restart"]
+            + ["--nfe", "4,10"],
+            "--nfe: an NFE budget of 4 is below what restart needs",
         ),
         (["likelihood", "--divergence", "gaussian:0"], "--divergence must be"),
         (["likelihood", "--num-examples", "99999"], "--num-examples must be at most"),
@@ -357,6 +406,118 @@ def test_bench_on_a_checkpoint_uses_held_data(ckpts, tmp_path, capsys):
     assert rec["nfe"] == 3 and rec["problem"].startswith("moons")
     # an untrained model is far from the data; true samples are not
     assert m["floor"] is not None and 0 < m["floor"] < m["value"]
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()])
+def test_restart_schedule_splits_the_budget(sde):
+    """Main grid steps + restarts x segment steps = the budget; t_min on the grid."""
+    for budget in (5, 6, 13, 20, 50, 1000):
+        solver, grid = sd.restart_schedule(sde, budget)
+        ts = np.asarray(grid.ts)
+        main = len(ts) - 1
+        assert main + solver.num_restarts * solver.num_steps == budget, budget
+        assert solver.num_restarts == max(1, budget // 10)
+        assert np.all(np.diff(ts) < 0) and ts[0] == sde.T
+        assert np.isclose(ts[1:-1], solver.t_min, rtol=1e-5).sum() == 1
+        solver.check_grid(ts, float(sde.T), float(ts[-1]), "ts")  # what sample checks
+    with pytest.raises(ValueError, match="at least 5"):
+        sd.restart_schedule(sde, 4)
+
+
+def test_bench_restart_spends_each_budget(tmp_path, capsys):
+    """`--solvers restart` spends exactly each --nfe budget (counted by the solve), as
+    `scoresde solvers` says (1 evaluation per step, segments included)."""
+    assert SOLVERS["restart"].evals_per_step == 1
+    code, out, err = run(
+        ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "restart,euler"]
+        + ["--nfe", "5,12,20", "--num-samples", "64", "--out", str(tmp_path / "b")],
+        capsys,
+    )
+    assert code == 0, err
+    got = [json.loads(x) for x in (tmp_path / "b" / "records.jsonl").open()]
+    rows = [(g["sampler"], g["nfe_budget"], g["nfe"], g["steps"]) for g in got]
+    assert rows[:3] == [
+        ("restart", 5, 5, 2),  # 2 main steps + 1 restart of 3
+        ("restart", 12, 12, 9),  # 9 + 1 x 3
+        ("restart", 20, 20, 14),  # 14 + 2 x 3
+    ], rows
+    assert all(g["nfe"] == g["nfe_budget"] for g in got)
+
+
+class _FlatScore(eqx.Module):
+    """A score on vectors, for examples of shape `shape`."""
+
+    score: Callable
+    shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __call__(self, t, x):
+        return self.score(t, x.reshape(-1)).reshape(self.shape)
+
+
+def test_bench_fd_digits_on_a_digits_problem():
+    """`fd_digits` for 8x8 digits (no checkpoint: the exact score of a per-class
+    diagonal Gaussian mixture fitted to the train digits, in model units [-1, 1]): the
+    figure is FD-digits of the samples against the first held digits, the floor that
+    of as many other held digits, both with a bootstrap standard error."""
+    train, labels = sd.data.digits_array("train")
+    flat = train.reshape(len(train), 64) * 2 - 1
+    means = np.stack([flat[labels == k].mean(0) for k in range(10)])
+    stds = np.stack([flat[labels == k].std(0) for k in range(10)]) + 0.05
+    sde = sd.VPSDE()
+    mix = sd.GaussianMixture(jnp.asarray(means), jnp.asarray(stds))
+    test, _ = sd.data.digits_array("test")  # (360, 1, 8, 8) in [0, 1]
+    held = test[:200] * 2 - 1
+    problem = sd.bench.DataProblem(
+        sde, _FlatScore(mix.score(sde), (1, 8, 8)), held, "digit mixture"
+    )
+    assert problem.metrics == ("sliced_w2", "fd_digits")
+    dpm = sd.bench.Sampler("dpm", sd.DPMSolverPP2M(), "ode", grid="logsnr")
+    (rec,) = sd.bench.run(jr.key(0), [problem], [dpm], [10], num_samples=100)
+    assert set(rec.metrics) == {"sliced_w2", "fd_digits"}
+    x = sd.sample(
+        jr.split(jr.fold_in(jr.key(0), 0))[1],
+        sde,
+        problem.score,
+        (100, 1, 8, 8),
+        solver=sd.DPMSolverPP2M(),
+        stepsize_controller=dfx.StepTo(sd.time_grid(sde, 10, "logsnr")),
+    ).samples
+    images = np.clip((np.asarray(x) + 1) / 2, 0, 1)
+    want = sd.metrics.fd_digits_with_se(images, test[:100])
+    np.testing.assert_allclose(rec.metrics["fd_digits"], want, rtol=1e-5)
+    floor = sd.metrics.fd_digits_with_se(test[100:200], test[:100])
+    np.testing.assert_allclose(rec.floor["fd_digits"], floor, rtol=1e-5)
+    assert rec.metrics["fd_digits"][1] > 0 and rec.floor["fd_digits"][1] > 0
+    # Noise is far from digits: its FD-digits is many standard errors above the floor.
+    noise = np.asarray(jr.uniform(jr.key(1), (100, 1, 8, 8)))
+    fd, se = sd.metrics.fd_digits_with_se(noise, test[:100])
+    assert fd > floor[0] + 4 * math.hypot(se, floor[1]), (fd, se, floor)
+    # Not digits: fd_digits does not apply, and the error lists what does.
+    moons = sd.bench.DataProblem(sde, mix.score(sde), np.zeros((200, 2)), "moons")
+    with pytest.raises(
+        ValueError, match="do not apply to moons; choose from sliced_w2"
+    ):
+        sd.bench.run(
+            jr.key(0), [moons], [dpm], [10], num_samples=100, metrics=["fd_digits"]
+        )
+
+
+def test_bootstrap_se_of_fd_digits_is_the_spread_over_sample_sets():
+    """The bootstrap standard error of FD-digits against the spread of the figure over
+    disjoint sets of real digits (7 sets of 180 train digits, the reference 180 test
+    digits; measured: spread 5.5, bootstrap 5.5-9.1)."""
+    train, _ = sd.data.digits_array("train")
+    test, _ = sd.data.digits_array("test")
+    perm = np.random.default_rng(0).permutation(len(train))
+    runs = [
+        sd.metrics.fd_digits_with_se(train[perm[i * 180 : (i + 1) * 180]], test[:180])
+        for i in range(7)
+    ]
+    spread = np.std([v for v, _ in runs], ddof=1)
+    se = np.median([s for _, s in runs])
+    assert 0.4 < se / spread < 2.5, (se, spread)
+    with pytest.raises(ValueError, match="num_resamples"):
+        sd.metrics.fd_digits_with_se(test[:10], test[10:20], num_resamples=1)
 
 
 def test_runner_checks_budgets_and_metrics():

@@ -227,3 +227,27 @@ def test_every_notebook_is_checked():
 def test_notebook_runs(path):
     namespace, printed = _execute(path)
     CHECKS[path.name](namespace, printed)
+
+
+# ------------------------------------------------------------ committed outputs
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_committed_with_outputs(path):
+    """Each notebook is committed executed (the outputs of a full-size run): every
+    code cell ran, in order, once, none ended in an error, something was shown, and
+    the file stays small enough to read on GitHub. Re-execute with `jupyter nbconvert
+    --to notebook --execute --inplace` (README, Quickstart)."""
+    assert path.stat().st_size < 1_500_000, f"{path.name}: lower the figures' dpi"
+    cells = [
+        c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"
+    ]
+    counts = [c.get("execution_count") for c in cells]
+    assert counts == list(range(1, len(cells) + 1)), (
+        f"{path.name} is not committed executed in order (execution counts {counts}): "
+        "run jupyter nbconvert --to notebook --execute --inplace on it"
+    )
+    outputs = [o for c in cells for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o["output_type"] == "error"]
+    assert not errors, f"{path.name}: error outputs {[o['ename'] for o in errors]}"
+    assert any(o["output_type"] != "stream" or o["name"] == "stdout" for o in outputs)

@@ -16,6 +16,6 @@ from .multistep import (
     UniPC as UniPC,
 )
 from .predictor_corrector import PredictorCorrector as PredictorCorrector
-from .restart import Restart as Restart
+from .restart import Restart as Restart, restart_schedule as restart_schedule
 from .reverse_diffusion import ReverseDiffusion as ReverseDiffusion
 from .time_grid import time_grid as time_grid

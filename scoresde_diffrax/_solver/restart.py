@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._sde import AbstractSDE
 from .._term import ScoreDrift
 from ._common import check_decreasing, dense_info, SDETerms, unpack_sde
 from .multistep import AbstractMultistepSolver
@@ -191,3 +192,100 @@ class Restart(dfx.AbstractItoSolver):
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
+
+
+def restart_schedule(
+    sde: AbstractSDE,
+    num_evals: int,
+    *,
+    solver: dfx.AbstractSolver | None = None,
+    evals_per_step: int = 1,
+    eps: float | None = None,
+    sigma_min: float = 0.3,
+    sigma_max: float = 1.5,
+    num_steps: int = 3,
+) -> tuple[Restart, dfx.StepTo]:
+    r"""A [`Restart`][] sampler and its grid that spend exactly `num_evals` score
+    evaluations: the budget of `scoresde sample --solver restart --steps K` and of
+    `scoresde bench --solvers restart`.
+
+    The budget buys `N = num_evals // evals_per_step` ODE steps of `solver`, shared
+    between `K = max(1, N // 10)` restart segments of `num_steps` steps each and a
+    main grid of the `N - K * num_steps` others, uniform in log-SNR from `sde.T` to
+    `eps` in two pieces joined at `t_min` (split in proportion to their log-SNR
+    spans, at least one step each). `t_min` and `t_max` are the times where the noise
+    level $s(t)/a(t)$ is `sigma_min` and `sigma_max` (`t_max` at most `sde.T`): the
+    interval of Xu et al.'s experiments, as in `benchmarks/bench_fewstep.py`. With
+    DPM-Solver++(2M) inside: 10 evaluations = 7 main steps + one restart of 3, 20 =
+    14 + 2 x 3, 50 = 35 + 5 x 3.
+
+    **Arguments:**
+
+    - `sde`: the SDE (its log-SNR places the grid).
+    - `num_evals`: the budget, at least `evals_per_step * (num_steps + 2)`.
+    - `solver`: the inner ODE solver (default [`DPMSolverPP2M`][]).
+    - `evals_per_step`: its score evaluations per step (1 for the default; 2 for
+        `diffrax.Heun()` or [`EDMHeun`][]).
+    - `eps`: where the main grid ends (default `sde.default_eps`); below `t_min`.
+    - `sigma_min`, `sigma_max`: the restart interval, as noise levels.
+    - `num_steps`: ODE steps per restart segment.
+
+    **Returns:** `(Restart(...), diffrax.StepTo(ts))`: pass them to
+    [`sample`][] as `solver` and `stepsize_controller`.
+
+    **Raises:** `ValueError` for a budget below the least one, or `eps` not below
+    `t_min`.
+
+    ```python
+    solver, grid = sd.restart_schedule(sde, 20)
+    out = sd.sample(key, sde, score, (1000, 2), solver=solver, stepsize_controller=grid)
+    # out.stats["num_score_evals"] == 20
+    ```
+
+    **Reference:** Xu, Deng, Zhou, Tao, Jaakkola, *Restart Sampling for Improving
+    Generative Processes*, NeurIPS 2023.
+    """
+    from .dpm_solver import DPMSolverPP2M
+    from .time_grid import time_grid
+
+    solver = DPMSolverPP2M() if solver is None else solver
+    if isinstance(evals_per_step, bool) or not (
+        isinstance(evals_per_step, int) and evals_per_step >= 1
+    ):
+        raise ValueError(
+            f"restart_schedule: `evals_per_step` must be an int >= 1, got "
+            f"{evals_per_step!r}."
+        )
+    least = evals_per_step * (num_steps + 2)
+    if isinstance(num_evals, bool) or not isinstance(num_evals, int | np.integer):
+        raise ValueError(
+            f"restart_schedule: `num_evals` must be an int, got {num_evals!r}."
+        )
+    if num_evals < least:
+        raise ValueError(
+            f"a budget of {num_evals} score evaluations is below what restart needs: "
+            f"at least {least} ({num_steps} steps of one restart segment and 2 of "
+            f"the main grid, {evals_per_step} evaluation(s) each)."
+        )
+    steps = int(num_evals) // evals_per_step
+    k = max(1, steps // 10)
+    main = steps - k * num_steps
+    t_of = lambda sigma: float(sde.t_from_log_snr(-2.0 * math.log(sigma)))  # noqa: E731
+    t_min, t_max = t_of(sigma_min), min(t_of(sigma_max), float(sde.T))
+    eps = float(sde.default_eps) if eps is None else float(eps)
+    if not eps < t_min:
+        raise ValueError(
+            f"restart_schedule: `eps` = {eps} must be below t_min = {t_min:.4g} (the "
+            f"time of the noise level sigma_min = {sigma_min})."
+        )
+    lam = lambda t: float(sde.log_snr(t))  # noqa: E731
+    frac = (lam(t_min) - lam(sde.T)) / (lam(eps) - lam(sde.T))
+    n1 = min(max(1, round(main * frac)), main - 1)
+    ts = jnp.concatenate(
+        [
+            time_grid(sde, n1, "logsnr", eps=t_min),
+            time_grid(sde, main - n1, "logsnr", eps=eps, start=t_min)[1:],
+        ]
+    )
+    restart = Restart(solver, t_min, t_max, num_restarts=k, num_steps=num_steps)
+    return restart, dfx.StepTo(ts)

@@ -21,6 +21,7 @@ from .. import (
     EDMHeun,
     Langevin,
     PredictorCorrector,
+    restart_schedule,
     ReverseDiffusion,
     StochasticDPMSolverPP,
     StochasticEDMHeun,
@@ -48,6 +49,11 @@ class SolverEntry:
         `"edm"`) of the `--steps` steps.
     - `evals_per_step`: score evaluations per step; `order`: its order (text);
         `reference`: where it comes from (for `scoresde solvers`).
+    - `plan`: for a sampler whose `--steps` are not one grid of equal cost (restart):
+        `plan(sde, num_evals, eps=eps)` returns its `(solver, stepsize_controller)`
+        spending exactly `num_evals = evals_per_step * steps` score evaluations (the
+        solver then comes from `plan`, `make` gives its inner solver).
+    - `min_steps`: the fewest `--steps` it takes.
     """
 
     make: Callable
@@ -61,6 +67,8 @@ class SolverEntry:
     order: str = ""
     reference: str = ""
     methods: tuple[str, ...] = ()
+    plan: Callable | None = None
+    min_steps: int = 1
 
     @property
     def all_methods(self) -> tuple[str, ...]:
@@ -92,6 +100,9 @@ class SolverEntry:
                 max_steps=DEFAULT_MAX_STEPS if max_steps is None else max_steps,
             )
         steps = DEFAULT_STEPS if steps is None else steps
+        if self.plan is not None:
+            solver, controller = self.plan(sde, self.evals_per_step * steps, eps=eps)
+            return kwargs | dict(solver=solver, stepsize_controller=controller)
         if self.grid == "uniform":
             return kwargs | dict(num_steps=steps)
         ts = time_grid(sde, steps, kind=self.grid, eps=eps)
@@ -267,6 +278,18 @@ SOLVERS: dict[str, SolverEntry] = {
         order="3",
         reference="Zhang, Chen 2023 (DEIS)",
     ),
+    "restart": SolverEntry(
+        DPMSolverPP2M,
+        "sde",
+        help="Restart (Xu et al. 2023) around DPM-Solver++(2M): K steps in all, a "
+        "log-SNR grid plus K // 10 restarts (noise level 0.3 -> 1.5) of 3 steps each "
+        "(K >= 5)",
+        grid="logsnr",
+        order="-",
+        reference="Xu et al. 2023 (Restart)",
+        plan=restart_schedule,
+        min_steps=5,
+    ),
     "edm-heun": SolverEntry(
         EDMHeun,
         "ode",
@@ -383,6 +406,11 @@ def check_step_flags(choice: SolverChoice, args, *, deprecated_steps: bool) -> d
                 )
             max_steps, steps = steps, None
     else:
+        if steps is not None and steps < choice.entry.min_steps:
+            raise UserError(
+                f"--steps {steps} is below what --solver {choice.name} needs: at "
+                f"least {choice.entry.min_steps}"
+            )
         for flag, value in (
             ("--max-steps", max_steps),
             ("--rtol", args.rtol),

@@ -6,6 +6,7 @@ from ._fd import (
     DigitsClassifier as DigitsClassifier,
     fd_digits as fd_digits,
     fd_digits_floor as fd_digits_floor,
+    fd_digits_with_se as fd_digits_with_se,
     frechet_distance as frechet_distance,
 )
 from ._mixture import (

@@ -204,3 +204,40 @@ def digits_accuracy(
         )
     logits = jax.vmap(digits_classifier())(x)
     return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == labels))
+
+
+def fd_digits_with_se(
+    images: Float[ArrayLike, "n ..."],
+    reference: Float[ArrayLike, "m ..."],
+    *,
+    num_resamples: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """FD-digits of `images` against `reference` digits (both in `[0, 1]`, shapes as
+    [`digits_features`][scoresde_diffrax.metrics.digits_features] takes), with a
+    standard error: the standard deviation of the distance over `num_resamples`
+    bootstrap resamples of `images` (drawn with replacement, the reference fixed), so
+    it measures the noise of the sample set, not of the reference. Used by
+    `sd.bench` for the `fd_digits` metric, whose floor is the same figure for as many
+    held real digits.
+
+    **Arguments:**
+
+    - `images`: the digits to score, e.g. samples mapped to `[0, 1]`.
+    - `reference`: real digits, e.g. held-out ones.
+    - `num_resamples`: bootstrap resamples (>= 2).
+    - `seed`: the seed of the resampling (NumPy).
+
+    **Returns:** `(distance, standard error)`.
+    """
+    if isinstance(num_resamples, bool) or not (
+        isinstance(num_resamples, int) and num_resamples >= 2
+    ):
+        raise ValueError(f"`num_resamples` must be an int >= 2, got {num_resamples!r}.")
+    a, b = digits_features(images), digits_features(reference)
+    rng = np.random.default_rng(seed)
+    boot = [
+        frechet_distance(a[rng.integers(0, len(a), len(a))], b)
+        for _ in range(num_resamples)
+    ]
+    return frechet_distance(a, b), float(np.std(boot, ddof=1))
