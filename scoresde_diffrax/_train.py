@@ -1,9 +1,12 @@
 """Training: `train` runs denoising score matching with the paper's optimiser, an EMA
 of the weights and checkpoints, in jitted chunks of steps (a `lax.scan` each)."""
 
+import contextlib
 import dataclasses
 import os
 import pathlib
+import signal
+import threading
 import time
 
 import equinox as eqx
@@ -147,7 +150,9 @@ def train(
     its batch and noise from `fold_in(key, n)` alone, so training is a deterministic
     function of `key`: with `checkpoint_dir`, a checkpoint is written every
     `checkpoint_every` steps, at the end, and on `KeyboardInterrupt` (Ctrl-C: the
-    completed steps are kept, then the interrupt propagates), and `resume=True`
+    completed steps are kept, then the interrupt propagates; in the main thread the
+    first Ctrl-C takes effect when the running chunk of `steps_per_call` steps ends,
+    never inside JAX, and a second one at once), and `resume=True`
     continues from the newest complete one and ends, bit for bit (on CPU), with the
     same parameters as an uninterrupted run. A resumed run is the same run: the
     checkpoint must record the same model, SDE, data, loss, optimiser settings, EMA
@@ -509,7 +514,10 @@ def _main_loop(
     def save(state):
         save_checkpoint(checkpoint_dir, state, metadata, keep=keep_checkpoints)
 
-    with Progress(num_steps, done, enabled=progress and writer, desc="train") as bar:
+    with (
+        Progress(num_steps, done, enabled=progress and writer, desc="train") as bar,
+        _interrupt_between_chunks() as interrupted,
+    ):
         try:
             for stop in _chunk_stops(done, num_steps, config.length, checkpoint_every):
                 new_state, chunk = _run_chunk_or_raise(
@@ -527,6 +535,8 @@ def _main_loop(
                 if saving and (at_checkpoint or done == num_steps):
                     save(state)
                     saved = done
+                if interrupted():
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             # Keep what is done; a second interrupt during this write leaves the
             # previous checkpoint (the write is atomic).
@@ -534,6 +544,30 @@ def _main_loop(
                 save(state)
             raise
     return state, np.concatenate(losses)
+
+
+@contextlib.contextmanager
+def _interrupt_between_chunks():
+    """Ctrl-C (SIGINT) during training, made safe: in the main thread with Python's
+    default handler, the first SIGINT only sets a flag, which the training loop reads
+    between chunks (so no `KeyboardInterrupt` is raised inside JAX's dispatch, where
+    it could leave a lock held and the checkpoint write after it waiting forever); a
+    second SIGINT raises at once. Yields the flag's reader."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: False
+        return
+    hit = []
+
+    def first(signum, frame):
+        hit.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _check_finite(chunk: np.ndarray, done: int, config: "_ChunkConfig") -> None:

@@ -619,19 +619,33 @@ def test_unet_on_digits(tmp_path):
     default --steps-per-call (2 unrolled steps per call, sd.train's; the CLI's old
     default of 100 compiled 100 unrolled U-Net steps and was killed at ~24 GB): two
     training steps within 3 GB of peak RSS, measured on the child process; then DDIM
-    from the checkpoint, clipped to [0, 1] and drawn as a PNG grid."""
+    from the checkpoint, clipped to [0, 1] and drawn as a PNG grid.
+
+    The peak is the child's own `VmHWM` (Linux), written by the child as it exits:
+    the `ru_maxrss` that `wait4` reports also counts the parent's pages when the
+    child was started by `vfork` (it is carried across `exec`), so it read 3.9 GiB
+    in a test worker that had grown large, for a command that peaks at ~1.4 GiB."""
     ck, npy, png = tmp_path / "ck", tmp_path / "x.npy", tmp_path / "x.png"
-    argv = [sys.executable, "-m", "scoresde_diffrax.cli", "train", "--data", "digits"]
+    hwm = tmp_path / "hwm"
+    report = (
+        "import atexit, pathlib, runpy, sys; "
+        f"atexit.register(lambda: pathlib.Path({str(hwm)!r}).write_text("
+        "pathlib.Path('/proc/self/status').read_text())); "
+        "sys.argv = ['scoresde', *sys.argv[1:]]; "
+        "runpy.run_module('scoresde_diffrax.cli', run_name='__main__')"
+    )
+    argv = [sys.executable, "-c", report, "train", "--data", "digits"]
     argv += ["--sde", "vp", "--model", "unet", "--steps", "2", "--batch-size", "8"]
     argv += ["--quiet", "--out", str(ck)]
     root = pathlib.Path(__file__).parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
     with open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
     assert proc.returncode == 0, (tmp_path / "err").read_text()[-2000:]
-    peak = usage.ru_maxrss * 1024  # KiB on Linux
+    (kib,) = [
+        ln.split()[1] for ln in hwm.read_text().splitlines() if ln[:6] == "VmHWM:"
+    ]
+    peak = int(kib) * 1024
     assert peak < 3e9, f"peak RSS {peak / 2**30:.2f} GiB"
     model, meta = sd.load_checkpoint(ck)
     assert isinstance(model.model, sd.nn.UNet) and meta["step"] == 2

@@ -5,6 +5,7 @@ resume is bit-exact; a failed save never replaces a good checkpoint."""
 import json
 import math
 import pathlib
+import signal
 
 import diffrax as dfx
 import equinox as eqx
@@ -16,6 +17,7 @@ import pytest
 
 import scoresde_diffrax as sd
 import scoresde_diffrax._checkpoint as checkpoint_mod
+import scoresde_diffrax._train as train_mod
 
 
 SDE = sd.VPSDE()
@@ -221,6 +223,39 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         )
     again, meta = sd.load_checkpoint(d)
     assert meta["step"] == 10 and leaves_equal(again, good)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_takes_effect_between_chunks(tmp_path, monkeypatch, signals):
+    """SIGINT while a chunk runs: the first only marks the run as interrupted, the
+    chunk finishes and is saved, then `KeyboardInterrupt` goes on (so it is never
+    raised inside JAX); a second SIGINT interrupts at once, keeping the chunks
+    completed before. Python's handler is back afterwards."""
+    run_chunk, calls = train_mod._run_chunk_or_raise, []
+
+    def interrupted_in_chunk_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            for _ in range(signals):
+                signal.raise_signal(signal.SIGINT)
+        return run_chunk(*args)
+
+    monkeypatch.setattr(train_mod, "_run_chunk_or_raise", interrupted_in_chunk_2)
+    d, per_call = tmp_path / "run", 5
+    with pytest.raises(KeyboardInterrupt):
+        sd.train(
+            jr.key(3),
+            tiny_model(),
+            SDE,
+            DATA,
+            num_steps=100,
+            checkpoint_dir=d,
+            progress=False,
+            **(TINY | dict(steps_per_call=per_call)),
+        )
+    assert sd.read_metadata(d)["step"] == per_call * (3 - signals)
+    assert len(calls) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):

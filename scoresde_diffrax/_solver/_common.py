@@ -118,7 +118,11 @@ class Problem(eqx.Module):
             ]
         n = len(edges) - 1
         std = jnp.sqrt(jnp.abs(t1 - t0) / n)
-        u = [self.noise.contr(edges[j], edges[j + 1]) / std for j in range(n)]
+        # One vmapped evaluation of the path for all sub-intervals: unrolled, each
+        # evaluation of a virtual Brownian tree is its own subprogram, and compiling
+        # k = 100 of them (Restart with 100 restarts) took minutes.
+        lo, hi = jnp.stack(edges[:-1]), jnp.stack(edges[1:])
+        u = jax.vmap(self.noise.contr)(lo, hi) / std
         out, total = [], u[0]
         for j in range(1, k + 1):
             out.append((total - j * u[j]) / math.sqrt(j * (j + 1)))
