@@ -417,8 +417,16 @@ def test_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path):
     argv += ["--steps-per-call", "7", "--checkpoint-every", "700", "--out", str(d)]
     argv += TINY
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # SIGINT at its default in the child, as in a terminal: a shell's background job
+    # (how a CI script may run this suite) starts with SIGINT ignored, and an ignored
+    # signal stays ignored across exec, so Ctrl-C would never reach the command.
     proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

@@ -242,20 +242,26 @@ def test_ctrl_c_takes_effect_between_chunks(tmp_path, monkeypatch, signals):
 
     monkeypatch.setattr(train_mod, "_run_chunk_or_raise", interrupted_in_chunk_2)
     d, per_call = tmp_path / "run", 5
-    with pytest.raises(KeyboardInterrupt):
-        sd.train(
-            jr.key(3),
-            tiny_model(),
-            SDE,
-            DATA,
-            num_steps=100,
-            checkpoint_dir=d,
-            progress=False,
-            **(TINY | dict(steps_per_call=per_call)),
-        )
+    # Python's own handler, whatever this process inherited (a shell's background
+    # job, for one, starts with SIGINT ignored).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sd.train(
+                jr.key(3),
+                tiny_model(),
+                SDE,
+                DATA,
+                num_steps=100,
+                checkpoint_dir=d,
+                progress=False,
+                **(TINY | dict(steps_per_call=per_call)),
+            )
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert sd.read_metadata(d)["step"] == per_call * (3 - signals)
     assert len(calls) == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
