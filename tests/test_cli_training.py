@@ -413,20 +413,22 @@ def test_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path):
     (atomically, like the others), the command says where and exits with 130, and
     --resume continues from that step."""
     d = tmp_path / "run"
-    argv = [sys.executable, "-m", "scoresde_diffrax.cli", *MOONS, "--steps", "10000000"]
+    # Python's SIGINT handler in the child, as in a terminal: a shell's background job
+    # (how a CI script may run this suite) starts with SIGINT ignored, an ignored
+    # signal stays ignored across exec, and Python then installs no handler, so
+    # Ctrl-C would never reach the command.
+    cli_with_sigint = (
+        "import runpy, signal, sys; "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['scoresde', *sys.argv[1:]]; "
+        "runpy.run_module('scoresde_diffrax.cli', run_name='__main__')"
+    )
+    argv = [sys.executable, "-c", cli_with_sigint, *MOONS, "--steps", "10000000"]
     argv += ["--steps-per-call", "7", "--checkpoint-every", "700", "--out", str(d)]
     argv += TINY
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    # SIGINT at its default in the child, as in a terminal: a shell's background job
-    # (how a CI script may run this suite) starts with SIGINT ignored, and an ignored
-    # signal stays ignored across exec, so Ctrl-C would never reach the command.
     proc = subprocess.Popen(
-        argv,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 120
