@@ -16,29 +16,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import run_cli, write_checkpoint
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
-from scoresde_diffrax._checkpoint import describe_model, describe_sde
 from scoresde_diffrax.cli._solvers import choose_solver, DEPRECATED, SOLVERS
-
-
-def run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _checkpoint(directory, model, sde, dataset):
-    state = sd.TrainState(
-        model=model, ema=model, opt_state=None, step=jnp.asarray(1), key=jr.key(0)
-    )
-    meta = {
-        "model": describe_model(model),
-        "sde": describe_sde(sde),
-        "data": dataset.metadata(),
-    }
-    sd.save_checkpoint(directory, state, meta)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +31,11 @@ def ckpts(tmp_path_factory):
     vp = sd.VPSDE()
     moons = sd.data.Dataset(sd.data.moons(jr.key(0), 512), None, name="moons")
     net = sd.nn.MLPScore((2,), width=16, depth=1, key=jr.key(1))
-    _checkpoint(root / "moons", sd.EpsScore(net, vp), vp, moons)
+    write_checkpoint(root / "moons", sd.EpsScore(net, vp), vp, moons)
     nan = jax.tree_util.tree_map(lambda a: a * jnp.nan if eqx_array(a) else a, net)
-    _checkpoint(root / "nan", sd.EpsScore(nan, vp), vp, moons)
+    write_checkpoint(root / "nan", sd.EpsScore(nan, vp), vp, moons)
     dnet = sd.nn.MLPScore((1, 8, 8), width=16, depth=1, key=jr.key(2))
-    _checkpoint(root / "digits", sd.EpsScore(dnet, vp), vp, sd.data.digits())
+    write_checkpoint(root / "digits", sd.EpsScore(dnet, vp), vp, sd.data.digits())
     return {k: str(root / k) for k in ("moons", "nan", "digits")}
 
 
@@ -87,7 +69,7 @@ def test_help_of_each_command(command, flags, capsys):
 
 
 def test_solvers_table_lists_every_solver(capsys):
-    code, out, _ = run(["solvers"], capsys)
+    code, out, _ = run_cli(["solvers"], capsys)
     assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line}
     for name, e in SOLVERS.items():
@@ -131,13 +113,13 @@ def test_old_names_map_to_new_ones(capsys):
 
 def test_old_name_samples_what_the_new_name_samples(ckpts, tmp_path, capsys):
     base = ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
-    code, _, err = run(
+    code, _, err = run_cli(
         base
         + ["--solver", "heun-sde", "--steps", "3", "--out", str(tmp_path / "a.npy")],
         capsys,
     )
     assert code == 0 and "deprecated" in err
-    code, out, err = run(
+    code, out, err = run_cli(
         base
         + ["--solver", "heun", "--method", "sde", "--steps", "3"]
         + ["--out", str(tmp_path / "b.npy")],
@@ -154,7 +136,7 @@ def test_sample_restart_spends_its_steps(ckpts, tmp_path, capsys):
     """`--solver restart --steps 12` is `sd.restart_schedule(sde, 12)` (the same
     samples) and spends 12 score evaluations, as the table's 1 per step says."""
     out_npy = tmp_path / "r.npy"
-    code, out, err = run(
+    code, out, err = run_cli(
         ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
         + [
             "--solver",
@@ -192,7 +174,7 @@ def test_sample_restart_spends_its_steps(ckpts, tmp_path, capsys):
 
 
 def test_max_steps_is_one_line_and_the_api_raises_the_same(ckpts, tmp_path, capsys):
-    code, out, err = run(
+    code, out, err = run_cli(
         ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
         + ["--solver", "tsit5", "--max-steps", "2", "--out", str(tmp_path / "x.npy")],
         capsys,
@@ -204,7 +186,7 @@ def test_max_steps_is_one_line_and_the_api_raises_the_same(ckpts, tmp_path, caps
     )
     assert not (tmp_path / "x.npy").exists()
     # An old adaptive name keeps its old --steps: the maximum number of steps.
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
         + ["--solver", "ode-tsit5", "--steps", "2", "--out", str(tmp_path / "x.npy")],
         capsys,
@@ -234,7 +216,7 @@ def test_max_steps_is_one_line_and_the_api_raises_the_same(ckpts, tmp_path, caps
 
 
 def test_non_finite_samples_are_one_line(ckpts, tmp_path, capsys):
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", ckpts["nan"], "--num-samples", "4"]
         + ["--solver", "euler", "--steps", "2", "--out", str(tmp_path / "x.npy")],
         capsys,
@@ -307,14 +289,14 @@ def test_bad_input_is_one_line_naming_the_flag(ckpts, tmp_path, capsys, argv, ne
     else:
         ck = ckpts["moons"] if "moons" in rest else ckpts["digits"]
         rest += ["--checkpoint", ck]
-    code, out, err = run([command, *rest], capsys)
+    code, out, err = run_cli([command, *rest], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert needle in err, err
 
 
 def test_bench_out_that_cannot_be_written(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    code, _, err = run(
+    code, _, err = run_cli(
         ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "euler"]
         + ["--out", str(tmp_path / "file" / "b")],
         capsys,
@@ -327,7 +309,7 @@ def test_bench_out_that_cannot_be_written(tmp_path, capsys):
 
 def test_bench_command_writes_what_the_runner_returns(tmp_path, capsys):
     out_dir = tmp_path / "bench"
-    code, out, err = run(
+    code, out, err = run_cli(
         [
             "bench",
             "--problem",
@@ -395,7 +377,7 @@ def test_bench_command_writes_what_the_runner_returns(tmp_path, capsys):
 
 
 def test_bench_on_a_checkpoint_uses_held_data(ckpts, tmp_path, capsys):
-    code, out, err = run(
+    code, out, err = run_cli(
         ["bench", "--problem", f"checkpoint:{ckpts['moons']}", "--solvers", "euler"]
         + ["--nfe", "3", "--num-samples", "50", "--out", str(tmp_path / "b")],
         capsys,
@@ -428,7 +410,7 @@ def test_bench_restart_spends_each_budget(tmp_path, capsys):
     """`--solvers restart` spends exactly each --nfe budget (counted by the solve), as
     `scoresde solvers` says (1 evaluation per step, segments included)."""
     assert SOLVERS["restart"].evals_per_step == 1
-    code, out, err = run(
+    code, out, err = run_cli(
         ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "restart,euler"]
         + ["--nfe", "5,12,20", "--num-samples", "64", "--out", str(tmp_path / "b")],
         capsys,
@@ -563,7 +545,7 @@ def test_bits_per_dim_takes_levels():
 
 def test_likelihood_command_matches_log_likelihood(ckpts, tmp_path, capsys):
     npy = tmp_path / "ll.npy"
-    code, out, err = run(
+    code, out, err = run_cli(
         ["likelihood", "--checkpoint", ckpts["digits"], "--num-examples", "4"]
         + ["--seed", "1", "--out", str(npy)],
         capsys,
@@ -605,7 +587,7 @@ def test_likelihood_of_your_own_data(ckpts, tmp_path, capsys):
     path = tmp_path / "mine.npy"
     np.save(path, k)
     argv = ["likelihood", "--checkpoint", ckpts["digits"], "--data", str(path)]
-    code, out, err = run(
+    code, out, err = run_cli(
         argv + ["--seed", "1", "--out", str(tmp_path / "ll.npy")], capsys
     )
     assert code == 0, err
@@ -623,21 +605,23 @@ def test_likelihood_of_your_own_data(ckpts, tmp_path, capsys):
     )
     np.testing.assert_allclose(np.load(tmp_path / "ll.npy"), ref.log_prob, rtol=1e-5)
     capsys.readouterr()  # the reference's progress meter
-    code, _, err = run(argv + ["--split", "test"], capsys)
+    code, _, err = run_cli(argv + ["--split", "test"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--split applies" in err, err
 
 
 def test_sample_progress_bar(ckpts, tmp_path, capsys):
     base = ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
     base += ["--solver", "euler-maruyama", "--steps", "5"]
-    code, _, err = run(base + ["--out", str(tmp_path / "a.npy"), "--progress"], capsys)
+    code, _, err = run_cli(
+        base + ["--out", str(tmp_path / "a.npy"), "--progress"], capsys
+    )
     assert code == 0 and "100.00%" in err, err
-    code, _, err = run(base + ["--out", str(tmp_path / "b.npy"), "--quiet"], capsys)
+    code, _, err = run_cli(base + ["--out", str(tmp_path / "b.npy"), "--quiet"], capsys)
     assert code == 0 and err == ""
     np.testing.assert_array_equal(
         np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     )
-    code, _, err = run(
+    code, _, err = run_cli(
         base + ["--out", str(tmp_path / "c.npy"), "--quiet", "--progress"], capsys
     )
     assert code == 2 and "not allowed with argument" in err and err.count("\n") == 1
