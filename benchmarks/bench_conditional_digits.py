@@ -18,8 +18,6 @@ score evaluations (each makes two network calls) and wall time. Writes
 """
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import pathlib
@@ -33,25 +31,15 @@ import numpy as np
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from bench_inverse_digits import run_cli  # noqa: E402  (the same in-process runner)
+
 import scoresde_diffrax as sd  # noqa: E402
-from scoresde_diffrax import cli  # noqa: E402
 from scoresde_diffrax._pictures import image_grid, save_image  # noqa: E402
 from scoresde_diffrax.metrics import _fd  # noqa: E402
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 SCORE = RESULTS / "cond_digits_checkpoint"
-
-
-def run_cli(argv) -> tuple[str, float]:
-    """Run a `scoresde` command in process; what it printed and its wall time."""
-    printed = io.StringIO()
-    t = time.perf_counter()
-    with contextlib.redirect_stdout(printed):
-        code = cli.main([str(a) for a in argv])
-    if code != 0:
-        raise SystemExit(f"scoresde {argv[0]} failed with code {code}")
-    return printed.getvalue(), time.perf_counter() - t
 
 
 def per_class_fd(f_x, labels, f_train, train_y, f_test, test_y) -> list[dict]:
