@@ -166,8 +166,10 @@ def sample(
         batch axis over ALL its axes) or a `jax.sharding.NamedSharding` for the
         `(num_samples, *data_shape)` array; `num_samples` must be a multiple of the
         number of devices it is split over. Example `i` is driven by `fold_in(key, i)`
-        alone, so the samples are those of one device (bitwise for fixed steps; to
-        float32 round-off for adaptive ones). What is checked when, and how meshes
+        alone, so the samples are those of one device (to float32 round-off; bitwise
+        for fixed steps when the score's arithmetic does not depend on the batch
+        size, as with the exact mixture scores: a network's batched matrix products
+        may be summed in another order for a shard than for the whole batch). What is checked when, and how meshes
         from `jax.make_mesh` are used: README, "Several devices and hosts". Default
         None: one device.
 

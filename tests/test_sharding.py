@@ -5,8 +5,9 @@ subprocess with `--xla_force_host_platform_device_count=8`, and prints a JSON re
 per case; the tests below assert on it case by case. Each sharded call is compared
 with the same call with `sharding=None` in that process (one device).
 
-Measured (jax 0.10.2, CPU): fixed-step samples, latents and encodings are bitwise equal
-to the one-device results; so, here, were the adaptive samples and decodings. The
+Measured (jax 0.10.2, CPU): fixed-step samples, latents and encodings of the exact
+mixture score are bitwise equal to the one-device results (with a network, only to
+float32 round-off: see NETWORK_TOL); so, here, were the adaptive samples and decodings. The
 likelihood's log-density differs by float32 round-off (~1e-6 relative) even with fixed
 steps (the score's VJP compiles differently for a shard than for the whole batch), and
 with adaptive steps that difference enters the error norm, so steps and results move
@@ -69,17 +70,30 @@ def test_subprocess_uses_8_devices_and_this_checkout(results):
     )
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["sample_em_fixed", "mesh_2d_all_axes_sample_em", "mlp_score_sample_em"],
-)
+@pytest.mark.parametrize("name", ["sample_em_fixed", "mesh_2d_all_axes_sample_em"])
 def test_fixed_step_samples_sharded_and_bitwise(results, name):
-    """Euler-Maruyama: per-example keys (fold_in(key, i)) and no reduction over the
-    batch, so the 8-device samples are the one-device samples, bit for bit (also on a
-    4x2 mesh, and with an Equinox MLP score)."""
+    """Euler-Maruyama with the exact mixture score: per-example keys (fold_in(key, i))
+    and no reduction over the batch, so the 8-device samples are the one-device
+    samples, bit for bit (also on a 4x2 mesh)."""
     rec = _record(results, name)
     _sharded_over_batch(rec)
     assert rec["bitwise"], rec
+
+
+# A network's matrix products are batched dots whose summation order XLA's CPU kernels
+# may choose by the operand sizes (and the machine's caches): at 2 rows a device
+# instead of 16 the same example can round differently. Bitwise equality held on this
+# machine but failed on a fresh clone elsewhere, so with a network only float32
+# round-off is promised (a different noise draw would differ by O(1)).
+NETWORK_TOL = 1e-4
+
+
+def test_fixed_step_samples_sharded_with_a_network(results):
+    """Euler-Maruyama with an Equinox MLP score: the 8-device samples are the one-device
+    samples to float32 round-off."""
+    rec = _record(results, "mlp_score_sample_em")
+    _sharded_over_batch(rec)
+    assert rec["max_abs_diff"] <= NETWORK_TOL, rec
 
 
 @pytest.mark.parametrize(
@@ -219,11 +233,12 @@ def test_no_gather_onto_one_device(run):
 
 
 def test_cli_sample_data_parallel(results):
-    """`scoresde sample --data-parallel` writes the samples of one device (bitwise,
-    Euler-Maruyama); an indivisible --num-samples is one line on stderr, exit 2 (and
-    fine without the flag)."""
+    """`scoresde sample --data-parallel` writes the samples of one device (an MLP
+    checkpoint, Euler-Maruyama: to float32 round-off, see NETWORK_TOL); an indivisible
+    --num-samples is one line on stderr, exit 2 (and fine without the flag)."""
     rec = _record(results, "cli_sample_data_parallel")
-    assert rec["bitwise"] and rec["shape"] == [BATCH, 2], rec
+    assert rec["shape"] == [BATCH, 2] and rec["finite"], rec
+    assert rec["max_abs_diff"] <= NETWORK_TOL, rec
     assert rec["indivisible_without_flag_code"] == 0
     assert rec["indivisible_code"] == 2
     err = rec["indivisible_stderr"]
