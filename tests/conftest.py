@@ -1,4 +1,5 @@
 import gc
+import os
 
 import jax
 import pytest
@@ -10,6 +11,17 @@ from helpers import MIXTURES as MIXTURES, SDES as SDES
 
 # Make shape bugs loud: no silent rank promotion inside the package.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _compilation_cache_of_child_commands(tmp_path_factory):
+    """`scoresde` commands run as child processes keep JAX's persistent compilation
+    cache in this test process's temporary directory, not the user's `~/.cache`
+    (and children that compile the same programs load them from there)."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        path = tmp_path_factory.mktemp("jax_compilation_cache")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    yield
 
 
 @pytest.fixture(params=list(SDES), ids=list(SDES))

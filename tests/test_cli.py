@@ -348,12 +348,12 @@ def test_console_script_declared_and_runs(tmp_path):
     meta = tomllib.loads(
         (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
     )
-    assert meta["project"]["scripts"]["scoresde"] == "scoresde_diffrax.cli:console_main"
+    assert meta["project"]["scripts"]["scoresde"] == "scoresde_cli:console_main"
     # The entry point, in a fresh interpreter: --help, then a user error.
     cmd = [
         sys.executable,
         "-c",
-        "import sys; from scoresde_diffrax.cli import console_main; sys.argv[0] = 'scoresde'; console_main()",
+        "import sys; from scoresde_cli import console_main; sys.argv[0] = 'scoresde'; console_main()",
     ]
     help_ = subprocess.run(
         [*cmd, "sample", "--help"],

@@ -19,7 +19,7 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._errors import SolveError
 from . import (
@@ -34,7 +34,11 @@ from . import (
     train_classifier as train_classifier,
 )
 from ._args import Parser
-from ._common import DATASETS as DATASETS, UserError as UserError
+from ._common import (
+    DATASETS as DATASETS,
+    INTERRUPT_HOOKS,
+    UserError as UserError,
+)
 from ._solvers import (
     register_solver as register_solver,
     SolverEntry as SolverEntry,
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
         msg = str(e)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        INTERRUPT_HOOKS["report"](prog)
         return 130
     msg = " ".join(msg.split())  # one line
     print(f"{prog}: error: {msg}", file=sys.stderr)
@@ -113,5 +117,19 @@ def solve_failure(error: SolveError) -> str:
     return f"{what}; {_FIXES[error.kind]}"
 
 
+def set_interrupt_hooks(
+    report: Callable[[str], bool], writing: Callable[[str, bool], None]
+) -> None:
+    """Used by the entry point (`scoresde_cli`): `report(prog)` prints the one line of
+    an interrupt (once per process), `writing(path, start)` is told of every temporary
+    file a command writes while it writes it."""
+    INTERRUPT_HOOKS["report"] = report
+    INTERRUPT_HOOKS["writing"] = writing
+
+
 def console_main() -> None:  # pragma: no cover - the console-script entry point
-    sys.exit(main())
+    """The `scoresde` command (kept for old entry points: `scoresde_cli.console_main`
+    is the one that handles Ctrl-C during the imports)."""
+    from scoresde_cli import console_main as entry
+
+    entry()

@@ -1,6 +1,7 @@
-"""`python -m scoresde_diffrax.cli ...`: the `scoresde` command."""
+"""`python -m scoresde_diffrax.cli ...`: the `scoresde` command (through its entry
+point, `scoresde_cli`, which handles Ctrl-C and the compilation cache)."""
 
-from . import console_main
+from scoresde_cli import console_main
 
 
 console_main()

@@ -5,10 +5,14 @@ from, the files samples are written to).
 The checkpoint helpers of the library are imported here and nowhere else in the CLI.
 """
 
+import contextlib
 import math
+import os
 import pathlib
 import shutil
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.random as jr
@@ -44,6 +48,54 @@ class UserError(Exception):
     def __init__(self, message: str, *, prog: str | None = None):
         super().__init__(message)
         self.prog = prog
+
+
+# ------------------------------------------------------------------ interrupts, writing
+
+
+def _print_interrupt(prog: str) -> bool:
+    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+    return True
+
+
+# What happens on Ctrl-C: the entry point (`scoresde_cli`) replaces these with its own,
+# which print the line once per process and remove registered files if it must end
+# the process while JAX still runs (see `set_interrupt_hooks`).
+INTERRUPT_HOOKS: dict[str, Callable] = {
+    "report": _print_interrupt,
+    "writing": lambda path, start: None,
+}
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | pathlib.Path) -> Iterator[str]:
+    """Yields a temporary file name beside `path` (same suffix, so writers that go by
+    it still do); once the block ends, the file is renamed over `path`. `path` is
+    never half written: an error or an interrupt removes the temporary file."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the result is a normal file
+    os.close(fd)
+    INTERRUPT_HOOKS["writing"](tmp, True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        INTERRUPT_HOOKS["writing"](tmp, False)
+
+
+def save_npy(path: str | pathlib.Path, array) -> None:
+    """`np.save` to `path`, atomically (see `atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def missing_ancestor(path: pathlib.Path) -> pathlib.Path | None:
@@ -385,13 +437,14 @@ def save_samples(
     images = len(data_meta["data_shape"]) == 3
     if images:
         x = np.clip(x, 0.0, 1.0)
-    np.save(out, x)
+    if png is not None and not images and x.shape[1:] != (2,):
+        raise UserError("--png needs image data or 2-D points")
+    save_npy(out, x)
     if png is not None:
-        if images:
-            save_image(png, image_grid(x[:64]), title=title)
-        elif x.shape[1:] == (2,):
-            reference = _reference_points(data_meta.get("name", ""))
-            save_scatter(png, x, reference=reference, title=title)
-        else:
-            raise UserError("--png needs image data or 2-D points")
+        with atomic_output(png) as tmp:
+            if images:
+                save_image(tmp, image_grid(x[:64]), title=title)
+            else:
+                reference = _reference_points(data_meta.get("name", ""))
+                save_scatter(tmp, x, reference=reference, title=title)
     return x

@@ -10,7 +10,7 @@ import numpy as np
 from .. import data, Impute, load_checkpoint, nn, sde_from_description
 from .._pictures import image_grid, save_image
 from ._args import positive_int
-from ._common import UserError
+from ._common import atomic_output, UserError
 from ._solvers import choose_solver, SOLVERS
 
 
@@ -263,4 +263,7 @@ def side_by_side(
     cols = [np.broadcast_to(col, (col.shape[0], c, *col.shape[2:])) for col in columns]
     n = min(limit, cols[0].shape[0])
     tiles = np.stack([col[:n] for col in cols], axis=1).reshape(-1, *cols[0].shape[1:])
-    save_image(png, image_grid(tiles, ncols=len(cols) * min(per_row, n)), title=title)
+    with atomic_output(png) as tmp:
+        save_image(
+            tmp, image_grid(tiles, ncols=len(cols) * min(per_row, n)), title=title
+        )

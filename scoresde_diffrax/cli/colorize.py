@@ -5,7 +5,7 @@ import jax.random as jr
 import numpy as np
 
 from .. import colorization, sample as sd_sample
-from ._common import check_sample_files, load_for_sampling, UserError
+from ._common import check_sample_files, load_for_sampling, save_npy, UserError
 from ._conditioning import (
     add_inverse_flags,
     side_by_side,
@@ -60,7 +60,7 @@ def run(args) -> int:
     # solvers end a noise level away from it) before clipping to [0, 1].
     result = result - result.mean(axis=1, keepdims=True) + grey[:, None]
     result = np.clip(result, 0.0, 1.0)
-    np.save(out, result.astype(np.float32))
+    save_npy(out, result.astype(np.float32))
     if args.png is not None:
         side_by_side(
             [grey[:, None], result, truth],

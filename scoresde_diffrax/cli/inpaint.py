@@ -5,7 +5,7 @@ import jax.random as jr
 import numpy as np
 
 from .. import sample as sd_sample
-from ._common import check_sample_files, load_for_sampling, UserError
+from ._common import check_sample_files, load_for_sampling, save_npy, UserError
 from ._conditioning import (
     add_inverse_flags,
     impute_solver,
@@ -101,7 +101,7 @@ def run(args) -> int:
     # Write and report: the known region is the observation itself.
     result = np.where(mask, observed, to_data(res.samples, data_meta))
     result = np.clip(result, 0.0, 1.0) if len(shape) == 3 else result
-    np.save(out, result.astype(np.float32))
+    save_npy(out, result.astype(np.float32))
     if args.png is not None:
         shown = np.where(mask, observed, 0.5)
         cols = [shown, result] + ([truth] if truth is not None else [])

@@ -39,7 +39,7 @@ import numpy as np
 
 from .. import DPS, Project, sample as sd_sample
 from ._args import nonnegative_float
-from ._common import check_sample_files, load_for_sampling, UserError
+from ._common import check_sample_files, load_for_sampling, save_npy, UserError
 from ._conditioning import (
     add_inverse_flags,
     inpainting_mask,
@@ -415,7 +415,7 @@ def run(args) -> int:
 
     # Write and report (data units)
     result = np.clip(np.asarray(to_data(res.samples, data_meta)), 0.0, 1.0)
-    np.save(out, result.astype(np.float32))
+    save_npy(out, result.astype(np.float32))
     nfe = int(res.stats["num_score_evals"])
     if args.png is not None:
         if op.shown is not None:

@@ -15,6 +15,7 @@ from ._common import (
     DATASETS,
     load_dataset,
     load_for_sampling,
+    save_npy,
     UserError,
     writable_dir,
 )
@@ -192,7 +193,7 @@ def run(args) -> int:
     )
     log_prob = np.asarray(res.log_prob, np.float64)
     if out is not None:
-        np.save(out, log_prob)
+        save_npy(out, log_prob)
 
     # Report
     n = len(log_prob)
