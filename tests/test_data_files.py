@@ -62,8 +62,13 @@ def test_image_folders(tmp_path):
     ds = sd.data.load_data(tmp_path / "rgb")
     assert ds.data_shape == (3, 4, 4)
     np.testing.assert_allclose(ds.x[1], rgb[1].transpose(2, 0, 1) / 255.0, rtol=1e-6)
-    _png_folder(tmp_path / "mixed", [(6, 6), (8, 8)])
-    with pytest.raises(ValueError, match="images of different sizes"):
+    _png_folder(tmp_path / "mixed", [(6, 6), (6, 6), (8, 8), (5, 5)])
+    # the first file whose size differs from the first file's is named
+    names = sorted(p.name for p in (tmp_path / "mixed").iterdir())
+    with pytest.raises(
+        ValueError,
+        match=f"images of different sizes: {names[2]} is 8x8, {names[0]} 6x6",
+    ):
         sd.data.load_data(tmp_path / "mixed")
     assert sd.data.load_data(tmp_path / "mixed", image_size=4).data_shape == (1, 4, 4)
 
@@ -72,7 +77,7 @@ def test_image_folders(tmp_path):
     "make, match",
     [
         (lambda p: None, "no such file"),
-        (lambda p: p.write_text("hello"), "cannot be read as a NumPy array"),
+        (lambda p: p.write_text("hello"), "is not a NumPy .npy file"),
         (lambda p: np.save(p, np.zeros((0, 3))), "holds no examples"),
         (lambda p: np.save(p, np.array([[1.0, np.nan]])), "NaN"),
         (lambda p: np.save(p, np.zeros((4, 2, 3, 4, 5))), "expected examples of shape"),
@@ -80,17 +85,21 @@ def test_image_folders(tmp_path):
         (lambda p: np.save(p, np.full((2, 1, 3, 3), 2.0)), r"must be in \[0, 1\]"),
         (
             lambda p: np.save(p, np.array([[1, 2], [3]], dtype=object)),
-            "cannot be read",
+            "holds pickled Python objects, not an array of numbers",
+        ),
+        (
+            lambda p: np.save(p, {"x": np.zeros((4, 2))}, allow_pickle=True),
+            "holds pickled Python objects, not an array of numbers",
         ),
     ],
-    ids=["missing", "garbage", "empty", "nan", "5d", "1d", "range", "ragged"],
+    ids=["missing", "garbage", "empty", "nan", "5d", "1d", "range", "ragged", "dict"],
 )
 def test_bad_files_name_the_path(tmp_path, make, match):
     p = tmp_path / "x.npy"
     make(p)
     with pytest.raises(sd.data.DataFileError, match=match) as e:
         sd.data.load_data(p)
-    assert str(p) in str(e.value)
+    assert str(p) in str(e.value) and "allow_pickle" not in str(e.value)
 
 
 def test_train_on_own_files_from_the_shell(tmp_path, capsys):
@@ -132,7 +141,7 @@ def test_train_on_own_files_from_the_shell(tmp_path, capsys):
             "--data-range applies to your own",
         ),
         (["--data", "BAD", "--data-range", "1,0"], "--data-range: must be LOW,HIGH"),
-        (["--data", "BAD"], "cannot be read as a NumPy array"),
+        (["--data", "BAD"], "is not a NumPy .npy file"),
     ],
     ids=["unknown", "missing", "range-builtin", "range-order", "garbage"],
 )

@@ -127,6 +127,21 @@ def load_data(
 def _read_array(p: pathlib.Path, read) -> np.ndarray:
     try:
         x = read()
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise DataFileError(f"{p}: cannot be read as a NumPy array ({e})") from e
+        # numpy's advice (allow_pickle=True) would run code from the file
+        with open(p, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        if not npy:
+            raise DataFileError(
+                f"{p}: is not a NumPy .npy file (no .npy header); save the examples "
+                "with np.save(path, array)"
+            ) from e
+        raise DataFileError(
+            f"{p}: holds pickled Python objects, not an array of numbers; save the "
+            "examples with np.save(path, array) of a numeric array"
+        ) from e
     except Exception as e:  # numpy raises several kinds for a bad file
         raise DataFileError(f"{p}: cannot be read as a NumPy array ({e})") from e
     if x.dtype == object:
@@ -187,15 +202,12 @@ def _read_image_folder(p: pathlib.Path, image_size) -> np.ndarray:
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         a = np.asarray(im, np.uint8)
         arrays.append(a[None] if grey else a.transpose(2, 0, 1))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        first, other = (
-            arrays[0].shape,
-            next(a.shape for a in arrays if a.shape != arrays[0].shape),
-        )
+    odd = next((i for i, a in enumerate(arrays) if a.shape != arrays[0].shape), None)
+    if odd is not None:
+        first, other = arrays[0].shape, arrays[odd].shape
         raise DataFileError(
-            f"{p}: images of different sizes ({first[1]}x{first[2]} and "
-            f"{other[1]}x{other[2]}); resize them with image_size (scoresde: "
-            "--image-size N)"
+            f"{p}: images of different sizes: {files[odd].name} is "
+            f"{other[1]}x{other[2]}, {files[0].name} {first[1]}x{first[2]}; resize "
+            "them with image_size (scoresde: --image-size N)"
         )
     return np.stack(arrays)
