@@ -78,3 +78,21 @@ def test_conditional_needs_labels(tmp_path, capsys):
     argv += ["--conditional", "--steps", "2", "--out", str(tmp_path / "m"), *TINY]
     code, out, err = run_cli(argv, capsys)
     assert code == 2 and re.search(r"--conditional needs a data set with labels", err)
+
+
+def test_conditional_on_a_labelled_toy(tmp_path, capsys):
+    """The built-in 2-D toys with classes carry labels: `--conditional` on moons trains
+    (it was refused for lack of labels), and `sample --label` draws from one moon."""
+    out = tmp_path / "moons"
+    argv = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp"]
+    argv += ["--conditional", "--steps", "2", "--out", str(out), *TINY]
+    code, text, err = run_cli(argv, capsys)
+    assert code == 0, err
+    code, text, err = run_cli(
+        ["sample", "--checkpoint", str(out), "--label", "1", "--num-samples", "4"]
+        + ["--solver", "euler-maruyama", "--steps", "3", "--quiet"]
+        + ["--out", str(tmp_path / "x.npy")],
+        capsys,
+    )
+    assert code == 0, err
+    assert np.load(tmp_path / "x.npy").shape == (4, 2)

@@ -58,6 +58,27 @@ def test_toys(name):
         getattr(sd.data, name)(jr.key(0), 0)
 
 
+@pytest.mark.parametrize(
+    "name, classes", [("moons", 2), ("rings", 3), ("gaussian_mixture", 8)]
+)
+def test_toys_with_classes_carry_labels(name, classes):
+    """The toys made of classes return each point's class on request, and the same
+    points either way."""
+    fn = getattr(sd.data, name)
+    x, labels = fn(jr.key(0), 400, return_labels=True)
+    np.testing.assert_array_equal(x, fn(jr.key(0), 400))
+    assert labels.shape == (400,) and labels.dtype == jnp.int32
+    assert set(np.unique(labels).tolist()) == set(range(classes))
+    # the labels are the structure: each class sits apart (its own moon, ring, mode)
+    means = np.stack([np.asarray(x)[labels == k].mean(0) for k in range(classes)])
+    radii = [
+        np.linalg.norm(np.asarray(x)[labels == k], axis=1).mean()
+        for k in range(classes)
+    ]
+    spread = np.ptp(means, axis=0).max() + np.ptp(radii)
+    assert spread > 0.5, (means, radii)
+
+
 def test_fd_digits_with_empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SCORESDE_CACHE_DIR", str(tmp_path))
     from scoresde_diffrax.metrics import _fd

@@ -135,10 +135,19 @@ def writable_dir(path: pathlib.Path, flag: str) -> None:
 # --------------------------------------------------------------------------- data sets
 
 
+# The toys whose points come in classes (moons: 2, rings: 3, gaussian-mixture: 8), so
+# that `train --conditional` and `sample --label` work on them.
+_LABELLED_TOYS = ("moons", "rings", "gaussian_mixture")
+
+
 def _toy(fn_name: str, n: int = 8192) -> Callable[[], data.Dataset]:
     def make():
-        x = getattr(data, fn_name)(jr.key(0), n)
-        return data.Dataset(x, None, name=fn_name.replace("_", "-"))
+        fn = getattr(data, fn_name)
+        if fn_name in _LABELLED_TOYS:
+            x, labels = fn(jr.key(0), n, return_labels=True)
+        else:
+            x, labels = fn(jr.key(0), n), None
+        return data.Dataset(x, labels, name=fn_name.replace("_", "-"))
 
     return make
 

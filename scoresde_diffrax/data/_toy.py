@@ -2,7 +2,7 @@ import math
 
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._exact import GaussianMixture
 
@@ -12,17 +12,21 @@ def _check_n(n: int, name: str) -> None:
         raise ValueError(f"{name}: `n` must be an int >= 1, got {n!r}.")
 
 
-def moons(key: PRNGKeyArray, n: int, *, noise: float = 0.1) -> Float[Array, "n 2"]:
+def moons(
+    key: PRNGKeyArray, n: int, *, noise: float = 0.1, return_labels: bool = False
+) -> Float[Array, "n 2"] | tuple[Float[Array, "n 2"], Int[Array, " n"]]:
     """Two interleaving half circles (as scikit-learn's `make_moons`), centred and
-    scaled to unit-order spread, with Gaussian `noise` (in the moons' units)."""
+    scaled to unit-order spread, with Gaussian `noise` (in the moons' units). With
+    `return_labels`, also each point's moon (0 upper, 1 lower); the points are the
+    same either way."""
     _check_n(n, "moons")
     kb, ka, kn = jr.split(key, 3)
     upper = jr.bernoulli(kb, 0.5, (n,))
     a = jr.uniform(ka, (n,), maxval=math.pi)
     x = jnp.where(upper, jnp.cos(a), 1 - jnp.cos(a))
     y = jnp.where(upper, jnp.sin(a), 0.5 - jnp.sin(a))
-    pts = jnp.stack([x - 0.5, y - 0.25], axis=1) + noise * jr.normal(kn, (n, 2))
-    return 1.5 * pts
+    pts = 1.5 * (jnp.stack([x - 0.5, y - 0.25], axis=1) + noise * jr.normal(kn, (n, 2)))
+    return (pts, jnp.where(upper, 0, 1).astype(jnp.int32)) if return_labels else pts
 
 
 def swiss_roll(
@@ -46,14 +50,20 @@ def checkerboard(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
     return jnp.stack([x1, x2], axis=1)
 
 
-def rings(key: PRNGKeyArray, n: int, *, noise: float = 0.05) -> Float[Array, "n 2"]:
-    """Three concentric circles of radii 0.5, 1 and 1.5 (equal mass), with noise."""
+def rings(
+    key: PRNGKeyArray, n: int, *, noise: float = 0.05, return_labels: bool = False
+) -> Float[Array, "n 2"] | tuple[Float[Array, "n 2"], Int[Array, " n"]]:
+    """Three concentric circles of radii 0.5, 1 and 1.5 (equal mass), with noise.
+    With `return_labels`, also each point's ring (0 inner to 2 outer); the points are
+    the same either way."""
     _check_n(n, "rings")
     kr, ka, kn = jr.split(key, 3)
-    r = 0.5 * (1 + jr.randint(kr, (n,), 0, 3)).astype(jnp.result_type(float))
+    ring = jr.randint(kr, (n,), 0, 3)
+    r = 0.5 * (1 + ring).astype(jnp.result_type(float))
     a = jr.uniform(ka, (n,), maxval=2 * math.pi)
     pts = jnp.stack([r * jnp.cos(a), r * jnp.sin(a)], axis=1)
-    return pts + noise * jr.normal(kn, (n, 2))
+    pts = pts + noise * jr.normal(kn, (n, 2))
+    return (pts, ring.astype(jnp.int32)) if return_labels else pts
 
 
 def toy_mixture() -> GaussianMixture:
@@ -63,7 +73,12 @@ def toy_mixture() -> GaussianMixture:
     return GaussianMixture(means, jnp.full((8,), 0.2))
 
 
-def gaussian_mixture(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
-    """`n` samples of [`toy_mixture`][] (eight Gaussians on a circle)."""
+def gaussian_mixture(
+    key: PRNGKeyArray, n: int, *, return_labels: bool = False
+) -> Float[Array, "n 2"] | tuple[Float[Array, "n 2"], Int[Array, " n"]]:
+    """`n` samples of [`toy_mixture`][] (eight Gaussians on a circle); with
+    `return_labels`, also each sample's component (0-7); the points are the same
+    either way."""
     _check_n(n, "gaussian_mixture")
-    return toy_mixture().sample(key, n)
+    x, k = toy_mixture().sample_with_labels(key, n)
+    return (x, k.astype(jnp.int32)) if return_labels else x
