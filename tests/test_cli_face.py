@@ -276,7 +276,6 @@ def test_non_finite_samples_are_one_line(ckpts, tmp_path, capsys):
         (["likelihood", "--divergence", "gaussian:0"], "--divergence must be"),
         (["likelihood", "--num-examples", "99999"], "--num-examples must be at most"),
         (["likelihood", "--out", "ll.txt"], "--out must name a .npy"),
-        (["likelihood", "--data", "moons"], "--split train"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_flag(ckpts, tmp_path, capsys, argv, needle):
@@ -625,3 +624,21 @@ def test_sample_progress_bar(ckpts, tmp_path, capsys):
         base + ["--out", str(tmp_path / "c.npy"), "--quiet", "--progress"], capsys
     )
     assert code == 2 and "not allowed with argument" in err and err.count("\n") == 1
+
+
+def test_likelihood_on_a_toy_scores_a_fresh_held_out_set(ckpts, tmp_path, capsys):
+    """A generated 2-D toy's default (test) split is 2048 fresh points, not its
+    training points (it was refused: "pass --split train")."""
+    scores = {}
+    for split in ("test", "train"):
+        npy = tmp_path / f"{split}.npy"
+        code, out, err = run_cli(
+            ["likelihood", "--checkpoint", ckpts["moons"], "--data", "moons"]
+            + ["--split", split, "--num-examples", "8", "--quiet", "--out", str(npy)],
+            capsys,
+        )
+        assert code == 0, err
+        assert f"8 examples of moons ({split})" in out
+        scores[split] = np.load(npy)
+    assert np.all(np.isfinite(scores["test"]))
+    assert not np.allclose(scores["test"], scores["train"])

@@ -152,6 +152,18 @@ def _toy(fn_name: str, n: int = 8192) -> Callable[[], data.Dataset]:
     return make
 
 
+def toy_test_split(name: str, n: int = 2048) -> data.Dataset:
+    """A held-out set of the generated 2-D toy `name` (a `DATASETS` name): `n` fresh
+    points drawn with another key than the 8192 training points."""
+    fn_name = name.replace("-", "_")
+    fn = getattr(data, fn_name)
+    if fn_name in _LABELLED_TOYS:
+        x, labels = fn(jr.key(1), n, return_labels=True)
+    else:
+        x, labels = fn(jr.key(1), n), None
+    return data.Dataset(x, labels, name=name)
+
+
 def _digits(colored: bool, pad: bool) -> Callable[[], data.Dataset]:
     def make():
         fn = data.colored_digits if colored else data.digits
