@@ -14,6 +14,7 @@ from helpers import run_cli, write_checkpoint, zero_weights
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
+from scoresde_diffrax.cli import inverse as inverse_cli
 from scoresde_diffrax.data import digits_array
 
 
@@ -136,6 +137,10 @@ def test_dps_writes_images(runs, tmp_path, capsys, operator):
     assert np.all(np.isfinite(x)) and np.all((x >= 0) & (x <= 1))
     # DPS adds one score evaluation per step to ancestral sampling's one.
     assert "6 score evaluations each" in out, out
+    # A residual well above the noise level is a warning on stderr (and only then).
+    rms = float(out.split("sqrt(m) ")[1].split()[0])
+    warned = "warning: DPS's residual" in err
+    assert warned == (rms > inverse_cli.dps_residual_limit(0.1)), (rms, err)
     # The gradient steps pull the samples towards the measurement: for the random
     # projection (a few measurements that DPS can fit in 3 steps), the residual is
     # well below that of grey images (0 in model units), where the model alone leads

@@ -40,6 +40,11 @@ from ._solvers import (
     SolverEntry as SolverEntry,
     SOLVERS as SOLVERS,
 )
+from .train import (
+    default_lr as default_lr,
+    default_warmup as default_warmup,
+    RunSettings as RunSettings,
+)
 
 
 # in the order of `scoresde --help`

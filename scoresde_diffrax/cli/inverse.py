@@ -175,6 +175,12 @@ def _wrap_solver(op: Operator, args, kwargs: dict, y) -> dict:
     return dict(kwargs, solver=solver)
 
 
+def dps_residual_limit(noise_std: float) -> float:
+    """The residual RMS (model units) above which DPS is said not to fit the
+    measurements: twice the noise level, and at least 0.05 (noiseless measurements)."""
+    return max(2.0 * noise_std, 0.05)
+
+
 def run(args) -> int:
     """Run `scoresde inverse`: measure, reconstruct, write, report (see the module)."""
     # Checks and set-up
@@ -208,6 +214,15 @@ def run(args) -> int:
             f"({args.solver}, {nfe} score evaluations)",
         )
     res_rms = residuals(op, to_model(result, data_meta), y)
+    rms = float(np.sqrt((res_rms**2).mean()))
+    if args.algorithm == "dps" and rms > dps_residual_limit(args.noise_std):
+        print(
+            f"scoresde inverse: warning: DPS's residual {rms:.3g} is well above the "
+            f"noise level (--noise-std {args.noise_std:g}): the reconstructions do "
+            "not fit the measurements; raise --step-size (zeta) or --steps (README: "
+            "inverse problems)",
+            file=sys.stderr,
+        )
     print(
         f"{n} reconstructions ({args.algorithm}, {args.operator}, noise std "
         f"{args.noise_std:g}; {args.solver}, {int(res.stats['num_steps'])} steps, "
