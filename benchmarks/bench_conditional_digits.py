@@ -34,8 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench_inverse_digits import run_cli  # noqa: E402  (the same in-process runner)
 
 import scoresde_diffrax as sd  # noqa: E402
-from scoresde_diffrax._pictures import image_grid, save_image  # noqa: E402
-from scoresde_diffrax.metrics import _fd  # noqa: E402
+from scoresde_diffrax.pictures import image_grid, save_image  # noqa: E402
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -49,8 +48,8 @@ def per_class_fd(f_x, labels, f_train, train_y, f_test, test_y) -> list[dict]:
     out = []
     for c in range(10):
         mine = f_x[labels == c]
-        fd = _fd.frechet_distance(mine, f_test[test_y == c])
-        floor = _fd.frechet_distance(
+        fd = sd.metrics.frechet_distance(mine, f_test[test_y == c])
+        floor = sd.metrics.frechet_distance(
             f_train[train_y == c][: len(mine)], f_test[test_y == c]
         )
         out.append(dict(fd=fd, floor=floor, ratio=fd / floor))
@@ -78,7 +77,7 @@ def main():
     f_test = sd.metrics.digits_features(test_x)
     f_train = sd.metrics.digits_features(train_x)
     floor = sd.metrics.fd_digits_floor()  # 1,437 train digits against the test split
-    floor_n = _fd.frechet_distance(f_train[:n], f_test)  # as many as the samples
+    floor_n = sd.metrics.frechet_distance(f_train[:n], f_test)  # as many as the samples
     print(f"FD-digits floor: {floor:.2f} (1437 train digits), {floor_n:.2f} ({n})")
 
     runs = []
@@ -104,7 +103,7 @@ def main():
             for c in range(10)
         ]
         f_x = sd.metrics.digits_features(x)
-        fd = _fd.frechet_distance(f_x, f_test)
+        fd = sd.metrics.frechet_distance(f_x, f_test)
         fd_c = per_class_fd(f_x, labels, f_train, train_y, f_test, test_y)
         run = dict(
             guidance_scale=w,

@@ -27,8 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import scoresde_diffrax as sd  # noqa: E402
 from scoresde_diffrax import cli  # noqa: E402
-from scoresde_diffrax._pictures import image_grid, save_image  # noqa: E402
-from scoresde_diffrax.metrics import _fd  # noqa: E402
+from scoresde_diffrax.pictures import image_grid, save_image  # noqa: E402
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -75,8 +74,8 @@ def per_class_fd(x, labels) -> dict:
     out = {}
     for c in range(10):
         mine = f_x[labels == c]
-        fd = _fd.frechet_distance(mine, f_test[test_y == c])
-        floor = _fd.frechet_distance(
+        fd = sd.metrics.frechet_distance(mine, f_test[test_y == c])
+        floor = sd.metrics.frechet_distance(
             f_train[train_y == c][: len(mine)], f_test[test_y == c]
         )
         out[str(c)] = dict(fd=fd, floor=floor, ratio=fd / floor)
@@ -144,7 +143,7 @@ def inpaint(n: int = 360, steps: int = 200):
         )
         x = np.load(npy)
         npy.unlink()
-        known = cli._conditioning.inpainting_mask(mask, truth.shape[1:], n, 0)
+        known = sd.operators.inpainting_mask(mask, truth.shape[1:], n, 0)
         hole = np.broadcast_to(~known, truth.shape)
         filled_zero = np.where(hole, 0.0, truth)
         rows[mask] = dict(

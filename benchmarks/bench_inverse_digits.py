@@ -32,7 +32,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import scoresde_diffrax as sd  # noqa: E402
 from scoresde_diffrax import cli  # noqa: E402
-from scoresde_diffrax.cli import inverse as inverse_cli  # noqa: E402
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -63,8 +62,8 @@ def baseline(op_spec: str, truth: np.ndarray, seed: int) -> float:
     """PSNR of the pseudo-inverse of the noisy measurement (what the measurement alone
     gives), through the command's own operator and noise."""
     shape = truth.shape[1:]
-    op = inverse_cli.make_operator(op_spec, shape, seed, (2.0, -1.0))
-    y = inverse_cli.measure(op, truth * 2 - 1, NOISE_STD, seed)
+    op = sd.operators.make_operator(op_spec, shape, seed, (2.0, -1.0))
+    y = sd.operators.measure(op, truth * 2 - 1, NOISE_STD, seed)
     pinv = np.clip((np.asarray(op.pinv_image(y)) + 1) / 2, 0, 1)
     return psnr(pinv, truth)
 
@@ -86,7 +85,14 @@ def main():
                 npy, png = RESULTS / f"inv_{tag}.npy", RESULTS / f"inverse_{tag}.png"
                 text, secs = run_cli(
                     ["inverse", "--checkpoint", SCORE, "--data", "digits"]
-                    + ["--operator", op, "--noise-std", NOISE_STD, "--method", method]
+                    + [
+                        "--operator",
+                        op,
+                        "--noise-std",
+                        NOISE_STD,
+                        "--algorithm",
+                        method,
+                    ]
                     + ["--solver", "pc", "--steps", steps, "--num-samples", args.num]
                     + ["--seed", 0, "--out", npy, "--png", png]
                 )

@@ -41,7 +41,7 @@ import numpy as np
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
-from scoresde_diffrax._pictures import save_scatter
+from scoresde_diffrax.pictures import save_scatter
 
 
 HERE = pathlib.Path(__file__).parent
@@ -175,8 +175,7 @@ def score_errors(sde, model, ts=(0.001, 0.01, 0.05, 0.1, 0.3, 1.0)) -> dict:
 
 
 def ablation(steps: int = 20000) -> dict:
-    from scoresde_diffrax.cli._common import DATASETS
-    from scoresde_diffrax.cli.train import default_lr, default_warmup
+    from scoresde_diffrax.cli import DATASETS, default_lr, default_warmup
 
     variants = {
         "defaults (64 input Fourier features, lr 2e-3)": {},

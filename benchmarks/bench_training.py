@@ -19,7 +19,7 @@ import jax.random as jr
 import numpy as np
 
 import scoresde_diffrax as sd
-from scoresde_diffrax._pictures import image_grid, save_image
+from scoresde_diffrax.pictures import image_grid, save_image
 
 
 HERE = pathlib.Path(__file__).parent

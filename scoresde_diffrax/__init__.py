@@ -8,6 +8,8 @@ from . import (
     data as data,
     metrics as metrics,
     nn as nn,
+    operators as operators,
+    pictures as pictures,
 )
 from ._bits import bits_per_dim as bits_per_dim, dequantize as dequantize
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath

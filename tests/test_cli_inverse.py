@@ -3,7 +3,6 @@ steps, 8x8 digits): each operator through projection and DPS, measurement consis
 of projection computed from the written file; the operators against hand-computed
 values; the bad inputs (one line, exit code 2)."""
 
-import math
 import re
 
 import equinox as eqx
@@ -15,7 +14,7 @@ from helpers import run_cli, write_checkpoint, zero_weights
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
-from scoresde_diffrax.cli import inverse
+from scoresde_diffrax.cli import inverse as inverse_cli
 from scoresde_diffrax.data import digits_array
 
 
@@ -75,7 +74,7 @@ def _argv(runs, tmp_path, operator, method, *extra, steps=3):
         "digits",
         "--operator",
         operator,
-        "--method",
+        "--algorithm",
         method,
         "--num-samples",
         "4",
@@ -111,7 +110,7 @@ def test_projection_satisfies_the_measurement(runs, tmp_path, capsys, operator):
     assert "4 reconstructions (projection" in out and "PSNR" in out
 
     # A(x) = y = A(truth) (noise std 0), computed here from the written file.
-    op = inverse.make_operator(operator, (1, 8, 8), 3, SCALE_SHIFT)
+    op = sd.operators.make_operator(operator, (1, 8, 8), 3, SCALE_SHIFT)
     model = lambda v: v * 2.0 - 1.0  # noqa: E731
     got = np.asarray(op.batch(model(x)))
     want = np.asarray(op.batch(model(TRUTH)))
@@ -138,102 +137,21 @@ def test_dps_writes_images(runs, tmp_path, capsys, operator):
     assert np.all(np.isfinite(x)) and np.all((x >= 0) & (x <= 1))
     # DPS adds one score evaluation per step to ancestral sampling's one.
     assert "6 score evaluations each" in out, out
+    # A residual well above the noise level is a warning on stderr (and only then).
+    rms = float(out.split("sqrt(m) ")[1].split()[0])
+    warned = "warning: DPS's residual" in err
+    assert warned == (rms > inverse_cli.dps_residual_limit(0.1)), (rms, err)
     # The gradient steps pull the samples towards the measurement: for the random
     # projection (a few measurements that DPS can fit in 3 steps), the residual is
     # well below that of grey images (0 in model units), where the model alone leads
     # (measured: 0.49 vs 0.88 on average). For the others, the noise that 3 steps of
     # this toy model leave in the samples is as large as the DPS correction.
     if operator.startswith("random-projection"):
-        op = inverse.make_operator(operator, (1, 8, 8), 3, SCALE_SHIFT)
-        y = inverse.measure(op, TRUTH * 2.0 - 1.0, 0.1, seed=3)
-        got = inverse.residuals(op, x * 2.0 - 1.0, y)
-        grey = inverse.residuals(op, np.zeros_like(x), y)
+        op = sd.operators.make_operator(operator, (1, 8, 8), 3, SCALE_SHIFT)
+        y = sd.operators.measure(op, TRUTH * 2.0 - 1.0, 0.1, seed=3)
+        got = sd.operators.residuals(op, x * 2.0 - 1.0, y)
+        grey = sd.operators.residuals(op, np.zeros_like(x), y)
         assert got.mean() < 0.7 * grey.mean(), (got, grey)
-
-
-# --------------------------------------------------------------------------- operators
-
-
-def test_super_resolution_is_block_averaging():
-    op = inverse.make_operator("super-resolution:2", (1, 4, 4), 0)
-    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
-    want = np.array([[[2.5, 4.5], [10.5, 12.5]]])  # e.g. (0 + 1 + 4 + 5) / 4
-    np.testing.assert_allclose(np.asarray(op(x)), want, rtol=1e-6)
-    assert op.out_shape == (1, 2, 2) and op.num_measurements == 4
-    # The picture: nearest-neighbour upsampling, back in data units.
-    shown = op.shown(np.asarray(op(x))[None])
-    np.testing.assert_allclose(shown[0, 0, :2, :2], 2.5)
-    np.testing.assert_allclose(shown[0, 0, 2:, 2:], 12.5)
-
-
-def test_blur_of_a_delta_is_the_kernel():
-    sigma = 1.0
-    k1 = np.exp(-(np.arange(-2, 3) ** 2) / 2.0)  # r = ceil(2 sigma) = 2: 5 taps
-    k1 /= k1.sum()
-    np.testing.assert_allclose(inverse.gaussian_kernel(sigma), k1, rtol=1e-12)
-    op = inverse.make_operator(f"blur:{sigma}", (2, 9, 9), 0)
-    x = np.zeros((2, 9, 9), np.float32)
-    x[1, 4, 4] = 1.0  # a delta in the middle of channel 1
-    out = np.asarray(op(x))
-    want = np.zeros((9, 9))
-    want[2:7, 2:7] = np.outer(k1, k1)
-    np.testing.assert_allclose(out[1], want, atol=1e-7)
-    np.testing.assert_array_equal(out[0], 0)  # channels blur separately
-    # Reflect padding: the mass that falls outside comes back mirrored about the edge
-    # pixel (index -1 -> 1): a delta next to the edge (row 1) gives row 0 the weights
-    # of offsets -1 and +1, and itself those of 0 and -2 (row 1 - 2 = -1 -> 1).
-    x = np.zeros((1, 9, 9), np.float32)
-    x[0, 1, 4] = 1.0
-    col = np.asarray(op(x))[0, :, 4]
-    np.testing.assert_allclose(
-        col[:5],
-        np.array([2 * k1[1], k1[2] + k1[0], k1[1], k1[0], 0]) * k1[2],
-        atol=1e-7,
-    )
-    # Sums to 1 (a constant image stays constant), so it commutes with the
-    # data-to-model map.
-    np.testing.assert_allclose(np.asarray(op(np.ones((2, 9, 9)))), 1.0, rtol=1e-6)
-
-
-def test_mask_and_random_projection():
-    op = inverse.make_operator("mask:left-half", (1, 4, 4), 0)
-    x = np.arange(1, 17, dtype=np.float32).reshape(1, 4, 4)
-    want = x.copy()
-    want[..., :2] = 0  # the left half is hidden
-    np.testing.assert_array_equal(np.asarray(op(x)), want)
-    assert op.num_measurements == 8 and op.mask[..., 2:].all()
-    # The random mask is one draw, shared by the examples, from the seed.
-    a = inverse.make_operator("mask:random-pixels:0.5", (1, 8, 8), 1).mask
-    b = inverse.make_operator("mask:random-pixels:0.5", (1, 8, 8), 2).mask
-    assert a.shape == (1, 8, 8) and 10 < a.sum() < 54 and not np.array_equal(a, b)
-
-    op = inverse.make_operator("random-projection:5", (1, 4, 4), 0)
-    g = op.matrix()
-    assert g.shape == (5, 16) and op.out_shape == (5,)
-    np.testing.assert_allclose(np.asarray(op(x)), g @ x.reshape(-1), rtol=1e-5)
-    assert 0.5 < g.std() * math.sqrt(16) < 1.5  # N(0, 1/D) entries
-    # A^+ y explains y.
-    y = np.asarray(op.batch(x[None]))
-    np.testing.assert_allclose(g @ op.pinv_image(y).reshape(-1), y[0], rtol=1e-4)
-
-
-def test_matrix_of_a_callable_operator():
-    op = inverse.make_operator("super-resolution:2", (1, 4, 4), 0)
-    mat = op.matrix()
-    x = np.random.RandomState(0).normal(size=(1, 4, 4))
-    np.testing.assert_allclose(
-        mat @ x.reshape(-1), np.asarray(op(x.astype(np.float32))).reshape(-1), 1e-5
-    )
-    assert mat.shape == (4, 16) and np.allclose(mat.sum(1), 1)
-
-
-def test_measure_adds_the_noise():
-    op = inverse.make_operator("mask:right-half", (1, 8, 8), 0)
-    x = np.zeros((3, 1, 8, 8), np.float32)
-    y = inverse.measure(op, x, 0.5, seed=0)
-    assert np.all(y[..., 4:] == 0)  # no noise where nothing is measured
-    assert 0.35 < y[..., :4].std() < 0.65
-    np.testing.assert_array_equal(y, inverse.measure(op, x, 0.5, seed=0))
 
 
 def test_help_lists_each_operator(capsys):
@@ -241,9 +159,14 @@ def test_help_lists_each_operator(capsys):
         cli.main(["inverse", "--help"])
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for name in (*inverse.OPERATORS, "left-half", "centre-square", "random-pixels:P"):
+    for name in (
+        *sd.operators.OPERATORS,
+        "left-half",
+        "centre-square",
+        "random-pixels:P",
+    ):
         assert name in text, name
-    for flag in ("--method", "--solver-method", "--noise-std", "--step-size"):
+    for flag in ("--algorithm", "--solver-method", "--noise-std", "--step-size"):
         assert flag in text, flag
 
 
@@ -262,9 +185,14 @@ def test_help_lists_each_operator(capsys):
         ("mask:random-pixels:1.5", "dps", [], "needs 0 < P < 1"),
         ("random-projection:0", "dps", [], "needs an integer M >= 1"),
         ("blur:1", "dps", ["--noise-std", "-0.1"], "--noise-std must be a finite"),
-        ("blur:1", "projection", ["--step-size", "1"], "--method projection takes no"),
+        (
+            "blur:1",
+            "projection",
+            ["--step-size", "1"],
+            "--algorithm projection takes no",
+        ),
         ("blur:1", "dps", ["--step-size", "-1"], "--step-size"),
-        ("blur:1", "tikhonov", [], "--method"),
+        ("blur:1", "tikhonov", [], "--algorithm"),
         ("blur:1", "dps", ["--checkpoint", "{clf}"], "holds a classifier"),
         ("blur:1", "dps", ["--data", "moons"], "--data moons has no test split"),
         ("blur:1", "dps", ["--data", "colored-digits"], "examples of shape"),
@@ -282,3 +210,21 @@ def test_user_errors(runs, tmp_path, capsys, operator, method, extra, match):
     assert err.startswith("scoresde inverse: error:"), err
     assert re.search(re.escape(match), err), err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_method_is_the_deprecated_name_of_algorithm(runs, tmp_path, capsys):
+    argv = _argv(runs, tmp_path, "blur:1", "projection", "--noise-std", "0", steps=1)
+    argv[argv.index("--algorithm")] = "--method"
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert err.strip() == (
+        "scoresde inverse: note: --method is deprecated here (it means sde/ode in "
+        "the other commands); use --algorithm"
+    )
+    assert (
+        "1 reconstructions (projection" in out or "4 reconstructions (projection" in out
+    )
+    # Both names at once is a one-line error.
+    code, out, err = run_cli(argv + ["--algorithm", "dps"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) <= 2, err
+    assert "not allowed with argument" in err, err

@@ -103,6 +103,9 @@ def test_resume_with_only_steps_grown_is_bit_exact(run20, tmp_path, capsys):
     )
     assert code == 0, err
     assert "10 steps" in out and "(to step 30)" in out
+    # said once: the default warm-up is a tenth of --steps, fixed when the run began
+    assert one_line(err) and "keeps its warm-up of 2 steps" in err, err
+    assert "--steps 30 would warm up for 3" in err
     full = tmp_path / "full"
     argv = [
         *MOONS,

@@ -45,6 +45,8 @@ def test_every_public_name_is_documented():
         | _public(sd.nn, "scoresde_diffrax.nn")
         | _public(sd.data, "scoresde_diffrax.data")
         | _public(sd.metrics, "scoresde_diffrax.metrics")
+        | _public(sd.operators, "scoresde_diffrax.operators")
+        | _public(sd.pictures, "scoresde_diffrax.pictures")
         | _bench_public()
     )
     assert public - documented == set(), "add these to docs/api/*.md"

@@ -10,7 +10,7 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
     SDEs, models, the device mesh, checkpoints, sample files);
 - `_solvers.py`: the solver names of `--solver` (`SOLVERS`; `register_solver`);
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
-- `_conditioning.py`: what the conditional commands share (classifier checkpoints
+- `_controllable.py`: what the controllable-generation commands share (classifier checkpoints
     and their pairing, test splits, inpainting masks, side-by-side pictures);
 - `train.py`, `sample.py`, `likelihood.py`, `bench.py`, `train_classifier.py`,
     `inpaint.py`, `colorize.py`, `inverse.py` (y = A(x) + noise: super-resolution,
@@ -43,6 +43,11 @@ from ._solvers import (
     register_solver as register_solver,
     SolverEntry as SolverEntry,
     SOLVERS as SOLVERS,
+)
+from .train import (
+    default_lr as default_lr,
+    default_warmup as default_warmup,
+    RunSettings as RunSettings,
 )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import sample as sd_sample
 from ._common import check_sample_files, load_for_sampling, save_npy, UserError
-from ._conditioning import (
+from ._controllable import (
     add_inverse_flags,
     impute_solver,
     inpainting_mask,

@@ -3,46 +3,38 @@ with a trained (unconditional) score model: `sd.Project` (Song et al. 2022's
 measurement-consistent projection) or `sd.DPS` (Chung et al. 2023's diffusion
 posterior sampling) around a fixed-step solver.
 
-Conventions. `A` acts on ONE example in the model's units (the units the score model
-and the solvers work in; for the built-in digits, data units `[0, 1]` map to `[-1, 1]`),
-and the noise of `--noise-std` is in those units too. The operators:
+The operators are `sd.operators.make_operator`'s (see `sd.operators` for their
+conventions), acting on ONE example in the model's units (for the built-in digits,
+data units `[0, 1]` map to `[-1, 1]`); the noise of `--noise-std` is in those units
+too. A mask or random projection is one draw from `--seed`, shared by all examples.
 
-- `super-resolution:F`: F x F block averages (each channel), the image side divisible
-    by F; measurement shape `(C, H/F, W/F)`.
-- `blur:SIGMA`: a Gaussian blur of each channel, kernel `exp(-k^2 / (2 SIGMA^2))` on
-    `k = -r..r` with `r = max(1, ceil(2 SIGMA))` (5 x 5 at SIGMA 1), separable and
-    normalised to sum 1, reflect padding (the edge pixel not repeated, NumPy's
-    `"reflect"`); measurement shape `(C, H, W)`.
-- `mask:NAME`: the entries of the `inpaint` masks (left-half, right-half, centre-square
-    hidden, or random-pixels:P, one draw from `--seed` shared by all examples);
-    the measurement is the image with the hidden entries set to 0.
-- `random-projection:M`: an `M x D` matrix with independent `N(0, 1/D)` entries from
-    `--seed` (`D = C H W`, the example flattened in C order), so that each measurement
-    has about the scale of one pixel.
-
-`--method` is the inverse-problem method (projection or dps); the solver's SDE/ODE
-choice, `--method` in `inpaint` and `colorize`, is `--solver-method` here.
-
-Super-resolution, blur and mask average with weights that sum to 1 (or select), so
-they commute with the affine map between data and model units: their measurement,
-mapped back to data units, is an image (shown as such in the PNG).
+`--algorithm` is the inverse-problem algorithm (projection or dps; `--method`, its
+old name, still works with a deprecation note on stderr); the solver's SDE/ODE
+choice, `--method` in `sample`, `inpaint` and `colorize`, is `--solver-method` here.
 """
 
-import dataclasses
+import argparse
 import math
-from collections.abc import Callable
+import sys
 
-import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .. import DPS, Project, sample as sd_sample
+from .. import DPS, operators, Project, sample as sd_sample
+from ..operators import (  # the library's names, also importable from here
+    blur_matrix as blur_matrix,
+    gaussian_kernel as gaussian_kernel,
+    measure as measure,
+    Operator as Operator,
+    OPERATORS as OPERATORS,
+    psnr as psnr,
+    residuals as residuals,
+)
 from ._args import nonnegative_float
 from ._common import check_sample_files, load_for_sampling, save_npy, UserError
-from ._conditioning import (
+from ._controllable import (
     add_inverse_flags,
-    inpainting_mask,
+    flag_error,
     MASKS,
     side_by_side,
     solve_kwargs,
@@ -52,259 +44,38 @@ from ._conditioning import (
 )
 
 
-OPERATORS = (
-    "super-resolution:F",
-    "blur:SIGMA",
-    "mask:NAME",
-    "random-projection:M",
-)
-METHODS = ("projection", "dps")
-
-
-# --------------------------------------------------------------------------- operators
-
-
-@dataclasses.dataclass(frozen=True)
-class Operator:
-    """A linear measurement operator on one example (model units).
-
-    - `spec`: the `--operator` value it was built from.
-    - `apply`: `A(x)` for one example `x` of `data_shape` (JAX-traceable, linear).
-    - `data_shape`, `out_shape`: the shapes of an example and of its measurement.
-    - `num_measurements`: `m`, the number of real measurements (the known entries of
-        a mask; else the size of `out_shape`).
-    - `mask`: for `mask:NAME`, the boolean mask of `data_shape` (True where known).
-    - `shown`: maps a batch of measurements (model units) to images in data units
-        for the PNG, given the data's `(scale, shift)`; None for `random-projection`,
-        whose picture is `A^+ y` (`pinv_image`).
-    - `matrix_value`: the `(m', D)` matrix when it is given directly (random
-        projection); else it is materialised from `apply` (`matrix`).
-    """
-
-    spec: str
-    apply: Callable
-    data_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    num_measurements: int
-    mask: np.ndarray | None = None
-    shown: Callable | None = None
-    matrix_value: np.ndarray | None = None
-
-    def __call__(self, x):
-        """`A(x)` on one example."""
-        return self.apply(x)
-
-    def batch(self, x):
-        """`A(x)` on every example of the batch `x` (leading axis)."""
-        return jax.vmap(self.apply)(jnp.asarray(x, jnp.float32))
-
-    def matrix(self) -> np.ndarray:
-        """The matrix of `A` on the flattened example (C order), shape
-        `(prod(out_shape), D)`, float64: given, or materialised with `jax.jacfwd`
-        (cheap for the small images of the built-in data sets)."""
-        if self.matrix_value is not None:
-            return np.asarray(self.matrix_value, np.float64)
-        d = math.prod(self.data_shape)
-
-        def flat(v):
-            return self.apply(v.reshape(self.data_shape)).reshape(-1)
-
-        return np.asarray(jax.jacfwd(flat)(jnp.zeros(d, jnp.float32)), np.float64)
-
-    def pinv_image(self, y) -> np.ndarray:
-        """`A^+ y` for a batch of measurements (model units), shape `(n,
-        *data_shape)`: the minimum-norm example that explains each measurement."""
-        y = np.asarray(y, np.float64).reshape(len(y), -1)
-        return (y @ np.linalg.pinv(self.matrix()).T).reshape(len(y), *self.data_shape)
-
-
-def _reflect_index(j: int, n: int) -> int:
-    """Index `j` (any integer) folded into `0..n-1` by reflection about the edge
-    pixels without repeating them (NumPy's `"reflect"` padding, applied as often as
-    needed)."""
-    if n == 1:
-        return 0
-    period = 2 * (n - 1)
-    j = j % period
-    return period - j if j > n - 1 else j
-
-
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """The 1-D Gaussian kernel of `blur:SIGMA`: `exp(-k^2 / (2 sigma^2))` on
-    `k = -r..r`, `r = max(1, ceil(2 sigma))`, normalised to sum 1."""
-    r = max(1, math.ceil(2 * sigma))
-    k = np.arange(-r, r + 1, dtype=np.float64)
-    w = np.exp(-(k**2) / (2 * sigma**2))
-    return w / w.sum()
-
-
-def blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """The `(n, n)` matrix of the 1-D blur along an axis of length `n`: row `i` is the
-    kernel centred on `i`, reflect padding folded in (each row sums to 1)."""
-    kernel = gaussian_kernel(sigma)
-    r = len(kernel) // 2
-    mat = np.zeros((n, n))
-    for i in range(n):
-        for k, w in zip(range(-r, r + 1), kernel, strict=True):
-            mat[i, _reflect_index(i + k, n)] += w
-    return mat
-
-
-def _split_spec(spec: str) -> tuple[str, str]:
-    """`NAME:VALUE` of `--operator` into its name and value; a `UserError` listing
-    the operators if the name is unknown or the value missing."""
-    kind, sep, value = spec.partition(":")
-    if kind not in ("super-resolution", "blur", "mask", "random-projection") or not (
-        sep and value
-    ):
-        raise UserError(
-            f"--operator must be one of {', '.join(OPERATORS)}, got {spec!r}"
-        )
-    return kind, value
-
-
-def check_operator_spec(spec: str) -> None:
-    """The checks of `--operator` that need no data: a known name and a valid value
-    (`UserError` otherwise)."""
-    kind, value = _split_spec(spec)
-    if kind in ("super-resolution", "random-projection"):
-        try:
-            v = int(value)
-        except ValueError:
-            v = 0
-        if v < 1:
-            what = "F" if kind == "super-resolution" else "M"
-            raise UserError(
-                f"--operator {kind}:{what} needs an integer {what} >= 1, got {spec!r}"
-            )
-    elif kind == "blur":
-        try:
-            v = float(value)
-        except ValueError:
-            v = float("nan")
-        if not (0 < v < math.inf):
-            raise UserError(
-                f"--operator blur:SIGMA needs a finite SIGMA > 0 (the Gaussian's "
-                f"standard deviation in pixels), got {spec!r}"
-            )
-    else:
-        named = [m for m in MASKS if not m.endswith(":P")]
-        if value not in named and not value.startswith("random-pixels:"):
-            raise UserError(
-                f"--operator mask:NAME needs NAME one of {', '.join(MASKS)}, got {spec!r}"
-            )
-        if value.startswith("random-pixels:"):
-            try:
-                p = float(value.split(":", 1)[1])
-            except ValueError:
-                p = float("nan")
-            if not 0 < p < 1:
-                raise UserError(
-                    f"--operator mask:random-pixels:P needs 0 < P < 1, got {spec!r}"
-                )
+ALGORITHMS = ("projection", "dps")
+METHODS = ALGORITHMS  # the old name, kept for importers
 
 
 def make_operator(spec: str, data_shape, seed: int, scale_shift=(1.0, 0.0)):
-    """The `Operator` of `--operator spec` for images of `data_shape` `(C, H, W)`;
-    `seed` draws the random mask or matrix; `scale_shift` is the data's map from data
-    to model units (for the pictures). `UserError` for a bad spec or one that does not
-    fit the images."""
-    check_operator_spec(spec)
-    kind, value = _split_spec(spec)
-    shape = tuple(int(s) for s in data_shape)
-    if len(shape) != 3:
-        raise UserError(
-            f"--operator needs image data (C, H, W), got examples of shape {shape}"
+    """`sd.operators.make_operator` of `--operator spec`, errors naming the flag."""
+    try:
+        return operators.make_operator(spec, data_shape, seed, scale_shift)
+    except ValueError as e:
+        raise flag_error("--operator", e) from e
+
+
+def check_operator_spec(spec: str) -> None:
+    """`sd.operators.check_operator_spec` of `--operator spec`, errors naming the
+    flag."""
+    try:
+        operators.check_operator_spec(spec)
+    except ValueError as e:
+        raise flag_error("--operator", e) from e
+
+
+class _DeprecatedMethod(argparse.Action):
+    """`--method` of `inverse`, the old name of `--algorithm`: stores the value and
+    prints one deprecation line on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(
+            "scoresde inverse: note: --method is deprecated here (it means sde/ode "
+            "in the other commands); use --algorithm",
+            file=sys.stderr,
         )
-    c, h, w = shape
-    scale, shift = scale_shift
-
-    def as_image(y):
-        return (np.asarray(y) - shift) / scale
-
-    if kind == "super-resolution":
-        f = int(value)
-        if h % f or w % f:
-            raise UserError(
-                f"--operator super-resolution:{f}: the factor must divide the image "
-                f"size {h} x {w}"
-            )
-
-        def down(x):
-            return x.reshape(c, h // f, f, w // f, f).mean(axis=(2, 4))
-
-        def shown_sr(y):
-            return np.repeat(np.repeat(as_image(y), f, axis=-2), f, axis=-1)
-
-        out = (c, h // f, w // f)
-        return Operator(spec, down, shape, out, math.prod(out), shown=shown_sr)
-
-    if kind == "blur":
-        sigma = float(value)
-        bh = jnp.asarray(blur_matrix(h, sigma), jnp.float32)
-        bw = jnp.asarray(blur_matrix(w, sigma), jnp.float32)
-
-        def blur(x):
-            hp = jax.lax.Precision.HIGHEST
-            return jnp.einsum("ij,cjk,lk->cil", bh, x, bw, precision=hp)
-
-        return Operator(spec, blur, shape, shape, math.prod(shape), shown=as_image)
-
-    if kind == "mask":
-        mask = inpainting_mask(value, shape, 1, seed)
-        mask = mask[0] if mask.ndim == 4 else mask
-        m = jnp.asarray(mask)
-
-        def select(x):
-            return jnp.where(m, x, jnp.zeros((), x.dtype))
-
-        def shown_mask(y):
-            return np.where(mask, as_image(y), 0.5)
-
-        return Operator(
-            spec,
-            select,
-            shape,
-            shape,
-            int(mask.sum()),
-            mask=mask,
-            shown=shown_mask,
-        )
-
-    # random projection
-    num = int(value)
-    d = math.prod(shape)
-    g = jr.normal(jr.fold_in(jr.key(seed), 2), (num, d), jnp.float32) / math.sqrt(d)
-
-    def project(x):
-        hp = jax.lax.Precision.HIGHEST
-        return jnp.matmul(g, x.reshape(-1), precision=hp)
-
-    return Operator(spec, project, shape, (num,), num, matrix_value=np.asarray(g))
-
-
-def measure(op: Operator, x_model, noise_std: float, seed: int):
-    """`y = A(x) + noise_std * noise` for each example of `x_model` (model units),
-    the standard normal noise drawn from `seed`; for a mask, the hidden entries of `y`
-    are 0 (no noise there)."""
-    clean = op.batch(x_model)
-    noise = jr.normal(jr.fold_in(jr.key(seed), 1), clean.shape, clean.dtype)
-    y = clean + noise_std * noise
-    if op.mask is not None:
-        y = jnp.where(op.mask, y, 0.0)
-    return np.asarray(y, np.float32)
-
-
-def residuals(op: Operator, x_model, y) -> np.ndarray:
-    """`||A(x) - y|| / sqrt(m)` for each example (model units)."""
-    r = np.asarray(op.batch(x_model), np.float64) - np.asarray(y, np.float64)
-    return np.sqrt((r.reshape(len(r), -1) ** 2).sum(1) / op.num_measurements)
-
-
-def psnr(x, truth) -> np.ndarray:
-    """The PSNR (dB, peak 1) of each example of `x` against `truth`, data units."""
-    mse = ((np.asarray(x, np.float64) - truth) ** 2).reshape(len(x), -1).mean(1)
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-20))
+        setattr(namespace, self.dest, values)
 
 
 # --------------------------------------------------------------------------- command
@@ -348,13 +119,21 @@ def add_parser(subparsers) -> None:
         help="standard deviation of the Gaussian noise added to A(x), in model units "
         "(digits: [0, 1] -> [-1, 1], so 2x data units); 0 for exact measurements",
     )
-    parser.add_argument(
-        "--method",
-        required=True,
-        choices=METHODS,
-        metavar="METHOD",
+    algorithm = parser.add_mutually_exclusive_group(required=True)
+    algorithm.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        metavar="ALGORITHM",
         help="projection (sd.Project: every operator; treats y as exact, so the "
         "noise is not modelled) or dps (sd.DPS, diffusion posterior sampling)",
+    )
+    algorithm.add_argument(
+        "--method",
+        dest="algorithm",
+        choices=ALGORITHMS,
+        action=_DeprecatedMethod,
+        metavar="ALGORITHM",
+        help="deprecated name of --algorithm",
     )
     parser.add_argument(
         "--step-size",
@@ -373,9 +152,9 @@ def _check_flags(args) -> None:
         raise UserError(
             f"--noise-std must be a finite number >= 0, got {args.noise_std}"
         )
-    if args.method == "projection" and args.step_size is not None:
+    if args.algorithm == "projection" and args.step_size is not None:
         raise UserError(
-            "--step-size is DPS's zeta; --method projection takes no step size"
+            "--step-size is DPS's zeta; --algorithm projection takes no step size"
         )
     if args.num_samples is None:
         raise UserError("--num-samples is required")
@@ -385,7 +164,7 @@ def _check_flags(args) -> None:
 def _wrap_solver(op: Operator, args, kwargs: dict, y) -> dict:
     """`sd.sample` arguments with `--solver` wrapped in `sd.Project` or `sd.DPS`."""
     inner = kwargs["solver"]
-    if args.method == "projection":
+    if args.algorithm == "projection":
         if op.mask is not None:
             solver = Project(inner, y, mask=op.mask)
         else:
@@ -394,6 +173,12 @@ def _wrap_solver(op: Operator, args, kwargs: dict, y) -> dict:
         step = {} if args.step_size is None else {"step_size": args.step_size}
         solver = DPS(inner, op.apply, y, **step)
     return dict(kwargs, solver=solver)
+
+
+def dps_residual_limit(noise_std: float) -> float:
+    """The residual RMS (model units) above which DPS is said not to fit the
+    measurements: twice the noise level, and at least 0.05 (noiseless measurements)."""
+    return max(2.0 * noise_std, 0.05)
 
 
 def run(args) -> int:
@@ -425,12 +210,21 @@ def run(args) -> int:
         side_by_side(
             [np.clip(shown, 0, 1), result, truth],
             args.png,
-            title=f"{what} / result / truth: {args.method}, {args.operator} "
+            title=f"{what} / result / truth: {args.algorithm}, {args.operator} "
             f"({args.solver}, {nfe} score evaluations)",
         )
     res_rms = residuals(op, to_model(result, data_meta), y)
+    rms = float(np.sqrt((res_rms**2).mean()))
+    if args.algorithm == "dps" and rms > dps_residual_limit(args.noise_std):
+        print(
+            f"scoresde inverse: warning: DPS's residual {rms:.3g} is well above the "
+            f"noise level (--noise-std {args.noise_std:g}): the reconstructions do "
+            "not fit the measurements; raise --step-size (zeta) or --steps (README: "
+            "inverse problems)",
+            file=sys.stderr,
+        )
     print(
-        f"{n} reconstructions ({args.method}, {args.operator}, noise std "
+        f"{n} reconstructions ({args.algorithm}, {args.operator}, noise std "
         f"{args.noise_std:g}; {args.solver}, {int(res.stats['num_steps'])} steps, "
         f"{nfe} score evaluations each): PSNR {psnr(result, truth).mean():.2f} dB "
         f"(mean over examples, data units), residual ||A(x) - y|| / sqrt(m) "

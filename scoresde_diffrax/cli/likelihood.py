@@ -20,7 +20,7 @@ from ._common import (
     UserError,
     writable_dir,
 )
-from ._conditioning import TEST_SPLITS
+from ._controllable import TEST_SPLITS
 
 
 DIVERGENCES = "exact, rademacher, gaussian, rademacher:K or gaussian:K (K probes)"

@@ -167,7 +167,7 @@ def _guided(model, sde, data_meta: dict, args):
                 "trained with --conditional)"
             )
         return model
-    from ._conditioning import load_classifier
+    from ._controllable import load_classifier
 
     if args.label is None:
         raise UserError("--classifier needs --label (a class, or 'all')")

@@ -76,44 +76,6 @@ _RESUMED = "; with --resume: the checkpoint's"
 # --------------------------------------------------------------------------- settings
 
 
-@dataclasses.dataclass(frozen=True)
-class RunSettings:
-    """What defines a training run, by the name of its flag's attribute (`steps` is
-    the total the run trains to; it may grow when resumed)."""
-
-    data: str
-    sde: str
-    model: str
-    seed: int
-    batch_size: int
-    lr: float
-    warmup: int
-    ema: float
-    steps: int
-    data_range: str | None = None
-    image_size: int | None = None
-    conditional: bool = False
-    cond_drop: float = 0.1
-
-
-# The flag of each setting that a resumed run must keep.
-FLAGS = {
-    "data": "--data",
-    "sde": "--sde",
-    "model": "--model",
-    "seed": "--seed",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "warmup": "--warmup",
-    "ema": "--ema",
-    "data_range": "--data-range",
-    "image_size": "--image-size",
-    "conditional": "--conditional",
-    "cond_drop": "--cond-drop",
-}
-REQUIRED = ("data", "sde", "model", "steps")
-
-
 def default_lr(model: str) -> float:
     """`--lr`'s default: 2e-4 for the U-Net (the paper's), 2e-3 for the MLP (chosen on
     the 2-D toys: `benchmarks/bench_toys.py`)."""
@@ -125,9 +87,87 @@ def default_warmup(steps: int) -> int:
     return min(5000, max(1, steps // 10))
 
 
+_REQUIRED = object()  # a setting a new run must be given
+
+
+def _setting(stored: tuple[str, ...], default=_REQUIRED, *, grows: bool = False):
+    """A field of `RunSettings`. Its flag is `--` and the field's name with hyphens;
+    `stored` is where a checkpoint's metadata records it (`("cli", name)`: the
+    command's own record, written by `run`; else `sd.train`'s); `default` is a new
+    run's value when the flag is left out (a constant, or a function of the parsed
+    arguments), also the value of a `cli` setting that an older checkpoint lacks;
+    `grows`: the setting may change when resumed (only `steps`)."""
+    return dataclasses.field(
+        metadata={"stored": stored, "default": default, "grows": grows}
+    )
+
+
+def _cli(name: str, default=_REQUIRED):
+    return _setting(("cli", name), default)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What defines a training run, by the name of its flag's attribute (`steps` is
+    the total the run trains to; it may grow when resumed). Each field says where a
+    checkpoint records it and its default (`_setting`): the flags a resumed run must
+    keep, the settings read back from a checkpoint and the record written into it
+    all come from these fields."""
+
+    data: str = _cli("data")
+    sde: str = _cli("sde")
+    model: str = _cli("model")
+    seed: int = _cli("seed", 0)
+    batch_size: int = _setting(("batch_size",), 128)
+    lr: float = _setting(
+        ("optimizer", "learning_rate"), lambda args: default_lr(args.model)
+    )
+    warmup: int = _setting(
+        ("optimizer", "warmup_steps"), lambda args: default_warmup(args.steps)
+    )
+    ema: float = _setting(("ema_decay",), 0.999)
+    steps: int = _setting(("num_steps",), grows=True)
+    data_range: str | None = _cli("data_range", None)
+    image_size: int | None = _cli("image_size", None)
+    conditional: bool = _cli("conditional", False)
+    cond_drop: float = _cli("cond_drop", 0.1)
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """The command-line flag of the setting `name`."""
+        return "--" + name.replace("_", "-")
+
+    def cli_record(self) -> dict:
+        """The command's record in a checkpoint's metadata (`meta["cli"]`)."""
+        record = {"command": "train"}
+        for f in dataclasses.fields(self):
+            if f.metadata["stored"][0] == "cli":
+                record[f.name] = getattr(self, f.name)
+        return record
+
+
+def _fields():
+    return dataclasses.fields(RunSettings)
+
+
+def _recorded(meta: dict, field):
+    """The value of the setting `field` recorded in the checkpoint `meta` (a `cli`
+    setting an older checkpoint lacks takes its default)."""
+    value = meta
+    for key in field.metadata["stored"]:
+        if key not in value and field.metadata["default"] is not _REQUIRED:
+            return field.metadata["default"]
+        value = value[key]
+    return field.type(value) if field.type in (bool, int, float) else value
+
+
 def new_settings(args, resume_found_nothing: bool) -> RunSettings:
     """The settings of a new run: the flags, and the defaults of those left out."""
-    missing = [f"--{name}" for name in REQUIRED if getattr(args, name) is None]
+    missing = [
+        RunSettings.flag(f.name)
+        for f in _fields()
+        if f.metadata["default"] is _REQUIRED and getattr(args, f.name) is None
+    ]
     if missing:
         why = (
             f"--resume found no checkpoint in --out {args.out}, so this starts a new "
@@ -139,26 +179,13 @@ def new_settings(args, resume_found_nothing: bool) -> RunSettings:
             f"the following arguments are required: {', '.join(missing)} ({why}; "
             "with --resume, a checkpoint's settings are used)"
         )
-
-    def given(name, default):
-        value = getattr(args, name)
-        return default if value is None else value
-
-    return RunSettings(
-        data=args.data,
-        sde=args.sde,
-        model=args.model,
-        seed=given("seed", 0),
-        batch_size=given("batch_size", 128),
-        lr=given("lr", default_lr(args.model)),
-        warmup=given("warmup", default_warmup(args.steps)),
-        ema=given("ema", 0.999),
-        steps=args.steps,
-        data_range=args.data_range,
-        image_size=args.image_size,
-        conditional=bool(args.conditional),
-        cond_drop=given("cond_drop", 0.1),
-    )
+    values = {}
+    for f in _fields():
+        value, default = getattr(args, f.name), f.metadata["default"]
+        if value is None:
+            value = default(args) if callable(default) else default
+        values[f.name] = value
+    return RunSettings(**values)
 
 
 def resumed_settings(args, meta: dict, out: pathlib.Path) -> RunSettings:
@@ -179,36 +206,19 @@ def resumed_settings(args, meta: dict, out: pathlib.Path) -> RunSettings:
             f"{kind.replace('_', ' ')}), not of `scoresde train`: --resume cannot "
             "continue them; choose another --out"
         )
-    optimizer = meta["optimizer"]
-    recorded = RunSettings(
-        data=cli["data"],
-        sde=cli["sde"],
-        model=cli["model"],
-        seed=cli["seed"],
-        batch_size=meta["batch_size"],
-        lr=optimizer["learning_rate"],
-        warmup=optimizer["warmup_steps"],
-        ema=meta["ema_decay"],
-        steps=meta["num_steps"],
-        data_range=cli.get("data_range"),
-        image_size=cli.get("image_size"),
-        conditional=bool(cli.get("conditional", False)),
-        cond_drop=float(cli.get("cond_drop", 0.1)),
-    )
-    for name, flag in FLAGS.items():
-        value, kept = getattr(args, name), getattr(recorded, name)
-        if value is not None and value != kept:
-            raise UserError(
-                f"{flag} {value:g} contradicts the run being resumed: its checkpoint "
-                f"in {out} was trained with {flag} {kept:g}. A resumed run keeps its "
-                f"settings: leave {flag} out (or pass {kept:g}), or start a new run "
-                "in another --out"
-                if isinstance(value, (int, float))
-                else f"{flag} {value} contradicts the run being resumed: its "
-                f"checkpoint in {out} was trained with {flag} {kept}. A resumed run "
-                f"keeps its settings: leave {flag} out (or pass {kept}), or start a "
-                "new run in another --out"
-            )
+    recorded = RunSettings(**{f.name: _recorded(meta, f) for f in _fields()})
+    for f in _fields():
+        value, kept = getattr(args, f.name), getattr(recorded, f.name)
+        if f.metadata["grows"] or value is None or value == kept:
+            continue
+        flag = RunSettings.flag(f.name)
+        if isinstance(value, (int, float)):
+            value, kept = f"{value:g}", f"{kept:g}"
+        raise UserError(
+            f"{flag} {value} contradicts the run being resumed: its checkpoint in "
+            f"{out} was trained with {flag} {kept}. A resumed run keeps its settings: "
+            f"leave {flag} out (or pass {kept}), or start a new run in another --out"
+        )
     steps = recorded.steps if args.steps is None else args.steps
     return dataclasses.replace(recorded, steps=steps)
 
@@ -226,11 +236,9 @@ def _check_conditional(args, settings: RunSettings) -> None:
 # --------------------------------------------------------------------------- run
 
 
-def run(args) -> int:
-    distributed = init_distributed(args)  # first: before any JAX computation
-
-    # Settings: a new run's, or the checkpoint's
-    out = pathlib.Path(args.out)
+def _settings(args, out: pathlib.Path) -> tuple[RunSettings, dict | None]:
+    """The run's settings (a new run's, or the checkpoint's) and the newest
+    checkpoint's metadata in `--out` (None for a new run)."""
     meta = newest_checkpoint(out)
     if meta is not None and not args.resume:
         raise UserError(
@@ -242,6 +250,87 @@ def run(args) -> int:
     else:
         settings = resumed_settings(args, meta, out)
     _check_conditional(args, settings)
+    if meta is not None and args.warmup is None:
+        fresh = default_warmup(settings.steps)
+        if settings.steps > int(meta["num_steps"]) and fresh != settings.warmup:
+            print(
+                f"scoresde train: note: a resumed run keeps its warm-up of "
+                f"{settings.warmup} steps; a new run with --steps {settings.steps} "
+                f"would warm up for {fresh} (a tenth of --steps, at most 5000), so "
+                "the two differ: pass --warmup to runs that must match",
+                file=sys.stderr,
+            )
+    return settings, meta
+
+
+def _model(settings: RunSettings, meta: dict | None, dataset) -> tuple:
+    """The SDE and the network: new ones for a new run, else the checkpoint's (its
+    weights are loaded by `sd.train`)."""
+    if meta is not None:
+        return checkpoint_model(meta)
+    num_classes = 0
+    if settings.conditional:
+        if dataset.labels is None:
+            raise UserError(
+                "--conditional needs a data set with labels (moons, rings, "
+                "gaussian-mixture, digits, digits16, colored-digits, "
+                "colored-digits16, or a .npz file with labels 'y'), got --data "
+                f"{settings.data}"
+            )
+        num_classes = int(dataset.labels.max()) + 1
+    sde = make_sde(settings.sde, dataset)
+    try:
+        model = make_model(
+            settings.model,
+            dataset.data_shape,
+            sde,
+            jr.key(settings.seed + 1),
+            num_classes=num_classes,
+        )
+    except (ValueError, TypeError) as e:
+        raise UserError(
+            f"--model {settings.model} does not fit --data {settings.data} "
+            f"(examples of shape {dataset.data_shape}): {e}"
+        ) from e
+    return sde, model
+
+
+def _failed(e: BaseException, settings: RunSettings, out: pathlib.Path) -> int:
+    """A training failure in terms of the flags that fix it (raises `UserError`), or
+    the exit code of an interrupt (130, after saying what was kept)."""
+    if isinstance(e, NonFiniteLossError):
+        raise UserError(
+            f"the loss became NaN or inf at step {e.step} with --lr "
+            f"{settings.lr:g}: training diverged; lower --lr (the default for "
+            f"--model {settings.model} is {default_lr(settings.model):g})"
+        ) from e
+    if isinstance(e, MemoryError):
+        largest = getattr(e, "largest", None)
+        fix = (
+            f"at most about {largest} fit: pass --batch-size {largest} or fewer"
+            if largest
+            else "lower --batch-size"
+        )
+        raise UserError(
+            f"--batch-size {settings.batch_size} does not fit in memory; {fix} "
+            "(or a smaller --steps-per-call)"
+        ) from e
+    if isinstance(e, KeyboardInterrupt):
+        steps = checkpoint_steps(out)
+        kept = (
+            f"the steps up to {steps[-1]} are saved in {out}: continue with --resume"
+            if steps
+            else "no step was completed"
+        )
+        print(f"scoresde train: interrupted; {kept}", file=sys.stderr)
+        return 130
+    raise e
+
+
+def run(args) -> int:
+    distributed = init_distributed(args)  # first: before any JAX computation
+    out = pathlib.Path(args.out)
+    settings, meta = _settings(args, out)
     done = 0 if meta is None else int(meta["step"])
     if done >= settings.steps:
         print(
@@ -258,32 +347,7 @@ def run(args) -> int:
             "--batch-size", settings.batch_size, "for data-parallel training"
         )
     dataset = load_dataset(settings.data, settings.data_range, settings.image_size)
-    num_classes = 0
-    if settings.conditional:
-        if dataset.labels is None:
-            raise UserError(
-                f"--conditional needs a data set with labels (digits, digits16, "
-                f"colored-digits, colored-digits16, or a .npz file with labels 'y'), "
-                f"got --data {settings.data}"
-            )
-        num_classes = int(dataset.labels.max()) + 1
-    if meta is None:
-        sde = make_sde(settings.sde, dataset)
-        try:
-            model = make_model(
-                settings.model,
-                dataset.data_shape,
-                sde,
-                jr.key(settings.seed + 1),
-                num_classes=num_classes,
-            )
-        except (ValueError, TypeError) as e:
-            raise UserError(
-                f"--model {settings.model} does not fit --data {settings.data} "
-                f"(examples of shape {dataset.data_shape}): {e}"
-            ) from e
-    else:  # the checkpoint's SDE and network (its weights are loaded by sd.train)
-        sde, model = checkpoint_model(meta)
+    sde, model = _model(settings, meta, dataset)
     created = missing_ancestor(out)
     writable_dir(out, "--out")
 
@@ -308,50 +372,11 @@ def run(args) -> int:
             resume=meta is not None,
             progress=not args.quiet,
             sharding=mesh,
-            metadata={
-                "cli": {
-                    "command": "train",
-                    "data": settings.data,
-                    "sde": settings.sde,
-                    "model": settings.model,
-                    "seed": settings.seed,
-                    "data_range": settings.data_range,
-                    "image_size": settings.image_size,
-                    "conditional": settings.conditional,
-                    "cond_drop": settings.cond_drop,
-                }
-            },
+            metadata={"cli": settings.cli_record()},
         )
     except BaseException as e:
         remove_if_empty(out, created)
-        if isinstance(e, NonFiniteLossError):
-            raise UserError(
-                f"the loss became NaN or inf at step {e.step} with --lr "
-                f"{settings.lr:g}: training diverged; lower --lr (the default for "
-                f"--model {settings.model} is {default_lr(settings.model):g})"
-            ) from e
-        if isinstance(e, MemoryError):
-            largest = getattr(e, "largest", None)
-            fix = (
-                f"at most about {largest} fit: pass --batch-size {largest} or fewer"
-                if largest
-                else "lower --batch-size"
-            )
-            raise UserError(
-                f"--batch-size {settings.batch_size} does not fit in memory; {fix} "
-                "(or a smaller --steps-per-call)"
-            ) from e
-        if isinstance(e, KeyboardInterrupt):
-            steps = checkpoint_steps(out)
-            kept = (
-                f"the steps up to {steps[-1]} are saved in {out}: continue with "
-                "--resume"
-                if steps
-                else "no step was completed"
-            )
-            print(f"scoresde train: interrupted; {kept}", file=sys.stderr)
-            return 130
-        raise
+        return _failed(e, settings, out)
 
     # Report
     n = len(res.losses)

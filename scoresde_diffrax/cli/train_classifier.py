@@ -12,7 +12,7 @@ import numpy as np
 from .. import ClassifierLoss, nn, train as sd_train
 from ._args import add_data_flag, add_sde_flag, add_training_flags, positive_int
 from ._common import load_dataset, make_sde, UserError, writable_dir
-from ._conditioning import TEST_SPLITS
+from ._controllable import TEST_SPLITS
 
 
 def add_parser(subparsers) -> None:
