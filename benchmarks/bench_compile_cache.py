@@ -7,7 +7,9 @@ user would, from a fresh process each: twice with the cache off
 directory (the first of these fills it, the second loads from it). All in one run, so
 the figures compare side by side; wall time of the whole process, imports included.
 
-    python benchmarks/bench_compile_cache.py [--digits] [--solver tsit5]
+    python benchmarks/bench_compile_cache.py                  # moons MLP, Tsit5
+    python benchmarks/bench_compile_cache.py --digits --solver ddim --steps 20 \
+        --num-samples 16                                       # digits U-Net
 
 Writes `benchmarks/results/compile_cache[_digits].json` and prints a table. A
 benchmark, not a test.
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--digits", action="store_true")
     parser.add_argument("--solver", default="tsit5")
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=None, help="fixed-step solvers")
     args = parser.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_compile_cache_"))
     ck = tmp / "ck"
@@ -69,7 +72,7 @@ def main() -> None:
     )
     cmd = [*entry, "sample", "--checkpoint", str(ck), "--solver", args.solver]
     cmd += ["--num-samples", str(args.num_samples), "--out", str(tmp / "x.npy")]
-    cmd += ["--quiet"]
+    cmd += ["--quiet"] + ([] if args.steps is None else ["--steps", str(args.steps)])
     runs = []
     for label, cache in (
         ("cache off, 1st", None),
