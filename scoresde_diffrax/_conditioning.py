@@ -10,7 +10,8 @@ denoising step already goes through that edge, so every sampler works with a
 conditioned score unchanged; `sample` checks the leading axes against the number of
 samples and shards them like the samples.
 
-This module sits below every driver and every adapter: it imports only JAX.
+This module sits below every driver and every adapter: it imports only JAX,
+Equinox, jaxtyping and the batch-sharding helper of `_sharding`.
 """
 
 import equinox as eqx

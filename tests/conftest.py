@@ -4,9 +4,8 @@ import os
 import jax
 import pytest
 
-# The shared SDEs and mixtures live in helpers.py (test modules import them from
-# there); the names stay here for modules that still import them from conftest.
-from helpers import MIXTURES as MIXTURES, SDES as SDES
+# The shared SDEs live in helpers.py (test modules import them from there).
+from helpers import SDES
 
 
 # Make shape bugs loud: no silent rank promotion inside the package.
