@@ -25,7 +25,10 @@ from ._divergence import (
     ExactDivergence as ExactDivergence,
     Hutchinson as Hutchinson,
 )
-from ._errors import SolveError as SolveError
+from ._errors import (
+    OutOfMemoryError as OutOfMemoryError,
+    SolveError as SolveError,
+)
 from ._exact import (
     FullCovarianceMixture as FullCovarianceMixture,
     GaussianMixture as GaussianMixture,

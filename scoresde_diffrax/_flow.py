@@ -10,15 +10,16 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_batch, check_eps, check_fits_score, check_ode_solve_args
+from ._errors import check_solve
 from ._plan import plan_solve, solve_batch, SolvePlan
 from ._sde import AbstractSDE
-from ._sharding import batch_sharding, constrain, error_if, place, raise_if_failed
+from ._sharding import batch_sharding, constrain, place
 from ._term import probability_flow_term
 
 
 _TSIT5 = dfx.Tsit5()
 _CHECKPOINT = dfx.RecursiveCheckpointAdjoint()
-_NOT_FINITE = "encode/decode: the probability-flow ODE produced NaN or inf."
+_NOT_FINITE = "the probability-flow ODE produced NaN or inf"
 
 
 def _flow(
@@ -75,13 +76,18 @@ def _flow(
         plan=plan,
         adjoint=adjoint,
         per_example=bool(per_example),
-        throw=bool(throw),
         sharding=batch_sh,
     )
     out, result = _solve(problem, y)
-    if batch_sh is not None:
-        raise_if_failed(out, result, throw=throw, msg=_NOT_FINITE)
-    return out
+    return check_solve(
+        "decode" if decode else "encode",
+        out,
+        result,
+        throw=throw,
+        max_steps=plan.max_steps,
+        not_finite=_NOT_FINITE,
+        in_program=batch_sh is None,
+    )
 
 
 class _Flow(eqx.Module):
@@ -95,7 +101,6 @@ class _Flow(eqx.Module):
     plan: SolvePlan
     adjoint: dfx.AbstractAdjoint
     per_example: bool = eqx.field(static=True)
-    throw: bool = eqx.field(static=True)
     sharding: jax.sharding.NamedSharding | None = eqx.field(static=True)
 
 
@@ -111,9 +116,8 @@ def _solve(p: _Flow, y: Array):
         solver=p.solver,
         plan=p.plan,
         adjoint=p.adjoint,
-        throw=p.throw and p.sharding is None,  # sharded: raise_if_failed
+        throw=False,  # checked after the call: `check_solve`
     )
-    y1 = error_if(y1, ~jnp.all(jnp.isfinite(y1)), _NOT_FINITE, p.sharding)
     return constrain(y1, p.sharding), result
 
 
@@ -277,8 +281,3 @@ def interpolate_latents(
     w1 = jnp.where(small, alphas, jnp.sin(alphas * theta) / sin)
     out = w0[:, None] * a[None, :] + w1[:, None] * b[None, :]
     return out.reshape((alphas.shape[0],) + z0.shape)
-
-
-# --------------------------------------------------------------------------------------
-# Dequantisation and bits per dimension
-# --------------------------------------------------------------------------------------

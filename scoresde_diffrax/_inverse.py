@@ -10,7 +10,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from ._checks import check_mask, is_concrete
 from ._conditioning import PerExample
-from ._solver._common import dense_info, unpack_ode, unpack_sde
+from ._solver._common import (
+    AbstractPlannedSolver,
+    check_grid,
+    dense_info,
+    min_grid_steps,
+    unpack_ode,
+    unpack_sde,
+)
 
 
 class ImputeState(eqx.Module):
@@ -35,7 +42,7 @@ def _channel_mix(matrix: Array | None, x: Array) -> Array:
     )
 
 
-class AbstractStateWrapper(dfx.AbstractWrappedSolver):
+class AbstractStateWrapper(AbstractPlannedSolver, dfx.AbstractWrappedSolver):
     """A solver wrapper that changes the state after each step of `solver` (the
     inverse-problem wrappers [`Impute`][], [`Project`][], [`DPS`][]): the inner
     solver's terms and their arguments, linear interpolation between the changed
@@ -58,6 +65,12 @@ class AbstractStateWrapper(dfx.AbstractWrappedSolver):
 
     def strong_order(self, terms):
         return None
+
+    def min_grid_steps(self) -> int:
+        return min_grid_steps(self.solver)
+
+    def check_grid(self, ts, start: float, end: float, arg: str) -> None:
+        check_grid(self.solver, ts, start, end, arg)
 
 
 class Impute(AbstractStateWrapper):

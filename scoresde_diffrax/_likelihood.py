@@ -9,17 +9,10 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 from ._brownian import per_sample_keys
 from ._checks import check_batch, check_eps, check_fits_score, check_ode_solve_args
 from ._divergence import AbstractDivergence, Hutchinson
-from ._errors import solve_error
+from ._errors import check_solve
 from ._plan import plan_solve, solve_batch, SolvePlan
 from ._sde import AbstractSDE
-from ._sharding import (
-    batch_sharding,
-    constrain,
-    constrain_leading,
-    error_if,
-    place,
-    raise_if_failed,
-)
+from ._sharding import batch_sharding, constrain, constrain_leading, error_if, place
 from ._term import probability_flow_term
 
 
@@ -27,10 +20,7 @@ from ._term import probability_flow_term
 _HUTCHINSON = Hutchinson("rademacher")
 _TSIT5 = dfx.Tsit5()
 _CHECKPOINT = dfx.RecursiveCheckpointAdjoint()
-_NOT_FINITE = (
-    "log_likelihood: the solve produced a non-finite log-density (NaN or inf); the "
-    "score or the solver diverged. Check the score on [eps, T]."
-)
+_NOT_FINITE = "the solve produced a non-finite log-density (NaN or inf)"
 
 
 class _AugmentedFlow(eqx.Module):
@@ -244,23 +234,21 @@ def log_likelihood(
         adjoint=adjoint,
         per_example=bool(per_example),
         prior_log_prob=prior_log_prob,
-        throw=bool(throw),
         sharding=batch_sh,
         progress_meter=dfx.NoProgressMeter()
         if progress_meter is None
         else progress_meter,
     )
-    try:
-        latent, log_prob, prior_lp, stats, result = _solve(problem, key, x)
-        if batch_sh is not None:
-            raise_if_failed((latent, log_prob), result, throw=throw, msg=_NOT_FINITE)
-    except RuntimeError as e:
-        err = solve_error(
-            "log_likelihood", e, max_steps=plan.max_steps, not_finite=_NOT_FINITE
-        )
-        if err is None:
-            raise
-        raise err from e
+    latent, log_prob, prior_lp, stats, result = _solve(problem, key, x)
+    latent, log_prob = check_solve(
+        "log_likelihood",
+        (latent, log_prob),
+        result,
+        throw=throw,
+        max_steps=plan.max_steps,
+        not_finite=_NOT_FINITE,
+        in_program=batch_sh is None,
+    )
 
     # Report
     stats = dict(stats, num_score_evals=plan.num_score_evals(stats["num_steps"]))
@@ -284,7 +272,6 @@ class _Likelihood(eqx.Module):
     adjoint: dfx.AbstractAdjoint
     per_example: bool = eqx.field(static=True)
     prior_log_prob: Callable
-    throw: bool = eqx.field(static=True)
     progress_meter: dfx.AbstractProgressMeter
     sharding: jax.sharding.NamedSharding | None = eqx.field(static=True)
 
@@ -310,16 +297,13 @@ def _solve(p: _Likelihood, key: PRNGKeyArray, x: Array):
         solver=p.solver,
         plan=p.plan,
         adjoint=p.adjoint,
-        throw=p.throw and p.sharding is None,  # sharded: raise_if_failed
+        throw=False,  # checked after the call: `check_solve`
         progress_meter=p.progress_meter,
     )
 
     # Finish up
     prior = jax.vmap(p.prior_log_prob)(latent).astype(x.dtype)
     log_prob = prior + delta
-    log_prob = error_if(
-        log_prob, ~jnp.all(jnp.isfinite(log_prob)), _NOT_FINITE, p.sharding
-    )
     latent = constrain(latent, p.sharding)
     prior, log_prob = constrain_leading((prior, log_prob), p.sharding)
     return latent, log_prob, prior, stats, result

@@ -40,7 +40,7 @@ from ._checks import (
 )
 from ._nfe import probe_solver
 from ._norm import batch_max_rms_norm
-from ._solver.multistep import AbstractMultistepSolver
+from ._solver._common import check_grid, min_grid_steps
 from ._solver.restart import Restart
 
 
@@ -186,25 +186,25 @@ def plan_solve(
 
 
 def _check_solver_grid(solver, controller, steps, num_steps, sign, start, end):
-    """Solvers that need something of a fixed grid: a multistep solver at least as
-    many steps as it stores predictions (else it never reaches its order); `Restart`
-    its `t_min` on the grid and its interval inside the time range."""
+    """What a solver needs of a fixed grid, asked of the solver itself: at least
+    `min_grid_steps()` steps (a multistep solver: as many as it stores predictions,
+    else it never reaches its order), and whatever its `check_grid` checks (e.g.
+    `Restart`'s `t_min` on the grid). Wrappers answer for the solver they wrap."""
     if not isinstance(controller, dfx.StepTo):
         return
     arg = "num_steps" if num_steps is not None else "stepsize_controller"
-    inner = solver.solver if isinstance(solver, Restart) else solver
-    if isinstance(inner, AbstractMultistepSolver):
-        need = inner.multistep_order()
-        if steps < need:
-            raise ValueError(
-                f"`{arg}`: {type(inner).__name__} interpolates its last {need} score "
-                f"evaluations, so a grid needs at least {need} steps to reach its "
-                f"order; got {steps}. Use more steps or a lower `order`."
-            )
-    if isinstance(solver, Restart) and start is not None and end is not None:
+    need = min_grid_steps(solver)
+    if steps < need:
+        raise ValueError(
+            f"`{arg}`: {type(solver).__name__} interpolates its last {need} score "
+            f"evaluations (it or the solver it wraps), so a grid needs at least "
+            f"{need} steps to reach its order; got {steps}. Use more steps or a "
+            "lower `order`."
+        )
+    if start is not None and end is not None:
         ts = controller.ts
         ts = None if isinstance(ts, jax.core.Tracer) else sign * np.asarray(ts)
-        solver.check_grid(ts, start, end, arg)
+        check_grid(solver, ts, start, end, arg)
 
 
 def _restart_evals(solver, make_terms, probe_key) -> int:

@@ -25,7 +25,7 @@ from ._conditioning import (
     example,
     has_per_example,
 )
-from ._errors import solve_error
+from ._errors import check_solve, OutOfMemoryError
 from ._memory import (
     compiled_bytes,
     gib,
@@ -35,20 +35,11 @@ from ._memory import (
 )
 from ._plan import plan_solve, SolvePlan
 from ._sde import AbstractSDE
-from ._sharding import (
-    batch_sharding,
-    constrain,
-    constrain_leading,
-    error_if,
-    raise_if_failed,
-)
+from ._sharding import batch_sharding, constrain, constrain_leading
 from ._term import batched_score, probability_flow_term, reverse_sde_terms
 
 
-_NOT_FINITE = (
-    "sample: the solve produced non-finite samples (NaN or inf); the score or the "
-    "solver diverged. Check the score on the whole time range, or use more steps."
-)
+_NOT_FINITE = "the solve produced non-finite samples (NaN or inf)"
 
 
 class SampleResult(eqx.Module):
@@ -178,8 +169,9 @@ def sample(
     **Raises:** `ValueError` naming the argument for inconsistent input (shapes,
     `eps`, `num_steps`/`stepsize_controller`/`max_steps`, a solver that cannot
     integrate the chosen terms, a batch that does not divide over `sharding`); `TypeError` for a `sharding` that is neither a
-    `Mesh` nor a `NamedSharding`; `MemoryError` if the samples do not fit in memory
-    (it says how many would: sample in chunks); a run-time error if the score
+    `Mesh` nor a `NamedSharding`; [`OutOfMemoryError`][] (a `MemoryError`) if the
+    samples do not fit in memory (it says how many would, also in `.largest`: sample
+    in chunks); a run-time error if the score
     produces NaN or inf during the solve.
 
     **Example:**
@@ -256,25 +248,24 @@ def sample(
         progress_meter=dfx.NoProgressMeter()
         if progress_meter is None
         else progress_meter,
-        throw=bool(throw),
         sharding=batch_sh,
     )
     try:
         samples, ts, trajectory, result, stats = _solve(problem, key)
-        if batch_sh is not None:
-            raise_if_failed(samples, result, throw=throw, msg=_NOT_FINITE)
     except jax.errors.JaxRuntimeError as e:
         if not is_out_of_memory(e):
             raise
         msg, largest = _out_of_memory(problem, key)
-        err = MemoryError(msg)
-        err.largest = largest  # the largest number of samples that fits, or None
-        raise err from e
-    except RuntimeError as e:
-        err = solve_error("sample", e, max_steps=plan.max_steps, not_finite=_NOT_FINITE)
-        if err is None:
-            raise
-        raise err from e
+        raise OutOfMemoryError(msg, largest=largest) from e
+    samples = check_solve(
+        "sample",
+        samples,
+        result,
+        throw=throw,
+        max_steps=plan.max_steps,
+        not_finite=_NOT_FINITE,
+        in_program=batch_sh is None,
+    )
 
     # Report
     nfe = plan.num_score_evals(stats["num_steps"])
@@ -354,7 +345,6 @@ class _Sampling(eqx.Module):
     brownian: str = eqx.field(static=True)  # "none" | "fast" | "tree"
     brownian_tol: float | Array
     progress_meter: dfx.AbstractProgressMeter
-    throw: bool = eqx.field(static=True)
     sharding: jax.sharding.NamedSharding | None = eqx.field(static=True)
 
 
@@ -431,7 +421,7 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
         adjoint=p.adjoint,
         max_steps=p.plan.max_steps,
         progress_meter=p.progress_meter,
-        throw=p.throw and p.sharding is None,  # sharded: raise_if_failed
+        throw=False,  # checked after the call: `check_solve`
     )
 
     # Finish up
@@ -441,8 +431,6 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
         s = batched_score(score, t, samples)
         samples = (samples + p.sde.std(t) ** 2 * s) / p.sde.mean_coeff(t)
         samples = samples.astype(dtype)
-    not_finite = ~jnp.all(jnp.isfinite(samples))
-    samples = error_if(samples, not_finite, _NOT_FINITE, p.sharding)
     samples = constrain(samples, p.sharding)
     ts = -sol.ts[1] if p.saveat is not None else None
     trajectory = sol.ys[1] if p.saveat is not None else None

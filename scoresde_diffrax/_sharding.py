@@ -5,10 +5,8 @@ so the whole solve runs SPMD (GSPMD partitions it; no home-made collectives)."""
 
 import math
 
-import diffrax as dfx
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
@@ -138,34 +136,16 @@ def place(x, sharding: NamedSharding | None):
 
 def error_if(x: PyTree, pred, msg: str, sharding: NamedSharding | None) -> PyTree:
     """Inside `jit`: `eqx.error_if(x, pred, msg)`, unless sharded; then `x` unchanged,
-    and [`raise_if_failed`][] checks the outputs after the call.
+    and the caller checks the outputs after the call.
 
     Under GSPMD on several devices a raising `eqx.error_if` (a host callback inside a
     `lax.cond`) runs on one device while the others wait in a collective: the error
     is printed, then the process aborts on a rendezvous timeout instead of raising
-    (jax 0.10.2, CPU devices). So sharded solves check outside `jit`."""
+    (jax 0.10.2, CPU devices). So sharded solves check outside `jit`
+    (`_errors.check_solve`)."""
     if sharding is None:
         return eqx.error_if(x, pred, msg)
     return x
-
-
-def raise_if_failed(x: PyTree, result, *, throw: bool, msg: str) -> None:
-    """Outside `jit`, after a sharded solve run with diffrax's `throw=False`: raise
-    `RuntimeError` if `throw` and the solve failed (diffrax's message), or if any
-    array of `x` is not finite (`msg`). Blocks until the results are ready. Does
-    nothing under an outer `jit` (tracers): inspect `.result` there."""
-    leaves = jax.tree_util.tree_leaves((x, result))
-    if any(isinstance(a, jax.core.Tracer) for a in leaves):
-        return
-    ok = np.asarray(dfx.is_okay(result)).reshape(-1)
-    if throw and not ok.all():
-        messages = np.atleast_1d(np.asarray(dfx.RESULTS[result])).reshape(-1)
-        raise RuntimeError(
-            f"The sharded solve failed: {messages[~ok][0]} (with throw=False it "
-            "does not raise; `.result` says how the solve ended)."
-        )
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(x)):
-        raise RuntimeError(msg)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -30,6 +30,7 @@ from ._checkpoint import (
     SCORE_MODEL,
 )
 from ._checks import check_floating, check_int, check_isinstance, check_unit_interval
+from ._errors import OutOfMemoryError
 from ._loss import AbstractLoss, ClassifierLoss, ConditionalDSMLoss, DSMLoss
 from ._memory import (
     compiled_bytes,
@@ -218,8 +219,9 @@ def train(
     non-positive steps, a directory that holds another run, a resume whose settings
     differ from the checkpoint's, a `batch_size` not divisible by the number of
     devices of `sharding`); [`NonFiniteLossError`][] (a `FloatingPointError`) naming
-    the step where the loss became NaN or inf; `MemoryError` if a step does not fit
-    in memory (it says which `batch_size` would).
+    the step where the loss became NaN or inf; [`OutOfMemoryError`][] (a `MemoryError`)
+    if a step does not fit in memory (it says which `batch_size` would, also in
+    `.largest`).
     """
     start = time.perf_counter()
 
@@ -584,8 +586,8 @@ def _check_finite(chunk: np.ndarray, done: int, config: "_ChunkConfig") -> None:
 
 
 def _run_chunk_or_raise(state: TrainState, stop, config: "_ChunkConfig"):
-    """`_run_chunk`, with XLA running out of memory turned into a `MemoryError` that
-    says how large a batch would fit."""
+    """`_run_chunk`, with XLA running out of memory turned into an `OutOfMemoryError`
+    that says how large a batch would fit."""
     try:
         new_state, chunk = _run_chunk(state, stop, config)
         chunk.block_until_ready()
@@ -593,9 +595,7 @@ def _run_chunk_or_raise(state: TrainState, stop, config: "_ChunkConfig"):
         if not is_out_of_memory(e):
             raise
         msg, largest = _out_of_memory(state, stop, config)
-        err = MemoryError(msg)
-        err.largest = largest  # the largest batch_size that fits, or None
-        raise err from e
+        raise OutOfMemoryError(msg, largest=largest) from e
     return new_state, chunk
 
 

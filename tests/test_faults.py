@@ -852,3 +852,32 @@ def test_sigkill_mid_checkpoint_then_resume_is_bit_exact(tmp_path):
         resumed.ema_model, full.ema_model
     )
     assert _equal(resumed.state.opt_state, full.state.opt_state)
+
+
+def test_wrapped_multistep_solver_gets_its_grid_minimum():
+    """A multistep solver inside `Impute` (any wrapper) needs as many grid steps as
+    it stores predictions: the wrapper answers for the solver it wraps."""
+    obs, mask = jnp.zeros((2, 2)), jnp.array([True, False])
+    for solver in (sd.DEIS(order=3), sd.Impute(sd.DEIS(order=3), obs, mask)):
+        with pytest.raises(ValueError, match="`num_steps`.*at least 3 steps"):
+            sd.sample(
+                jr.key(0), SDE, lambda t, x: -x, (2, 2), solver=solver, num_steps=2
+            )
+
+
+def test_solve_errors_keep_their_kind_and_message_under_jit():
+    """Outside `jit` a failure is a `SolveError` of one kind; under an outer `jit` the
+    same message is raised from inside the program."""
+    nan = NaNBelow(jnp.asarray(2.0))
+    kw = dict(solver=dfx.Euler(), method="ode", num_steps=2)
+    with pytest.raises(sd.SolveError, match="non-finite samples") as info:
+        sd.sample(jr.key(0), SDE, nan, (2, 2), **kw)
+    assert info.value.kind == "non_finite"
+    with pytest.raises(sd.SolveError, match="produced NaN or inf") as info:
+        sd.encode(SDE, nan, jnp.zeros((2, 2)), num_steps=2)
+    assert info.value.kind == "non_finite"
+    jitted = jax.jit(lambda k: sd.sample(k, SDE, nan, (2, 2), **kw).samples)
+    with pytest.raises(Exception, match="non-finite samples"):
+        jax.block_until_ready(jitted(jr.key(0)))
+    assert issubclass(sd.OutOfMemoryError, MemoryError)
+    assert sd.OutOfMemoryError("m", largest=3).largest == 3

@@ -213,3 +213,42 @@ def per_example(c: Array, y: Array) -> Array:
 
 def dense_info(y0, y1) -> dict:
     return dict(y0=y0, y1=y1)
+
+
+# --------------------------------------------------------------------------------------
+# What a solve plan asks a solver
+# --------------------------------------------------------------------------------------
+
+
+class AbstractPlannedSolver(dfx.AbstractSolver):
+    """A solver of this package (or a wrapper of one) that answers for itself what a
+    solve plan needs to know of a fixed grid, as diffrax's `order` answers for the
+    solver's accuracy. Defaults: any grid of at least one step. Wrappers delegate to
+    the solver they wrap (through [`min_grid_steps`][] and [`check_grid`][], so a
+    plain diffrax solver inside gets the defaults)."""
+
+    def min_grid_steps(self) -> int:
+        """The fewest steps of a fixed grid this solver can take (a multistep solver:
+        the number of stored evaluations a full-order step interpolates)."""
+        return 1
+
+    def check_grid(self, ts, start: float, end: float, arg: str) -> None:
+        """Raise `ValueError` naming `arg` for a fixed grid it cannot take: `ts` in
+        the user's clock (None if traced) from `start` to `end`. Default: nothing
+        beyond [`min_grid_steps`][], which the plan checks."""
+        del ts, start, end, arg
+
+
+def min_grid_steps(solver: dfx.AbstractSolver) -> int:
+    """`solver.min_grid_steps()` for this package's solvers, 1 for others."""
+    if isinstance(solver, AbstractPlannedSolver):
+        return solver.min_grid_steps()
+    return 1
+
+
+def check_grid(
+    solver: dfx.AbstractSolver, ts, start: float, end: float, arg: str
+) -> None:
+    """`solver.check_grid(...)` for this package's solvers; others take any grid."""
+    if isinstance(solver, AbstractPlannedSolver):
+        solver.check_grid(ts, start, end, arg)

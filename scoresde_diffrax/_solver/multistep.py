@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Int
 
 from ._common import (
+    AbstractPlannedSolver,
     check_decreasing,
     dense_info,
     Problem,
@@ -245,7 +246,7 @@ def _dpm_multistep(p: Problem, state, y0, t, t_next, max_order: int, eta: float)
 # --------------------------------------------------------------------------------------
 
 
-class AbstractMultistepSolver(dfx.AbstractSolver):
+class AbstractMultistepSolver(AbstractPlannedSolver):
     """A multistep sampler of this package. Its first steps run at lower order while it
     stores predictions (warm-up), so a grid needs at least
     [`multistep_order`][scoresde_diffrax.AbstractMultistepSolver.multistep_order]
@@ -259,6 +260,9 @@ class AbstractMultistepSolver(dfx.AbstractSolver):
     def multistep_order(self) -> int:
         """The number of stored predictions a full-order step interpolates: the fewest
         steps a grid must have."""
+
+    def min_grid_steps(self) -> int:
+        return self.multistep_order()
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)

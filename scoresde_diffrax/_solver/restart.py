@@ -9,8 +9,14 @@ import numpy as np
 
 from .._sde import AbstractSDE
 from .._term import ScoreDrift
-from ._common import check_decreasing, dense_info, SDETerms, unpack_sde
-from .multistep import AbstractMultistepSolver
+from ._common import (
+    AbstractPlannedSolver,
+    check_decreasing,
+    dense_info,
+    min_grid_steps,
+    SDETerms,
+    unpack_sde,
+)
 
 
 def _check_time(name: str, value) -> float:
@@ -23,7 +29,7 @@ def _check_time(name: str, value) -> float:
     return v
 
 
-class Restart(dfx.AbstractItoSolver):
+class Restart(AbstractPlannedSolver, dfx.AbstractItoSolver):
     r"""Restart sampling (Xu et al. 2023): an ODE sampler whose path, on reaching
     `t_min`, jumps forward to `t_max` with fresh noise of the forward SDE and runs the
     ODE back down, `num_restarts` times, before going on. Each jump
@@ -95,19 +101,22 @@ class Restart(dfx.AbstractItoSolver):
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"Restart: `{name}` must be an int >= 1, got {v!r}.")
-        if isinstance(self.solver, AbstractMultistepSolver):
-            need = self.solver.multistep_order()
-            if self.num_steps < need:
-                raise ValueError(
-                    f"Restart: `num_steps` must be >= {need} for "
-                    f"{type(self.solver).__name__} (its order), got {self.num_steps}."
-                )
+        need = min_grid_steps(self.solver)
+        if self.num_steps < need:
+            raise ValueError(
+                f"Restart: `num_steps` must be >= {need} for "
+                f"{type(self.solver).__name__} (its order), got {self.num_steps}."
+            )
 
     def order(self, terms):
         return None
 
     def strong_order(self, terms):
         return None
+
+    def min_grid_steps(self) -> int:
+        """The main grid is stepped by `solver`: its minimum."""
+        return min_grid_steps(self.solver)
 
     def check_grid(self, ts, start: float, end: float, arg: str) -> None:
         """Called by [`sample`][] with the main grid `ts` (user clock, from `start` =
