@@ -20,7 +20,7 @@ from helpers import run_cli, write_checkpoint
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
-from scoresde_diffrax.cli._solvers import choose_solver, DEPRECATED, SOLVERS
+from scoresde_diffrax.cli._sampler_table import choose_solver, DEPRECATED, SOLVERS
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_solvers_table_lists_every_solver(capsys):
         assert row[2] == (
             "adaptive" if e.adaptive else "fixed" + "," * (e.grid != "uniform")
         )
-        assert str(e.evals_per_step) in row[3:6]
+        assert str(e.score_evals_per_step()) in row[3:6]
     for old, (new, method) in DEPRECATED.items():
         said = f"{old} -> {new}" + (f" --method {method}" if method else "")
         assert said in out
@@ -106,7 +106,7 @@ def test_old_names_map_to_new_ones(capsys):
             DEPRECATED[old][0],
             method,
         )
-        assert type(choice.entry.make()) is cls
+        assert type(choice.sampler.solver) is cls and choice.sampler.method == method
         assert err.count("\n") == 1 and f"--solver {old} is deprecated" in err
         assert f"use --solver {choice.label}" in err
 
@@ -164,7 +164,10 @@ def test_sample_restart_spends_its_steps(ckpts, tmp_path, capsys):
         solver=solver,
         stepsize_controller=grid,
     )
-    assert int(res.stats["num_score_evals"]) == 12 * SOLVERS["restart"].evals_per_step
+    assert (
+        int(res.stats["num_score_evals"])
+        == 12 * SOLVERS["restart"].score_evals_per_step()
+    )
     d = meta["data"]
     want = (np.asarray(res.samples) - d["shift"]) / d["scale"]
     np.testing.assert_array_equal(np.load(out_npy), want)
@@ -409,7 +412,7 @@ def test_restart_schedule_splits_the_budget(sde):
 def test_bench_restart_spends_each_budget(tmp_path, capsys):
     """`--solvers restart` spends exactly each --nfe budget (counted by the solve), as
     `scoresde solvers` says (1 evaluation per step, segments included)."""
-    assert SOLVERS["restart"].evals_per_step == 1
+    assert SOLVERS["restart"].score_evals_per_step() == 1
     code, out, err = run_cli(
         ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "restart,euler"]
         + ["--nfe", "5,12,20", "--num-samples", "64", "--out", str(tmp_path / "b")],
@@ -625,3 +628,4 @@ def test_sample_progress_bar(ckpts, tmp_path, capsys):
         base + ["--out", str(tmp_path / "c.npy"), "--quiet", "--progress"], capsys
     )
     assert code == 2 and "not allowed with argument" in err and err.count("\n") == 1
+
