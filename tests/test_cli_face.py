@@ -629,3 +629,51 @@ def test_sample_progress_bar(ckpts, tmp_path, capsys):
     )
     assert code == 2 and "not allowed with argument" in err and err.count("\n") == 1
 
+
+def test_bench_errors_name_their_flag_by_argument(ckpts, tmp_path, capsys):
+    """`sd.bench` errors carry the argument at fault (`BenchArgumentError.argument`),
+    and `scoresde bench` names its flag from it (not from the message)."""
+    code, _, err = run_cli(
+        ["bench", "--problem", f"checkpoint:{ckpts['digits']}", "--solvers", "euler"]
+        + ["--nfe", "2", "--num-samples", "400", "--out", str(tmp_path / "b")],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--num-samples: `num_samples` = 400 exceeds" in err, err
+    problem = sd.bench.MixtureProblem(sd.bench.mixture_preset(2, 2), sd.VPSDE())
+    euler = sd.bench.Sampler("euler", dfx.Euler(), "ode")
+    with pytest.raises(sd.bench.BenchArgumentError) as e:
+        sd.bench.run(jr.key(0), [problem], [euler], [2], metrics=["fd_digits"])
+    assert e.value.argument == "metrics"
+    with pytest.raises(sd.bench.BenchArgumentError) as e:
+        sd.bench.run(jr.key(0), [problem], [euler], [0])
+    assert e.value.argument == "nfe_budgets"
+
+
+def test_one_sampler_specification_for_the_api_and_the_cli():
+    """The CLI's table holds `sd.bench.Sampler`s; evaluations per step are counted
+    from the solver (a wrong hand-written count is refused); one default tolerance;
+    the older `SolverEntry` + `register_solver` still add a name."""
+    assert all(isinstance(s, sd.bench.Sampler) for s in SOLVERS.values())
+    assert all(name == s.name for name, s in SOLVERS.items())
+    assert SOLVERS["tsit5"].rtol == sd.bench.Sampler("t", dfx.Tsit5(), "ode").rtol
+    assert sd.bench.DEFAULT_RTOL == sd.bench.DEFAULT_ATOL == 1e-5
+    heun = sd.bench.Sampler("heun", dfx.Heun(), "ode", evals_per_step=3)
+    with pytest.raises(sd.bench.BenchArgumentError, match="evaluates the score 2"):
+        heun.score_evals_per_step()
+    assert SOLVERS["heun"].score_evals_per_step() == 2
+    sde = sd.VPSDE()
+    kw = SOLVERS["dpm-solver++2m"].sample_kwargs(sde, 7)
+    np.testing.assert_allclose(
+        kw["stepsize_controller"].ts, sd.time_grid(sde, 7, "logsnr")
+    )
+    assert SOLVERS["pc"].step_kwargs(sde, 7)["num_steps"] == 7
+    assert SOLVERS["pc"].sample_kwargs(sde, 7)["num_steps"] == 3  # 2 per step
+    entry = cli.SolverEntry(dfx.Midpoint, "ode", help="midpoint again")
+    try:
+        cli.register_solver("midpoint-again", entry)
+        choice = choose_solver("midpoint-again")
+        assert choice.sampler.help == "midpoint again"
+        assert choice.sample_kwargs(sde)["num_steps"] == 1000
+    finally:
+        SOLVERS.pop("midpoint-again", None)
