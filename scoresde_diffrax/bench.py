@@ -42,9 +42,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._exact import GaussianMixture
+from ._nfe import probe_solver
 from ._sample import sample
-from ._sde import AbstractSDE
+from ._sde import AbstractSDE, VPSDE
 from ._solver import time_grid
+from ._term import probability_flow_term, reverse_sde_terms
 from .metrics import fd_digits_with_se, mixture_report
 
 
@@ -176,67 +178,204 @@ class DataProblem:
 # --------------------------------------------------------------------------- samplers
 
 
+DEFAULT_RTOL = 1e-5
+DEFAULT_ATOL = 1e-5
+DEFAULT_MAX_STEPS = 4096
+
+
+class BenchArgumentError(ValueError):
+    """A `ValueError` from [`run`][scoresde_diffrax.bench.run] or a
+    [`Sampler`][scoresde_diffrax.bench.Sampler] that names the argument at fault in
+    `argument` (`"nfe_budgets"`, `"metrics"`, `"num_samples"`, `"evals_per_step"`),
+    so a front end can name its own flag without reading the message."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+def _probe_terms(method: str) -> Callable:
+    """The terms of a one-example solve around a score, for counting its calls (the
+    evaluations per step do not depend on the SDE: a VP-SDE stands in)."""
+    sde = VPSDE()
+
+    def make_terms(score: Callable):
+        if method == "ode":
+            return probability_flow_term(sde, score, reverse_time=True)
+        path = dfx.VirtualBrownianTree(
+            -1.0,
+            0.0,
+            tol=1e-3,
+            shape=(1, 1),
+            key=jr.key(0),
+            levy_area=dfx.SpaceTimeLevyArea,
+        )
+        return reverse_sde_terms(sde, score, path)
+
+    return make_terms
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """A solver with the terms it solves and how a budget becomes its steps.
+    """One sampler specification: a solver object, the terms it solves, how a budget
+    of score evaluations (or a number of steps) becomes its `sample` arguments, and
+    what a table of samplers says about it. `sd.bench.run` samples with it; the
+    CLI's solver names (`scoresde solvers`, `--solver`, `--solvers`) map onto
+    `Sampler`s (`scoresde_diffrax.cli.SOLVERS`).
 
     **Fields:**
 
-    - `name`: the label in the records.
+    - `name`: the label in the records and tables.
     - `solver`: a diffrax solver (or one of this package's samplers).
-    - `method`: `"sde"` (reverse-time SDE) or `"ode"` (probability-flow ODE).
+    - `method`: `"sde"` (reverse-time SDE) or `"ode"` (probability-flow ODE); the
+        default when `methods` lists both.
     - `grid`: for fixed steps, the [`time_grid`][scoresde_diffrax.time_grid] kind
-        (`"uniform"`, `"logsnr"`, `"edm"`).
-    - `evals_per_step`: score evaluations per step: a budget of `nfe` evaluations
-        buys `nfe // evals_per_step` steps.
+        (`"uniform"`, `"quadratic"`, `"logsnr"`, `"edm"`).
+    - `evals_per_step`: score evaluations per step. Default None: measured by
+        counting the score's calls in one step of `solver` (what `sample` counts);
+        if given it must equal that count (kept for older code).
     - `adaptive`: a PID step-size controller with `rtol`/`atol` and at most
-        `max_steps` steps; the budgets do not apply (one solve, its evaluations
+        `max_steps` steps; budgets do not apply (one solve, its evaluations
         recorded).
-    - `rtol`, `atol`, `max_steps`: the adaptive solve's settings.
+    - `rtol`, `atol`: the adaptive solve's tolerances, default `1e-5` (`DEFAULT_RTOL`,
+        `DEFAULT_ATOL`: the same as [`sample`][scoresde_diffrax.sample]'s and the
+        CLI's `--rtol`/`--atol`).
+    - `max_steps`: the adaptive solve's most steps (default 4096).
     - `stepsize_controller`: for an adaptive sampler, a controller to use instead of
         `diffrax.PIDController(rtol=rtol, atol=atol)` (e.g. with `dcoeff=0` for SDEs).
     - `plan`: for a sampler whose budget is not `nfe // evals_per_step` steps of one
-        grid: `plan(sde, nfe)` returns the `(solver, stepsize_controller)` that spend
-        exactly `nfe` evaluations (e.g.
-        [`restart_schedule`][scoresde_diffrax.restart_schedule]); `solver` and `grid`
-        are then unused.
-    - `min_nfe`: the least budget (default `evals_per_step`).
+        grid: `plan(sde, nfe)` (with `eps=` when an end time is given) returns the
+        `(solver, stepsize_controller)` that spend exactly `nfe` evaluations (e.g.
+        [`restart_schedule`][scoresde_diffrax.restart_schedule]); `solver` is then its
+        inner solver, whose evaluations per step on the probability-flow ODE count.
+    - `min_nfe`: the least budget (default `min_steps` steps).
+    - `help`, `order`, `reference`: one line for `--help`, the order (text) and where
+        the method comes from, for `scoresde solvers`.
+    - `methods`: every method it serves (default: `method` only).
+    - `min_steps`: the fewest fixed steps it takes (default 1).
+
+    **Example:**
+
+    ```python
+    em = sd.bench.Sampler("euler-maruyama", diffrax.Euler(), "sde")
+    dpm = sd.bench.Sampler("dpm-solver++2m", sd.DPMSolverPP2M(), "ode", grid="logsnr")
+    dpm.sample_kwargs(sd.VPSDE(), 20)  # solver, method and a 20-step log-SNR grid
+    ```
     """
 
     name: str
     solver: dfx.AbstractSolver
     method: Literal["sde", "ode"]
     grid: str = "uniform"
-    evals_per_step: int = 1
+    evals_per_step: int | None = None
     adaptive: bool = False
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    max_steps: int = 4096
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+    max_steps: int = DEFAULT_MAX_STEPS
     stepsize_controller: dfx.AbstractStepSizeController | None = None
-    plan: Callable[[AbstractSDE, int], tuple] | None = None
+    plan: Callable[..., tuple] | None = None
     min_nfe: int | None = None
+    help: str = ""
+    order: str = ""
+    reference: str = ""
+    methods: tuple[str, ...] = ()
+    min_steps: int = 1
 
-    def check_budget(self, nfe: int | None) -> None:
-        """Raise a `ValueError` if a fixed-step sampler's budget of `nfe` score
-        evaluations (an int, or None) buys no step; nothing for an adaptive one."""
-        if self.adaptive:
-            return
-        least = self.evals_per_step if self.min_nfe is None else self.min_nfe
-        if nfe is None or nfe < least:
+    def __post_init__(self):
+        if self.method not in ("sde", "ode"):
             raise ValueError(
-                f"an NFE budget of {nfe} is below what {self.name} needs: "
-                f"{self.evals_per_step} score evaluations per step, and at least "
-                f"{least}."
+                f"`method` must be 'sde' or 'ode', got {self.method!r} ({self.name})."
             )
 
-    def sample_kwargs(self, sde: AbstractSDE, nfe: int | None) -> dict:
-        """The [`sample`][scoresde_diffrax.sample] arguments (`solver`, `method`
-        and the steps) of a budget of `nfe` score evaluations for `sde` (whose
-        [`time_grid`][scoresde_diffrax.time_grid] a non-uniform grid follows); `nfe`
-        is ignored (may be None) for an adaptive sampler. `ValueError` if the budget
-        buys no step."""
-        kwargs: dict = dict(solver=self.solver, method=self.method)
+    @property
+    def all_methods(self) -> tuple[str, ...]:
+        """Every method it serves (`methods`, or `method` alone)."""
+        return self.methods or (self.method,)
+
+    def score_evals_per_step(self) -> int:
+        """Score evaluations per step of `solver` on `method`'s terms: counted once
+        per solver by the probe `sample` uses (cached), or `evals_per_step` when
+        given (checked against the count)."""
+        # A plan's budget counts steps of its inner (ODE) solver.
+        method = "ode" if self.plan is not None else self.method
+        # Run op by op: a one-example step is cheaper to run than to compile.
+        with jax.disable_jit():
+            probe = probe_solver(self.solver, _probe_terms(method), ("bench", method))
+        counted = probe.per_step
+        if counted < 1:
+            if self.evals_per_step is None:
+                raise BenchArgumentError(
+                    "evals_per_step",
+                    f"{self.name}: the score evaluations per step of "
+                    f"{type(self.solver).__name__} are not constant; give "
+                    "`evals_per_step`.",
+                )
+            return self.evals_per_step
+        if self.evals_per_step is not None and self.evals_per_step != counted:
+            raise BenchArgumentError(
+                "evals_per_step",
+                f"{self.name}: `evals_per_step` = {self.evals_per_step}, but "
+                f"{type(self.solver).__name__} evaluates the score {counted} times "
+                "per step; leave it out (it is counted).",
+            )
+        return counted
+
+    @property
+    def least_nfe(self) -> int:
+        """The least budget: `min_nfe`, or `min_steps` steps."""
+        if self.min_nfe is not None:
+            return self.min_nfe
+        return self.min_steps * self.score_evals_per_step()
+
+    def check_budget(self, nfe: int | None) -> None:
+        """Raise a `BenchArgumentError` (a `ValueError`, argument `"nfe_budgets"`) if
+        a fixed-step sampler's budget of `nfe` score evaluations (an int, or None)
+        buys too few steps; nothing for an adaptive one."""
+        if self.adaptive:
+            return
+        least = self.least_nfe
+        if nfe is None or nfe < least:
+            raise BenchArgumentError(
+                "nfe_budgets",
+                f"an NFE budget of {nfe} is below what {self.name} needs: "
+                f"{self.score_evals_per_step()} score evaluations per step, and at "
+                f"least {least}.",
+            )
+
+    def sample_kwargs(
+        self, sde: AbstractSDE, nfe: int | None, *, eps: float | None = None
+    ) -> dict:
+        """The [`sample`][scoresde_diffrax.sample] arguments (`solver`, `method` and
+        the steps) of a budget of `nfe` score evaluations for `sde`: `nfe //
+        evals_per_step` steps on the sampler's grid ending at `eps` (None: the
+        SDE's default); `nfe` is ignored (may be None) for an adaptive sampler.
+        `BenchArgumentError` if the budget buys too few steps."""
         self.check_budget(nfe)
+        if self.adaptive or self.plan is not None:
+            return self._kwargs(sde, None, nfe, eps)
+        return self._kwargs(sde, nfe // self.score_evals_per_step(), nfe, eps)
+
+    def step_kwargs(
+        self, sde: AbstractSDE, num_steps: int | None, *, eps: float | None = None
+    ) -> dict:
+        """The [`sample`][scoresde_diffrax.sample] arguments of `num_steps` fixed
+        steps (the CLI's `--steps`; for a `plan`, a budget of `num_steps` times the
+        evaluations per step); `num_steps` is ignored for an adaptive sampler."""
+        if self.adaptive:
+            return self._kwargs(sde, None, None, eps)
+        if num_steps is None or num_steps < self.min_steps:
+            raise BenchArgumentError(
+                "num_steps",
+                f"{num_steps} steps is below what {self.name} needs: at least "
+                f"{self.min_steps}.",
+            )
+        nfe = None
+        if self.plan is not None:
+            nfe = num_steps * self.score_evals_per_step()
+        return self._kwargs(sde, num_steps, nfe, eps)
+
+    def _kwargs(self, sde, steps, nfe, eps) -> dict:
+        kwargs: dict = dict(solver=self.solver, method=self.method)
         if self.adaptive:
             controller = self.stepsize_controller
             if controller is None:
@@ -245,14 +384,13 @@ class Sampler:
                 stepsize_controller=controller, max_steps=self.max_steps
             )
         if self.plan is not None:
-            solver, controller = self.plan(sde, nfe)
+            extra = {} if eps is None else dict(eps=eps)
+            solver, controller = self.plan(sde, nfe, **extra)
             return kwargs | dict(solver=solver, stepsize_controller=controller)
-        steps = nfe // self.evals_per_step
         if self.grid == "uniform":
             return kwargs | dict(num_steps=steps)
-        return kwargs | dict(
-            stepsize_controller=dfx.StepTo(time_grid(sde, steps, self.grid))
-        )
+        ts = time_grid(sde, steps, kind=self.grid, eps=eps)
+        return kwargs | dict(stepsize_controller=dfx.StepTo(ts))
 
 
 # --------------------------------------------------------------------------- records
@@ -393,9 +531,10 @@ class _Target:
         allowed = MIXTURE_METRICS if is_mix else problem.metrics
         bad = [m for m in self.metrics if m not in allowed]
         if bad:
-            raise ValueError(
+            raise BenchArgumentError(
+                "metrics",
                 f"metric(s) {', '.join(bad)} do not apply to {problem.label}; "
-                f"choose from {', '.join(allowed)}."
+                f"choose from {', '.join(allowed)}.",
             )
         if is_mix:
             mix = problem.mixture
@@ -419,9 +558,10 @@ class _Target:
         else:
             data = _flat(problem.data)
             if len(data) < n:
-                raise ValueError(
+                raise BenchArgumentError(
+                    "num_samples",
                     f"`num_samples` = {n} exceeds the {len(data)} held examples of "
-                    f"{problem.label}: lower it."
+                    f"{problem.label}: lower it.",
                 )
             self.ref = data[:n]
             if "fd_digits" in self.metrics:
@@ -493,13 +633,16 @@ def run(
     **Returns:** a list of [`BenchRecord`][scoresde_diffrax.bench.BenchRecord], in
     the order problem, sampler, budget.
 
-    **Raises:** `ValueError` for a metric that does not apply to a problem, a budget
-    below a sampler's evaluations per step, or more samples than held data;
+    **Raises:** [`BenchArgumentError`][scoresde_diffrax.bench.BenchArgumentError] (a
+    `ValueError` naming the argument) for a metric that does not apply to a problem, a
+    budget below a sampler's evaluations per step, or more samples than held data;
     [`SolveError`][scoresde_diffrax.SolveError] for a failed solve.
     """
     budgets = [int(b) for b in nfe_budgets]
     if not budgets or min(budgets) < 1:
-        raise ValueError(f"`nfe_budgets` must be ints >= 1, got {list(nfe_budgets)}.")
+        raise BenchArgumentError(
+            "nfe_budgets", f"`nfe_budgets` must be ints >= 1, got {list(nfe_budgets)}."
+        )
     for s in samplers:  # before any solve
         s.check_budget(min(budgets))
     targets, sample_keys = [], []

@@ -546,7 +546,7 @@ def test_cli_solver_is_the_sd_sample_call(tiny_checkpoint, cli_samples, name):
     entry = cli.SOLVERS[name.split()[0]]  # what `scoresde solvers` says
     # --steps STEPS costs evals/step x STEPS (restart: its segments' steps count too)
     steps = int(stats["num_steps"]) if entry.adaptive else STEPS
-    per_step = entry.evals_per_step * steps
+    per_step = entry.score_evals_per_step() * steps
     assert nfe == per_step + (1 if entry.adaptive and EXPECTED[name][1] == "ode" else 0)
 
 

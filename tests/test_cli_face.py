@@ -20,7 +20,7 @@ from helpers import run_cli, write_checkpoint
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
-from scoresde_diffrax.cli._solvers import choose_solver, DEPRECATED, SOLVERS
+from scoresde_diffrax.cli._sampler_table import choose_solver, DEPRECATED, SOLVERS
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_solvers_table_lists_every_solver(capsys):
         assert row[2] == (
             "adaptive" if e.adaptive else "fixed" + "," * (e.grid != "uniform")
         )
-        assert str(e.evals_per_step) in row[3:6]
+        assert str(e.score_evals_per_step()) in row[3:6]
     for old, (new, method) in DEPRECATED.items():
         said = f"{old} -> {new}" + (f" --method {method}" if method else "")
         assert said in out
@@ -106,7 +106,7 @@ def test_old_names_map_to_new_ones(capsys):
             DEPRECATED[old][0],
             method,
         )
-        assert type(choice.entry.make()) is cls
+        assert type(choice.sampler.solver) is cls and choice.sampler.method == method
         assert err.count("\n") == 1 and f"--solver {old} is deprecated" in err
         assert f"use --solver {choice.label}" in err
 
@@ -164,7 +164,10 @@ def test_sample_restart_spends_its_steps(ckpts, tmp_path, capsys):
         solver=solver,
         stepsize_controller=grid,
     )
-    assert int(res.stats["num_score_evals"]) == 12 * SOLVERS["restart"].evals_per_step
+    assert (
+        int(res.stats["num_score_evals"])
+        == 12 * SOLVERS["restart"].score_evals_per_step()
+    )
     d = meta["data"]
     want = (np.asarray(res.samples) - d["shift"]) / d["scale"]
     np.testing.assert_array_equal(np.load(out_npy), want)
@@ -408,7 +411,7 @@ def test_restart_schedule_splits_the_budget(sde):
 def test_bench_restart_spends_each_budget(tmp_path, capsys):
     """`--solvers restart` spends exactly each --nfe budget (counted by the solve), as
     `scoresde solvers` says (1 evaluation per step, segments included)."""
-    assert SOLVERS["restart"].evals_per_step == 1
+    assert SOLVERS["restart"].score_evals_per_step() == 1
     code, out, err = run_cli(
         ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "restart,euler"]
         + ["--nfe", "5,12,20", "--num-samples", "64", "--out", str(tmp_path / "b")],
@@ -642,3 +645,52 @@ def test_likelihood_on_a_toy_scores_a_fresh_held_out_set(ckpts, tmp_path, capsys
         scores[split] = np.load(npy)
     assert np.all(np.isfinite(scores["test"]))
     assert not np.allclose(scores["test"], scores["train"])
+
+
+def test_bench_errors_name_their_flag_by_argument(ckpts, tmp_path, capsys):
+    """`sd.bench` errors carry the argument at fault (`BenchArgumentError.argument`),
+    and `scoresde bench` names its flag from it (not from the message)."""
+    code, _, err = run_cli(
+        ["bench", "--problem", f"checkpoint:{ckpts['digits']}", "--solvers", "euler"]
+        + ["--nfe", "2", "--num-samples", "400", "--out", str(tmp_path / "b")],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--num-samples: `num_samples` = 400 exceeds" in err, err
+    problem = sd.bench.MixtureProblem(sd.bench.mixture_preset(2, 2), sd.VPSDE())
+    euler = sd.bench.Sampler("euler", dfx.Euler(), "ode")
+    with pytest.raises(sd.bench.BenchArgumentError) as e:
+        sd.bench.run(jr.key(0), [problem], [euler], [2], metrics=["fd_digits"])
+    assert e.value.argument == "metrics"
+    with pytest.raises(sd.bench.BenchArgumentError) as e:
+        sd.bench.run(jr.key(0), [problem], [euler], [0])
+    assert e.value.argument == "nfe_budgets"
+
+
+def test_one_sampler_specification_for_the_api_and_the_cli():
+    """The CLI's table holds `sd.bench.Sampler`s; evaluations per step are counted
+    from the solver (a wrong hand-written count is refused); one default tolerance;
+    the older `SolverEntry` + `register_solver` still add a name."""
+    assert all(isinstance(s, sd.bench.Sampler) for s in SOLVERS.values())
+    assert all(name == s.name for name, s in SOLVERS.items())
+    assert SOLVERS["tsit5"].rtol == sd.bench.Sampler("t", dfx.Tsit5(), "ode").rtol
+    assert sd.bench.DEFAULT_RTOL == sd.bench.DEFAULT_ATOL == 1e-5
+    heun = sd.bench.Sampler("heun", dfx.Heun(), "ode", evals_per_step=3)
+    with pytest.raises(sd.bench.BenchArgumentError, match="evaluates the score 2"):
+        heun.score_evals_per_step()
+    assert SOLVERS["heun"].score_evals_per_step() == 2
+    sde = sd.VPSDE()
+    kw = SOLVERS["dpm-solver++2m"].sample_kwargs(sde, 7)
+    np.testing.assert_allclose(
+        kw["stepsize_controller"].ts, sd.time_grid(sde, 7, "logsnr")
+    )
+    assert SOLVERS["pc"].step_kwargs(sde, 7)["num_steps"] == 7
+    assert SOLVERS["pc"].sample_kwargs(sde, 7)["num_steps"] == 3  # 2 per step
+    entry = cli.SolverEntry(dfx.Midpoint, "ode", help="midpoint again")
+    try:
+        cli.register_solver("midpoint-again", entry)
+        choice = choose_solver("midpoint-again")
+        assert choice.sampler.help == "midpoint again"
+        assert choice.sample_kwargs(sde)["num_steps"] == 1000
+    finally:
+        SOLVERS.pop("midpoint-again", None)

@@ -8,7 +8,8 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
 
 - `_common.py`: the user error and the objects that flag values name (data sets,
     SDEs, models, the device mesh, checkpoints, sample files);
-- `_solvers.py`: the solver names of `--solver` (`SOLVERS`; `register_solver`);
+- `_sampler_table.py`: the solver names of `--solver`, each an `sd.bench.Sampler`
+    (`SOLVERS`; `register_solver`);
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
 - `_controllable.py`: what the controllable-generation commands share (classifier checkpoints
     and their pairing, test splits, inpainting masks, side-by-side pictures);
@@ -39,7 +40,7 @@ from ._common import (
     INTERRUPT_HOOKS,
     UserError as UserError,
 )
-from ._solvers import (
+from ._sampler_table import (
     register_solver as register_solver,
     SolverEntry as SolverEntry,
     SOLVERS as SOLVERS,

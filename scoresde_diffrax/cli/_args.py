@@ -8,7 +8,7 @@ import textwrap
 from collections.abc import Callable
 
 from ._common import DATASETS, MODELS, SDES, UserError
-from ._solvers import DEFAULT_MAX_STEPS, DEFAULT_STEPS, SOLVERS
+from ._sampler_table import DEFAULT_MAX_STEPS, DEFAULT_STEPS, SOLVERS
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -268,7 +268,7 @@ def add_distributed_flags(parser) -> None:
 
 def add_solver_flags(parser, *, required: bool, default: str | None = None) -> None:
     """`--solver NAME`, `--method`, `--steps` (fixed-step solvers), `--max-steps`,
-    `--rtol`, `--atol` (adaptive ones); checked by `_solvers.choose_solver` and
+    `--rtol`, `--atol` (adaptive ones); checked by `_sampler_table.choose_solver` and
     `check_step_flags`."""
     parser.add_argument(
         "--solver",

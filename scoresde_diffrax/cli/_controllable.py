@@ -12,7 +12,7 @@ from ..operators import MASKS as MASKS
 from ..pictures import image_grid, save_image
 from ._args import positive_int
 from ._common import atomic_output, UserError
-from ._solvers import choose_solver, SOLVERS
+from ._sampler_table import choose_solver, SOLVERS
 
 
 CLASSIFIER = "NoiseConditionalClassifier"
@@ -222,7 +222,7 @@ def solve_kwargs(args, sde) -> dict:
         fixed_only=True,
     )
     args.solver = choice.label
-    return choice.entry.sample_kwargs(sde, args.steps, None, method=choice.method)
+    return choice.sampler.step_kwargs(sde, args.steps)
 
 
 def impute_solver(kwargs: dict, observation, mask) -> dict:

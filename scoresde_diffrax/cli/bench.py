@@ -1,6 +1,7 @@
 """`scoresde bench`: compare solvers on a problem at budgets of score evaluations
 (`sd.bench` from the shell); writes JSON lines, a markdown table and a PNG."""
 
+import dataclasses
 import pathlib
 import sys
 
@@ -10,8 +11,8 @@ import numpy as np
 from .. import bench, data, SubVPSDE, VESDE, VPSDE
 from ._args import positive_float, positive_int
 from ._common import load_for_sampling, UserError, writable_dir
-from ._conditioning import TEST_SPLITS
-from ._solvers import choose_solver
+from ._controllable import TEST_SPLITS
+from ._sampler_table import choose_solver
 
 
 PROBLEMS = "mixture:D=N,K=N[,sde=vp|subvp|ve][,seed=S] or checkpoint:DIR"
@@ -157,34 +158,43 @@ def _held_data(meta: dict, n: int) -> np.ndarray:
     return np.asarray(fn(jr.key(1), n))
 
 
+# `sd.bench.BenchArgumentError.argument` -> the flag that sets it
+_FLAGS = {
+    "nfe_budgets": "--nfe",
+    "metrics": "--metrics",
+    "num_samples": "--num-samples",
+    "evals_per_step": "--solvers",
+}
+
+
+def _sampler(item: str, args, least_budget: int) -> bench.Sampler:
+    """`--solvers` item `NAME` or `NAME:METHOD` -> its `sd.bench.Sampler` (the
+    table's, with the method and the adaptive flags applied), checked against the
+    least `--nfe` budget."""
+    name, _, method = item.partition(":")
+    choice = choose_solver(
+        name, method or None, prog="scoresde bench", flag="--solvers"
+    )
+    s = choice.sampler
+    label = choice.name + (f":{choice.method}" if len(s.all_methods) > 1 else "")
+    s = dataclasses.replace(
+        s,
+        name=label,
+        rtol=s.rtol if args.rtol is None else args.rtol,
+        atol=s.atol if args.atol is None else args.atol,
+        max_steps=args.max_steps,
+    )
+    try:
+        s.check_budget(least_budget)
+    except bench.BenchArgumentError as err:
+        raise UserError(f"{_FLAGS[err.argument]}: {err}") from None
+    return s
+
+
 def run(args) -> int:
     # Checks and set-up
     budgets = _int_list("--nfe", args.nfe)
-    samplers = []
-    for item in args.solvers.split(","):
-        name, _, method = item.partition(":")
-        choice = choose_solver(
-            name, method or None, prog="scoresde bench", flag="--solvers"
-        )
-        e = choice.entry
-        sampler = bench.Sampler(
-            name=choice.name + (f":{choice.method}" if len(e.all_methods) > 1 else ""),
-            solver=e.make(),
-            method=choice.method,
-            grid=e.grid,
-            evals_per_step=e.evals_per_step,
-            adaptive=e.adaptive,
-            rtol=e.rtol if args.rtol is None else args.rtol,
-            atol=e.atol if args.atol is None else args.atol,
-            max_steps=args.max_steps,
-            plan=e.plan,
-            min_nfe=None if e.plan is None else e.min_steps * e.evals_per_step,
-        )
-        try:
-            sampler.check_budget(min(budgets))
-        except ValueError as err:
-            raise UserError(f"--nfe: {err}") from None
-        samplers.append(sampler)
+    samplers = [_sampler(item, args, min(budgets)) for item in args.solvers.split(",")]
     metrics = None if args.metrics is None else args.metrics.split(",")
     if metrics is not None:
         known = (*bench.MIXTURE_METRICS, *bench.DATA_METRICS)
@@ -222,9 +232,8 @@ def run(args) -> int:
             metrics=metrics,
             callback=report,
         )
-    except ValueError as err:
-        flag = "--metrics" if "metric" in str(err) else "--num-samples"
-        raise UserError(f"{flag}: {err}") from None
+    except bench.BenchArgumentError as err:
+        raise UserError(f"{_FLAGS[err.argument]}: {err}") from None
 
     # Write
     table = bench.to_markdown(records)

@@ -20,7 +20,7 @@ from ._common import (
     save_samples,
     UserError,
 )
-from ._solvers import check_step_flags, choose_solver, DEPRECATED
+from ._sampler_table import check_step_flags, choose_solver, DEPRECATED
 
 
 def add_parser(subparsers) -> None:
@@ -36,9 +36,7 @@ def run(args) -> int:
     # Checks and set-up
     out = check_sample_suffixes(args.out, args.png)
     choice = choose_solver(args.solver, args.method, prog="scoresde sample")
-    step_kwargs = check_step_flags(
-        choice, args, deprecated_steps=args.solver in DEPRECATED
-    )
+    choice = check_step_flags(choice, args, deprecated_steps=args.solver in DEPRECATED)
     model, sde, data_meta = load_for_sampling(args.checkpoint)
     if args.eps is not None and not args.eps < sde.T:
         raise UserError(
@@ -52,7 +50,7 @@ def run(args) -> int:
     created = make_sample_dirs(out, args.png)
     try:
         check_room(shape, out)
-        res = _sample(args, sde, model, shape, mesh, choice, step_kwargs)
+        res = _sample(args, sde, model, shape, mesh, choice)
         title = (
             f"{pathlib.Path(args.checkpoint).name}: {choice.label}, "
             f"{int(res.stats['num_score_evals'])} score evaluations"
@@ -76,7 +74,7 @@ def run(args) -> int:
     return 0
 
 
-def _sample(args, sde, model, shape, mesh, choice, step_kwargs):
+def _sample(args, sde, model, shape, mesh, choice):
     """`sd.sample` for the flags; running out of memory is a `UserError` saying how
     many samples fit."""
     try:
@@ -85,9 +83,7 @@ def _sample(args, sde, model, shape, mesh, choice, step_kwargs):
             sde,
             model,
             shape,
-            **choice.entry.sample_kwargs(
-                sde, step_kwargs.pop("steps"), args.eps, **step_kwargs
-            ),
+            **choice.sample_kwargs(sde, args.eps),
             denoise=args.denoise,
             eps=args.eps,
             sharding=mesh,

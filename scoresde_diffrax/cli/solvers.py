@@ -1,6 +1,6 @@
 """`scoresde solvers`: the table of solver names (what `--solver` accepts)."""
 
-from ._solvers import solvers_table
+from ._sampler_table import solvers_table
 
 
 def add_parser(subparsers) -> None:

@@ -1,10 +1,13 @@
-"""The solver names of `--solver`: each maps to the solver object, the terms (reverse
-SDE or probability-flow ODE), the steps of an `sd.sample` call, and what
-`scoresde solvers` prints about it. One scheme: diffrax's own names where diffrax has
-the solver (`euler-maruyama`, `euler`, `heun`, `midpoint`, `tsit5`, `dopri5`,
-`shark`, `sra1`), this package's samplers by their papers' names; `--method sde|ode`
-only for a solver that serves both. `register_solver` adds more; the names before
-this scheme (`DEPRECATED`) still work, with a note on stderr."""
+"""The solver names of `--solver`: a table from each name to its
+[`sd.bench.Sampler`][scoresde_diffrax.bench.Sampler], the one specification of a
+sampler (solver object, reverse SDE or probability-flow ODE, grid, tolerances, and what
+`scoresde solvers` prints about it) that `sd.bench` uses too. One scheme: diffrax's own
+names where diffrax has the solver (`euler-maruyama`, `euler`, `heun`, `midpoint`,
+`tsit5`, `dopri5`, `shark`, `sra1`), this package's samplers by their papers' names;
+`--method sde|ode` only for a solver that serves both. `register_solver` adds more; the
+names before this scheme (`DEPRECATED`) still work, with a note on stderr. Score
+evaluations per step are counted from the solver (`Sampler.score_evals_per_step`), not
+written here."""
 
 import dataclasses
 import sys
@@ -25,88 +28,54 @@ from .. import (
     ReverseDiffusion,
     StochasticDPMSolverPP,
     StochasticEDMHeun,
-    time_grid,
     UniPC,
+)
+from ..bench import (
+    DEFAULT_ATOL,
+    DEFAULT_MAX_STEPS as DEFAULT_MAX_STEPS,
+    DEFAULT_RTOL,
+    Sampler,
 )
 from ._common import UserError
 
 
 DEFAULT_STEPS = 1000
-DEFAULT_MAX_STEPS = 4096
 
 
-@dataclasses.dataclass(frozen=True)
-class SolverEntry:
-    """How a solver name of the CLI maps to `sd.sample` arguments.
-
-    - `make`: builds the diffrax (or scoresde_diffrax) solver object.
-    - `method`: `"sde"` (reverse-time SDE) or `"ode"` (probability-flow ODE): the
-        default; `methods` lists all it serves (default: `method` only).
-    - `adaptive`: PID step-size control with `rtol`/`atol` (defaults here; `--rtol`,
-        `--atol`) and at most `--max-steps` steps; else `--steps` fixed steps.
-    - `help`: one line for `--help`.
-    - `grid`: for fixed steps, the `sd.time_grid` kind (`"uniform"`, `"logsnr"`,
-        `"edm"`) of the `--steps` steps.
-    - `evals_per_step`: score evaluations per step; `order`: its order (text);
-        `reference`: where it comes from (for `scoresde solvers`).
-    - `plan`: for a sampler whose `--steps` are not one grid of equal cost (restart):
-        `plan(sde, num_evals, eps=eps)` returns its `(solver, stepsize_controller)`
-        spending exactly `num_evals = evals_per_step * steps` score evaluations (the
-        solver then comes from `plan`, `make` gives its inner solver).
-    - `min_steps`: the fewest `--steps` it takes.
-    """
-
-    make: Callable
-    method: str
-    adaptive: bool = False
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    help: str = ""
-    grid: str = "uniform"
-    evals_per_step: int = 1
-    order: str = ""
-    reference: str = ""
-    methods: tuple[str, ...] = ()
-    plan: Callable | None = None
-    min_steps: int = 1
-
-    @property
-    def all_methods(self) -> tuple[str, ...]:
-        return self.methods or (self.method,)
-
-    def sample_kwargs(
-        self,
-        sde,
-        steps: int | None,
-        eps: float | None,
-        *,
-        method: str | None = None,
-        max_steps: int | None = None,
-        rtol: float | None = None,
-        atol: float | None = None,
-    ) -> dict:
-        """The `solver`, `method` and step arguments of `sd.sample`: `steps` fixed
-        steps (`--steps`, default 1000) ending at `eps` (None: the SDE's default), or
-        for an adaptive solver a PID controller with `rtol`/`atol` (default the
-        entry's) and `max_steps` (`--max-steps`, default 4096)."""
-        kwargs: dict = dict(solver=self.make(), method=method or self.method)
-        if self.adaptive:
-            controller = dfx.PIDController(
-                rtol=self.rtol if rtol is None else rtol,
-                atol=self.atol if atol is None else atol,
-            )
-            return kwargs | dict(
-                stepsize_controller=controller,
-                max_steps=DEFAULT_MAX_STEPS if max_steps is None else max_steps,
-            )
-        steps = DEFAULT_STEPS if steps is None else steps
-        if self.plan is not None:
-            solver, controller = self.plan(sde, self.evals_per_step * steps, eps=eps)
-            return kwargs | dict(solver=solver, stepsize_controller=controller)
-        if self.grid == "uniform":
-            return kwargs | dict(num_steps=steps)
-        ts = time_grid(sde, steps, kind=self.grid, eps=eps)
-        return kwargs | dict(stepsize_controller=dfx.StepTo(ts))
+def SolverEntry(
+    make: Callable,
+    method: str,
+    adaptive: bool = False,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    help: str = "",
+    grid: str = "uniform",
+    evals_per_step: int | None = None,
+    order: str = "",
+    reference: str = "",
+    methods: tuple[str, ...] = (),
+    plan: Callable | None = None,
+    min_steps: int = 1,
+) -> Sampler:
+    """The older way to make a table entry (for `register_solver`): the same fields as
+    [`sd.bench.Sampler`][scoresde_diffrax.bench.Sampler] with `make()` building the
+    solver; returns that `Sampler` (named by `register_solver`)."""
+    return Sampler(
+        "",
+        make(),
+        method,
+        grid,
+        evals_per_step,
+        adaptive,
+        rtol,
+        atol,
+        plan=plan,
+        help=help,
+        order=order,
+        reference=reference,
+        methods=methods,
+        min_steps=min_steps,
+    )
 
 
 def _paper_pc() -> PredictorCorrector:
@@ -114,192 +83,211 @@ def _paper_pc() -> PredictorCorrector:
 
 
 _SONG = "Song et al. 2021 (ICLR)"
-_ODE_2 = "2"
+_DPM = "Lu et al. 2022 (DPM-Solver++)"
+_EDM = "Karras et al. 2022 (EDM)"
+_SDE_TOL = "adaptive (default rtol=atol=1e-2)"
+_ODE_TOL = f"adaptive (default rtol=atol={DEFAULT_RTOL:g})"
 
-SOLVERS: dict[str, SolverEntry] = {
+
+def _table(*samplers: Sampler) -> dict[str, Sampler]:
+    return {s.name: s for s in samplers}
+
+
+SOLVERS: dict[str, Sampler] = _table(
     # diffrax's solvers, on the reverse-time SDE
-    "euler-maruyama": SolverEntry(
-        dfx.Euler,
+    Sampler(
+        "euler-maruyama",
+        dfx.Euler(),
         "sde",
         help="Euler-Maruyama on the reverse SDE, K steps (paper baseline)",
         order="0.5 strong, 1 weak",
         reference="Maruyama 1955; diffrax.Euler",
     ),
-    "euler-heun": SolverEntry(
-        dfx.EulerHeun,
+    Sampler(
+        "euler-heun",
+        dfx.EulerHeun(),
         "sde",
         help="Euler-Heun on the reverse SDE, K steps",
         order="0.5 strong",
         reference="diffrax.EulerHeun",
     ),
-    "shark": SolverEntry(
-        dfx.ShARK,
+    Sampler(
+        "shark",
+        dfx.ShARK(),
         "sde",
-        True,
-        1e-2,
-        1e-2,
-        "ShARK on the reverse SDE, adaptive (default rtol=atol=1e-2)",
-        evals_per_step=2,
+        adaptive=True,
+        rtol=1e-2,
+        atol=1e-2,
+        help=f"ShARK on the reverse SDE, {_SDE_TOL}",
         order="1.5 strong (additive noise)",
         reference="Foster, dos Reis, Strange 2023; diffrax.ShARK",
     ),
-    "sra1": SolverEntry(
-        dfx.SRA1,
+    Sampler(
+        "sra1",
+        dfx.SRA1(),
         "sde",
-        True,
-        1e-2,
-        1e-2,
-        "SRA1 on the reverse SDE, adaptive (default rtol=atol=1e-2)",
-        evals_per_step=2,
+        adaptive=True,
+        rtol=1e-2,
+        atol=1e-2,
+        help=f"SRA1 on the reverse SDE, {_SDE_TOL}",
         order="1.5 strong (additive noise)",
         reference="Rossler 2010; diffrax.SRA1",
     ),
     # diffrax's solvers, on the probability-flow ODE
-    "euler": SolverEntry(
-        dfx.Euler,
+    Sampler(
+        "euler",
+        dfx.Euler(),
         "ode",
         help="Euler on the probability-flow ODE, K steps",
         order="1",
         reference="diffrax.Euler",
     ),
-    "heun": SolverEntry(
-        dfx.Heun,
+    Sampler(
+        "heun",
+        dfx.Heun(),
         "ode",
         help="Heun, K steps: the probability-flow ODE (default) or --method sde",
-        evals_per_step=2,
         order="2 (ODE)",
         reference="diffrax.Heun",
         methods=("ode", "sde"),
     ),
-    "midpoint": SolverEntry(
-        dfx.Midpoint,
+    Sampler(
+        "midpoint",
+        dfx.Midpoint(),
         "ode",
         help="midpoint on the probability-flow ODE, K steps",
-        evals_per_step=2,
-        order=_ODE_2,
+        order="2",
         reference="diffrax.Midpoint",
     ),
-    "tsit5": SolverEntry(
-        dfx.Tsit5,
+    Sampler(
+        "tsit5",
+        dfx.Tsit5(),
         "ode",
-        True,
-        help="Tsit5 on the probability-flow ODE, adaptive (default rtol=atol=1e-5)",
-        evals_per_step=6,
+        adaptive=True,
+        help=f"Tsit5 on the probability-flow ODE, {_ODE_TOL}",
         order="5",
         reference="Tsitouras 2011; diffrax.Tsit5",
     ),
-    "dopri5": SolverEntry(
-        dfx.Dopri5,
+    Sampler(
+        "dopri5",
+        dfx.Dopri5(),
         "ode",
-        True,
-        help="Dopri5 (RK45) on the probability-flow ODE, adaptive "
-        "(default rtol=atol=1e-5)",
-        evals_per_step=6,
+        adaptive=True,
+        help=f"Dopri5 (RK45) on the probability-flow ODE, {_ODE_TOL}",
         order="5",
         reference="Dormand, Prince 1980; diffrax.Dopri5",
     ),
     # this package's
-    "pc": SolverEntry(
-        _paper_pc,
+    Sampler(
+        "pc",
+        _paper_pc(),
         "sde",
         help="the paper's predictor-corrector: reverse diffusion + Langevin "
         "(snr=0.16, batch-averaged norms as in the paper's code), K steps",
-        evals_per_step=2,
         order="0.5 strong",
         reference=_SONG,
     ),
-    "reverse-diffusion": SolverEntry(
-        ReverseDiffusion,
+    Sampler(
+        "reverse-diffusion",
+        ReverseDiffusion(),
         "sde",
         help="reverse-diffusion predictor, K steps",
         order="0.5 strong",
         reference=_SONG,
     ),
-    "ancestral": SolverEntry(
-        AncestralSampling,
+    Sampler(
+        "ancestral",
+        AncestralSampling(),
         "sde",
         help="ancestral sampling, K steps",
         order="0.5 strong",
         reference="Ho et al. 2020; " + _SONG,
     ),
-    "sde-dpm-solver++2m": SolverEntry(
-        lambda: StochasticDPMSolverPP(2),
+    Sampler(
+        "sde-dpm-solver++2m",
+        StochasticDPMSolverPP(2),
         "sde",
+        "logsnr",
         help="SDE-DPM-Solver++(2M), K steps uniform in log-SNR",
-        grid="logsnr",
         order="1 strong",
-        reference="Lu et al. 2022 (DPM-Solver++)",
+        reference=_DPM,
     ),
-    "edm-heun-churn": SolverEntry(
-        StochasticEDMHeun,
+    Sampler(
+        "edm-heun-churn",
+        StochasticEDMHeun(),
         "sde",
+        "edm",
         help="Karras et al.'s stochastic Heun (churn 0.1), K steps on the EDM grid",
-        grid="edm",
-        evals_per_step=2,
         order="-",
-        reference="Karras et al. 2022 (EDM)",
+        reference=_EDM,
     ),
-    "ddim": SolverEntry(
-        DDIM,
+    Sampler(
+        "ddim",
+        DDIM(),
         "ode",
         help="DDIM (eta=0), K steps uniform in t",
         order="1",
         reference="Song, Meng, Ermon 2021 (DDIM)",
     ),
-    "dpm-solver++2m": SolverEntry(
-        DPMSolverPP2M,
+    Sampler(
+        "dpm-solver++2m",
+        DPMSolverPP2M(),
         "ode",
+        "logsnr",
         help="DPM-Solver++(2M), K steps uniform in log-SNR (try K=25)",
-        grid="logsnr",
         order="2",
-        reference="Lu et al. 2022 (DPM-Solver++)",
+        reference=_DPM,
     ),
-    "dpm-solver++3m": SolverEntry(
-        DPMSolverPP3M,
+    Sampler(
+        "dpm-solver++3m",
+        DPMSolverPP3M(),
         "ode",
+        "logsnr",
         help="DPM-Solver++(3M), K steps uniform in log-SNR",
-        grid="logsnr",
         order="3",
-        reference="Lu et al. 2022 (DPM-Solver++)",
+        reference=_DPM,
     ),
-    "unipc": SolverEntry(
-        UniPC,
+    Sampler(
+        "unipc",
+        UniPC(),
         "ode",
+        "logsnr",
         help="UniPC-3 (bh2, with corrector), K steps uniform in log-SNR",
-        grid="logsnr",
         order="3 (+1 corrector)",
         reference="Zhao et al. 2023 (UniPC)",
     ),
-    "deis": SolverEntry(
-        DEIS,
+    Sampler(
+        "deis",
+        DEIS(),
         "ode",
+        "logsnr",
         help="DEIS (order 3, in t), K steps uniform in log-SNR",
-        grid="logsnr",
         order="3",
         reference="Zhang, Chen 2023 (DEIS)",
     ),
-    "restart": SolverEntry(
-        DPMSolverPP2M,
+    Sampler(
+        "restart",
+        DPMSolverPP2M(),
         "sde",
+        "logsnr",
         help="Restart (Xu et al. 2023) around DPM-Solver++(2M): K steps in all, a "
         "log-SNR grid plus K // 10 restarts (noise level 0.3 -> 1.5) of 3 steps each "
         "(K >= 5)",
-        grid="logsnr",
         order="-",
         reference="Xu et al. 2023 (Restart)",
         plan=restart_schedule,
         min_steps=5,
     ),
-    "edm-heun": SolverEntry(
-        EDMHeun,
+    Sampler(
+        "edm-heun",
+        EDMHeun(),
         "ode",
+        "edm",
         help="Karras et al.'s Heun, K steps on the EDM rho=7 grid",
-        grid="edm",
-        evals_per_step=2,
         order="2",
-        reference="Karras et al. 2022 (EDM)",
+        reference=_EDM,
     ),
-}
+)
 
 
 # The names before the one scheme: old name -> (new name, --method or None).
@@ -316,26 +304,46 @@ DEPRECATED: dict[str, tuple[str, str | None]] = {
 }
 
 
-def register_solver(name: str, entry: SolverEntry) -> None:
-    """Add (or replace) a solver name of `scoresde sample --solver`."""
-    SOLVERS[name] = entry
+def register_solver(name: str, entry: Sampler) -> None:
+    """Add (or replace) a solver name of `scoresde sample --solver` (and of
+    `scoresde bench --solvers`): `entry` is an
+    [`sd.bench.Sampler`][scoresde_diffrax.bench.Sampler] (its `name` becomes `name`)."""
+    if not isinstance(entry, Sampler):
+        raise TypeError(
+            f"`entry` must be an sd.bench.Sampler, got {type(entry).__name__}."
+        )
+    SOLVERS[name] = dataclasses.replace(entry, name=name)
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverChoice:
-    """A `--solver` (with `--method`) resolved: the name in the one scheme, its entry
-    and the method."""
+    """A `--solver` (with `--method`) resolved: the name in the one scheme, its
+    sampler (with the chosen method and, once `check_step_flags` has run, the step
+    flags), the method and `--steps` (None: the default)."""
 
     name: str
-    entry: SolverEntry
+    sampler: Sampler
     method: str
+    steps: int | None = None
+
+    @property
+    def entry(self) -> Sampler:
+        """The table's sampler (the older name of `sampler`)."""
+        return SOLVERS.get(self.name, self.sampler)
 
     @property
     def label(self) -> str:
         """The name, with `--method` where it is not the solver's default."""
-        if self.method != self.entry.method:
+        if self.method != SOLVERS[self.name].method:
             return f"{self.name} --method {self.method}"
         return self.name
+
+    def sample_kwargs(self, sde, eps: float | None = None) -> dict:
+        """The `solver`, `method` and step arguments of `sd.sample`: `--steps` fixed
+        steps (default 1000) ending at `eps` (None: the SDE's default), or for an
+        adaptive solver its PID controller and `--max-steps`."""
+        steps = DEFAULT_STEPS if self.steps is None else self.steps
+        return self.sampler.step_kwargs(sde, steps, eps=eps)
 
 
 def choose_solver(
@@ -387,16 +395,19 @@ def choose_solver(
         )
     if note is not None:  # once the name is known to be usable
         print(note, file=sys.stderr)
-    return SolverChoice(name, entry, method)
+    return SolverChoice(name, dataclasses.replace(entry, method=method), method)
 
 
-def check_step_flags(choice: SolverChoice, args, *, deprecated_steps: bool) -> dict:
+def check_step_flags(
+    choice: SolverChoice, args, *, deprecated_steps: bool
+) -> SolverChoice:
     """Check `--steps`, `--max-steps`, `--rtol`, `--atol` against the solver (fixed
-    steps take `--steps`; adaptive ones the other three) and return the keywords of
-    `SolverEntry.sample_kwargs`. `deprecated_steps`: an old adaptive name, whose
-    `--steps` meant the maximum number of steps (taken as `--max-steps`)."""
+    steps take `--steps`; adaptive ones the other three) and return the choice with
+    them applied. `deprecated_steps`: an old adaptive name, whose `--steps` meant the
+    maximum number of steps (taken as `--max-steps`)."""
     steps, max_steps = args.steps, args.max_steps
-    if choice.entry.adaptive:
+    sampler = choice.sampler
+    if sampler.adaptive:
         if steps is not None:
             if not deprecated_steps or max_steps is not None:
                 raise UserError(
@@ -405,30 +416,30 @@ def check_step_flags(choice: SolverChoice, args, *, deprecated_steps: bool) -> d
                     "--rtol/--atol"
                 )
             max_steps, steps = steps, None
-    else:
-        if steps is not None and steps < choice.entry.min_steps:
+        sampler = dataclasses.replace(
+            sampler,
+            rtol=sampler.rtol if args.rtol is None else args.rtol,
+            atol=sampler.atol if args.atol is None else args.atol,
+            max_steps=sampler.max_steps if max_steps is None else max_steps,
+        )
+        return dataclasses.replace(choice, sampler=sampler, steps=None)
+    if steps is not None and steps < sampler.min_steps:
+        raise UserError(
+            f"--steps {steps} is below what --solver {choice.name} needs: at "
+            f"least {sampler.min_steps}"
+        )
+    for flag, value in (
+        ("--max-steps", max_steps),
+        ("--rtol", args.rtol),
+        ("--atol", args.atol),
+    ):
+        if value is not None:
+            adaptive = [k for k, v in SOLVERS.items() if v.adaptive]
             raise UserError(
-                f"--steps {steps} is below what --solver {choice.name} needs: at "
-                f"least {choice.entry.min_steps}"
+                f"{flag} is for adaptive solvers ({', '.join(adaptive)}); "
+                f"--solver {choice.name} takes --steps fixed steps"
             )
-        for flag, value in (
-            ("--max-steps", max_steps),
-            ("--rtol", args.rtol),
-            ("--atol", args.atol),
-        ):
-            if value is not None:
-                adaptive = [k for k, v in SOLVERS.items() if v.adaptive]
-                raise UserError(
-                    f"{flag} is for adaptive solvers ({', '.join(adaptive)}); "
-                    f"--solver {choice.name} takes --steps fixed steps"
-                )
-    return dict(
-        steps=steps,
-        method=choice.method,
-        max_steps=max_steps,
-        rtol=args.rtol,
-        atol=args.atol,
-    )
+    return dataclasses.replace(choice, steps=steps)
 
 
 def solvers_table() -> str:
@@ -442,7 +453,8 @@ def solvers_table() -> str:
             steps = f"adaptive (rtol=atol={e.rtol:g})"
         else:
             steps = "fixed" + ("" if e.grid == "uniform" else f", {e.grid} grid")
-        rows.append((name, solves, steps, str(e.evals_per_step), e.order, e.reference))
+        per_step = str(e.score_evals_per_step())
+        rows.append((name, solves, steps, per_step, e.order, e.reference))
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
