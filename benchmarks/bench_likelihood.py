@@ -263,7 +263,7 @@ def digits(num_examples, repeats):
     """Bits/dim of the digits checkpoint on the first test examples, as `scoresde
     likelihood` computes them (one batched solve, Rademacher, rtol = atol = 1e-5)."""
     from scoresde_diffrax.cli._common import load_for_sampling
-    from scoresde_diffrax.cli._conditioning import TEST_SPLITS
+    from scoresde_diffrax.cli._controllable import TEST_SPLITS
 
     model, sde, meta = load_for_sampling(str(RESULTS.parent / "digits_checkpoint"))
     ds = TEST_SPLITS["digits"]()
