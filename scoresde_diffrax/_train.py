@@ -226,37 +226,22 @@ def train(
     start = time.perf_counter()
 
     # Checks
-    if unroll is None:
-        unroll = _has_conv(model)
-    if steps_per_call is None:
-        steps_per_call = 2 if unroll else 50
-    for name, value in (
-        ("num_steps", num_steps),
-        ("batch_size", batch_size),
-        ("steps_per_call", steps_per_call),
-        ("keep_checkpoints", keep_checkpoints),
-    ):
-        check_int(name, value, 1)
-    check_int("checkpoint_every", checkpoint_every, 1, or_none=True)
-    check_unit_interval("ema_decay", ema_decay)
-    check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
-    loss = DSMLoss() if loss is None else loss
-    check_isinstance(
-        "loss",
+    loss, data, unroll, steps_per_call = _checked_args(
+        model,
+        sde,
+        data,
         loss,
-        (AbstractLoss, ClassifierLoss, ConditionalDSMLoss),
-        "an AbstractLoss (e.g. sd.DSMLoss()), sd.ClassifierLoss() or "
-        "sd.ConditionalDSMLoss()",
+        unroll=unroll,
+        steps_per_call=steps_per_call,
+        num_steps=num_steps,
+        batch_size=batch_size,
+        keep_checkpoints=keep_checkpoints,
+        checkpoint_every=checkpoint_every,
+        ema_decay=ema_decay,
     )
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
     batch_sharding, replicated = _data_parallel_shardings(sharding, batch_size)
-    check_floating("data", data.x if isinstance(data, Dataset) else data)
-    data = data if isinstance(data, Dataset) else dataset_from_array(data)
-    if isinstance(loss, (ClassifierLoss, ConditionalDSMLoss)):  # labelled data
-        loss.check_model(model, data)
-    else:
-        _check_model(model, sde, data)
 
     # Initial set-up
     optimizer, optimizer_desc = _optimizer(
@@ -325,6 +310,37 @@ def train(
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def _checked_args(model, sde, data, loss, *, unroll, steps_per_call, **numbers):
+    """`train`'s arguments checked (a `ValueError`/`TypeError` naming the first bad
+    one), with their defaults filled in: `(loss, data as a Dataset, unroll,
+    steps_per_call)`."""
+    if unroll is None:
+        unroll = _has_conv(model)
+    if steps_per_call is None:
+        steps_per_call = 2 if unroll else 50
+    for name in ("num_steps", "batch_size", "keep_checkpoints"):
+        check_int(name, numbers[name], 1)
+    check_int("steps_per_call", steps_per_call, 1)
+    check_int("checkpoint_every", numbers["checkpoint_every"], 1, or_none=True)
+    check_unit_interval("ema_decay", numbers["ema_decay"])
+    check_isinstance("sde", sde, AbstractSDE, "an AbstractSDE")
+    loss = DSMLoss() if loss is None else loss
+    check_isinstance(
+        "loss",
+        loss,
+        (AbstractLoss, ClassifierLoss, ConditionalDSMLoss),
+        "an AbstractLoss (e.g. sd.DSMLoss()), sd.ClassifierLoss() or "
+        "sd.ConditionalDSMLoss()",
+    )
+    check_floating("data", data.x if isinstance(data, Dataset) else data)
+    data = data if isinstance(data, Dataset) else dataset_from_array(data)
+    if isinstance(loss, (ClassifierLoss, ConditionalDSMLoss)):  # labelled data
+        loss.check_model(model, data)
+    else:
+        _check_model(model, sde, data)
+    return loss, data, unroll, steps_per_call
 
 
 def _has_conv(model) -> bool:
