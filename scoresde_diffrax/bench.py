@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._exact import GaussianMixture
 from ._nfe import probe_solver
@@ -54,7 +54,12 @@ MIXTURE_METRICS = ("sliced_w2", "variance_ratio", "weight_error", "log_prob_gap"
 DATA_METRICS = ("sliced_w2", "fd_digits")
 _DIGITS_SHAPES = ((8, 8), (1, 8, 8), (1, 16, 16))
 _NUM_PROJECTIONS = 256
-_FLOOR_DRAWS = 5
+_NUM_RESAMPLES = 50
+# The metrics a verdict ranks on (lower is better, true samples give the floor): the
+# first of these that a problem measures.
+VERDICT_METRICS = ("sliced_w2", "fd_digits")
+VERDICT_TEST = "two-sided z-test on independent draws, 5% level"
+_Z = 1.959963984540054
 
 
 # --------------------------------------------------------------------------- problems
@@ -408,11 +413,14 @@ class BenchRecord:
     - `compile_s`: the first call's time minus the second's (compilation and
         tracing); `run_s`: the second call's time (the same key: the same samples).
     - `metrics`: name -> `(value, standard error)`.
-    - `floor`: name -> `(value, standard error)` of the same metric for true samples
-        of the same size: for a mixture, the mean over 5 independent sets of true
-        samples and the standard error of that mean; for data, one held set beside
-        the reference, with the metric's own standard error (NaN where there are not
-        enough held data).
+    - `floor`: name -> `(value, standard error)` of the same metric, computed the
+        same way, for true samples of the same size drawn independently of the
+        reference set (for data: a second held set beside the reference; NaN where
+        there are not enough held data).
+    - `verdict`: how it compares at its budget (see
+        [`verdicts`][scoresde_diffrax.bench.verdicts]): `"best"`, `"tied with
+        best"` or `"worse than best"`, with `", at the floor"` when its figure is
+        within noise of the floor's (or below it); empty when nothing was ranked.
     """
 
     problem: str
@@ -424,6 +432,7 @@ class BenchRecord:
     run_s: float
     metrics: dict
     floor: dict
+    verdict: str = ""
 
     def as_dict(self) -> dict:
         """A JSON-able dict (one line of `to_json_lines`)."""
@@ -444,6 +453,8 @@ class BenchRecord:
                 )
                 for k, v in self.metrics.items()
             },
+            verdict=self.verdict,
+            verdict_test=VERDICT_TEST if self.verdict else None,
         )
 
 
@@ -454,66 +465,109 @@ def _num(v: float) -> float | None:
 # --------------------------------------------------------------------------- metrics
 
 
+def _sw2_parts(theta, x, y):
+    """Per-projection squared 1-D W2 of point clouds `x` and `y` (quantiles matched
+    when their sizes differ)."""
+    px, py = jnp.sort(x @ theta.T, axis=0), jnp.sort(y @ theta.T, axis=0)
+    if px.shape[0] != py.shape[0]:
+        n_q = max(px.shape[0], py.shape[0])
+        q = (jnp.arange(n_q) + 0.5) / n_q
+        px = px[jnp.clip((q * px.shape[0]).astype(jnp.int32), 0, px.shape[0] - 1)]
+        py = py[jnp.clip((q * py.shape[0]).astype(jnp.int32), 0, py.shape[0] - 1)]
+    return jnp.mean((px - py) ** 2, axis=0)
+
+
+def _sw2_and_se(key, x, y, num_projections: int, num_resamples: int):
+    """`sliced_w2_with_se` in JAX (vmappable): the distance, the projections' standard
+    error, and the bootstrap's standard deviation (0 without resamples)."""
+    theta = jr.normal(key, (num_projections, x.shape[1]), dtype=x.dtype)
+    theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
+    per = _sw2_parts(theta, x, y)
+    sw = jnp.sqrt(jnp.mean(per))
+    proj = jnp.std(per, ddof=1) / math.sqrt(num_projections) / (2 * sw)
+    proj = jnp.where(sw > 0, proj, 0.0)
+    if not num_resamples:
+        return sw, proj, jnp.zeros_like(sw)
+    kx, ky = jr.split(jr.fold_in(key, 1))
+    ix = jr.randint(kx, (num_resamples, x.shape[0]), 0, x.shape[0])
+    iy = jr.randint(ky, (num_resamples, y.shape[0]), 0, y.shape[0])
+    boot = jax.vmap(lambda i, j: jnp.sqrt(jnp.mean(_sw2_parts(theta, x[i], y[j]))))(
+        ix, iy
+    )
+    return sw, proj, jnp.std(boot, ddof=1)
+
+
+_sw2_jit = jax.jit(_sw2_and_se, static_argnums=(3, 4))
+
+
 def sliced_w2_with_se(
     key: PRNGKeyArray,
     x: Float[ArrayLike, "n D"],
     y: Float[ArrayLike, "m D"],
     num_projections: int = _NUM_PROJECTIONS,
+    num_resamples: int = 0,
 ) -> tuple[float, float]:
     """The sliced Wasserstein-2 distance of
     [`sliced_wasserstein`][scoresde_diffrax.metrics.sliced_wasserstein] (the same
-    projections for the same `key`) and its standard error over the random
-    projections (delta method on the mean of the per-projection squared distances);
-    the sampling noise of `x` and `y` shows in the floor instead.
+    projections for the same `key`) and its standard error.
+
+    With `num_resamples = 0` the standard error covers the random projections only
+    (delta method on the mean of the per-projection squared distances): it leaves
+    out the sampling noise of `x` and `y`, usually the larger part. With
+    `num_resamples = B > 1` it also covers the sampling noise: the standard
+    deviation of the distance over `B` bootstrap resamples of both point clouds (the
+    rows of each drawn with replacement), combined with the projections' part. This
+    is what [`run`][scoresde_diffrax.bench.run] reports.
 
     **Arguments:**
 
-    - `key`: the key of the projection directions.
+    - `key`: the key of the projection directions (and of the resamples).
     - `x`, `y`: the two point clouds, shapes `(n, D)` and `(m, D)`.
     - `num_projections`: the number of directions (default 256).
+    - `num_resamples`: bootstrap resamples (0: projections only; else at least 2).
 
     **Returns:** `(distance, standard error)`.
     """
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int):
+        raise ValueError(f"`num_resamples` must be an int, got {num_resamples!r}.")
+    if num_resamples == 1 or num_resamples < 0:
+        raise ValueError(
+            f"`num_resamples` must be 0 or at least 2, got {num_resamples}."
+        )
     x, y = jnp.asarray(x), jnp.asarray(y)
-    theta = jr.normal(key, (num_projections, x.shape[1]), dtype=x.dtype)
-    theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
-    px, py = jnp.sort(x @ theta.T, axis=0), jnp.sort(y @ theta.T, axis=0)
-    n_q = max(x.shape[0], y.shape[0])
-    q = (jnp.arange(n_q) + 0.5) / n_q
-
-    def quantiles(s: Array) -> Array:
-        idx = jnp.clip((q * s.shape[0]).astype(jnp.int32), 0, s.shape[0] - 1)
-        return s[idx]
-
-    per = np.asarray(
-        jax.vmap(lambda a, b: jnp.mean((quantiles(a) - quantiles(b)) ** 2), (1, 1))(
-            px, py
-        ),
-        np.float64,
+    sw, proj, boot = (
+        float(v) for v in _sw2_jit(key, x, y, num_projections, num_resamples)
     )
-    sw = math.sqrt(per.mean())
-    se = per.std(ddof=1) / math.sqrt(len(per)) / (2 * sw) if sw > 0 else 0.0
-    return sw, float(se)
+    return sw, math.hypot(proj, boot)
 
 
 def _mixture_metrics(
-    mix: GaussianMixture, x: np.ndarray, ref: np.ndarray, ref_logp: tuple, key
+    mix: GaussianMixture,
+    x: np.ndarray,
+    ref: np.ndarray,
+    ref_logp: tuple | None,
+    key,
+    names: Sequence[str],
 ) -> dict:
+    out = {}
+    if "sliced_w2" in names:
+        out["sliced_w2"] = sliced_w2_with_se(key, x, ref, num_resamples=_NUM_RESAMPLES)
+    if not set(names) - {"sliced_w2"}:
+        return out
     rep = mixture_report(mix, x)
     w = np.asarray(mix.weights, np.float64)
     k = int(np.argmax(np.abs(rep.mode_weights - w)))
-    return dict(
-        sliced_w2=sliced_w2_with_se(key, x, ref),
-        variance_ratio=(rep.variance_ratio, rep.variance_ratio_se),
-        weight_error=(
-            float(np.abs(rep.mode_weights - w)[k]),
-            float(rep.mode_weights_se[k]),
-        ),
-        log_prob_gap=(
+    out["variance_ratio"] = (rep.variance_ratio, rep.variance_ratio_se)
+    out["weight_error"] = (
+        float(np.abs(rep.mode_weights - w)[k]),
+        float(rep.mode_weights_se[k]),
+    )
+    if ref_logp is not None:
+        out["log_prob_gap"] = (
             rep.mean_log_prob - ref_logp[0],
             math.hypot(rep.mean_log_prob_se, ref_logp[1]),
-        ),
-    )
+        )
+    return out
 
 
 def _flat(x: Any) -> np.ndarray:
@@ -539,22 +593,14 @@ class _Target:
         if is_mix:
             mix = problem.mixture
             self.ref = np.asarray(mix.sample(kref, n), np.float64)
-            r = mixture_report(mix, self.ref)
-            self.ref_logp = (r.mean_log_prob, r.mean_log_prob_se)
-            # The floor: the mean over several independent true-sample sets, with
-            # the standard error of that mean (one set's value is itself noisy).
-            draws = [
-                self.of(np.asarray(mix.sample(k, n)))
-                for k in jr.split(kfloor, _FLOOR_DRAWS)
-            ]
-            floor = {
-                m: (
-                    float(np.mean([d[m][0] for d in draws])),
-                    float(np.std([d[m][0] for d in draws], ddof=1))
-                    / math.sqrt(_FLOOR_DRAWS),
-                )
-                for m in self.metrics
-            }
+            self.ref_logp = None
+            if "log_prob_gap" in self.metrics:
+                r = mixture_report(mix, self.ref)
+                self.ref_logp = (r.mean_log_prob, r.mean_log_prob_se)
+            # The floor: the same figures for true samples of their own, independent
+            # of the reference set (never the reference set itself: it would
+            # compare the reference with itself).
+            floor = self.of(np.asarray(mix.sample(kfloor, n)))
         else:
             data = _flat(problem.data)
             if len(data) < n:
@@ -576,12 +622,19 @@ class _Target:
         x = _flat(x)
         if isinstance(self.problem, MixtureProblem):
             m = _mixture_metrics(
-                self.problem.mixture, x, self.ref, self.ref_logp, self.kproj
+                self.problem.mixture,
+                x,
+                self.ref,
+                self.ref_logp,
+                self.kproj,
+                self.metrics,
             )
         else:
             m = {}
             if "sliced_w2" in self.metrics:
-                m["sliced_w2"] = sliced_w2_with_se(self.kproj, x, self.ref)
+                m["sliced_w2"] = sliced_w2_with_se(
+                    self.kproj, x, self.ref, num_resamples=_NUM_RESAMPLES
+                )
             if "fd_digits" in self.metrics:
                 m["fd_digits"] = fd_digits_with_se(
                     self.problem.to_images(x), self.ref_images
@@ -606,10 +659,13 @@ def run(
     and measure the samples.
 
     Each solve runs twice with the same key: the first call's time minus the
-    second's is the compile time, the second's the run time. The samples of every
-    solve of a problem share one key (the same prior draws and noise), and every
-    metric uses the same reference sample and projections, so the records of one
-    problem differ by the sampler and the budget only.
+    second's is the compile time, the second's the run time. Each sampler draws its
+    own prior samples and noise (its budgets share them), independent of the other
+    samplers', of the reference set and of the floor's true samples, so the standard
+    errors (which include the sampling noise) compare figures honestly; every metric
+    uses the same reference set and projections. Per budget the records get a
+    verdict ([`verdicts`][scoresde_diffrax.bench.verdicts]): the best sampler, the
+    ones not distinguishable from it, and which are at the floor.
 
     **Arguments:**
 
@@ -660,13 +716,15 @@ def run(
             problem.score() if isinstance(problem, MixtureProblem) else problem.score
         )
         shape = (num_samples, *problem.shape)
-        for s in samplers:
+        for j, s in enumerate(samplers):
+            # Independent draws per sampler (its budgets share them).
+            kj = jr.fold_in(ksample, j)
             for budget in [None] if s.adaptive else budgets:
                 kwargs = s.sample_kwargs(problem.sde, budget)
                 times = []
                 for _ in range(2):
                     t = time.perf_counter()
-                    res = sample(ksample, problem.sde, score, shape, **kwargs)
+                    res = sample(kj, problem.sde, score, shape, **kwargs)
                     res.samples.block_until_ready()
                     times.append(time.perf_counter() - t)
                 record = BenchRecord(
@@ -683,7 +741,57 @@ def run(
                 records.append(record)
                 if callback is not None:
                     callback(record)
-    return records
+    return verdicts(records)
+
+
+def _verdict_metric(record: BenchRecord) -> str | None:
+    return next((m for m in VERDICT_METRICS if m in record.metrics), None)
+
+
+def verdicts(records: Sequence[BenchRecord], z: float = _Z) -> list[BenchRecord]:
+    """The records with their `verdict`: per problem and budget (the adaptive
+    samplers, without a budget, form one group), on the first of `VERDICT_METRICS`
+    measured (lower is better). The best is the lowest figure; another is `tied
+    with best` when the difference is within `z` standard errors of the two
+    (`VERDICT_TEST`: a two-sided z-test, the samplers' draws being independent), else
+    `worse than best`. A figure at most `z` standard errors (its own and the floor's)
+    above the floor is `at the floor`: true samples of the same size do as well, and
+    a figure below the floor is noise, never better than true samples.
+
+    **Arguments:**
+
+    - `records`: what [`run`][scoresde_diffrax.bench.run] made.
+    - `z`: the critical value (default 1.96: the 5% level).
+
+    **Returns:** the records, in the same order, with `verdict` set.
+    """
+    out = list(records)
+    groups: dict = {}
+    for i, r in enumerate(out):
+        if _verdict_metric(r) is not None:
+            groups.setdefault((r.problem, r.nfe_budget), []).append(i)
+    for idx in groups.values():
+        m = _verdict_metric(out[idx[0]])
+        vals = [out[i].metrics[m] for i in idx]
+        finite = [k for k, (v, _) in enumerate(vals) if math.isfinite(v)]
+        if not finite:
+            continue
+        b = min(finite, key=lambda k: vals[k][0])
+        for k, i in enumerate(idx):
+            (v, se), (vb, seb) = vals[k], vals[b]
+            if not math.isfinite(v):
+                text = "failed"
+            elif k == b:
+                text = "best"
+            else:
+                tied = v - vb <= z * math.hypot(se, seb)
+                text = "tied with best" if tied else "worse than best"
+            f, fse = out[i].floor[m]
+            if math.isfinite(v) and math.isfinite(f):
+                if v - f <= z * math.hypot(se, fse if math.isfinite(fse) else 0.0):
+                    text += ", at the floor"
+            out[i] = dataclasses.replace(out[i], verdict=text)
+    return out
 
 
 # --------------------------------------------------------------------------- output
@@ -709,8 +817,8 @@ def _fmt(v: float, se: float) -> str:
 
 def to_markdown(records: Sequence[BenchRecord]) -> str:
     """A markdown table per problem: a row per record (sampler, NFE, each metric
-    `value ± standard error`, compile and run seconds) and a first row `true
-    samples` with the floors.
+    `value ± standard error`, the verdict, compile and run seconds) and a first row
+    `true samples` with the floors; under it the metric and test of the verdicts.
 
     **Arguments:**
 
@@ -723,19 +831,30 @@ def to_markdown(records: Sequence[BenchRecord]) -> str:
         rows = [r for r in records if r.problem == problem]
         names = list(rows[0].metrics)
         out.append(f"### {problem}\n")
-        out.append("| sampler | NFE | " + " | ".join(names) + " | compile s | run s |")
-        out.append("|---|---:|" + "---:|" * len(names) + "---:|---:|")
+        out.append(
+            "| sampler | NFE | "
+            + " | ".join(names)
+            + " | verdict | compile s | run s |"
+        )
+        out.append("|---|---:|" + "---:|" * len(names) + "---|---:|---:|")
         floor = rows[0].floor
         out.append(
             "| true samples | - | "
             + " | ".join(_fmt(*floor[m]) for m in names)
-            + " | - | - |"
+            + " | floor | - | - |"
         )
         for r in rows:
             out.append(
                 f"| {r.sampler} | {r.nfe} | "
                 + " | ".join(_fmt(*r.metrics[m]) for m in names)
-                + f" | {r.compile_s:.2f} | {r.run_s:.3f} |"
+                + f" | {r.verdict or '-'} | {r.compile_s:.2f} | {r.run_s:.3f} |"
+            )
+        metric = _verdict_metric(rows[0])
+        if any(r.verdict for r in rows) and metric is not None:
+            out.append(
+                f"\nVerdicts per budget on {metric} (± one standard error, sampling "
+                f"noise included): {VERDICT_TEST}; at the floor = within noise of "
+                "true samples."
             )
         out.append("")
     return "\n".join(out)

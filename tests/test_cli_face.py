@@ -348,6 +348,10 @@ def test_bench_command_writes_what_the_runner_returns(tmp_path, capsys):
         ("euler-maruyama", 8, 8),
     ]
     for g, r in zip(got, records, strict=True):
+        # the verdict and its test, in the records and the table
+        assert g["verdict"] == r.verdict and r.verdict.startswith("best")
+        assert g["verdict_test"] == sd.bench.VERDICT_TEST
+        assert f"| {r.verdict} |" in table
         assert (g["sampler"], g["nfe"], g["nfe_budget"]) == (
             r.sampler,
             r.nfe,
@@ -360,8 +364,9 @@ def test_bench_command_writes_what_the_runner_returns(tmp_path, capsys):
             # the table shows the same figures
             assert f"{r.metrics[name][0]:.4g} ± {r.metrics[name][1]:.2g}" in table
     # The figures are the metrics of the samples: recompute one by hand.
+    # (problem 0's sample key, folded with the sampler's index: independent draws)
     x = sd.sample(
-        jr.split(jr.fold_in(jr.key(3), 0))[1],
+        jr.fold_in(jr.split(jr.fold_in(jr.key(3), 0))[1], 0),
         problem.sde,
         problem.score(),
         (100, 2),
