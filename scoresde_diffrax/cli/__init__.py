@@ -25,6 +25,7 @@ from .._errors import SolveError
 from . import (
     bench as bench,
     colorize as colorize,
+    convert as convert,
     inpaint as inpaint,
     inverse as inverse,
     likelihood as likelihood,
@@ -52,6 +53,7 @@ COMMANDS = (
     inpaint,
     colorize,
     inverse,
+    convert,
     solvers,
 )
 

@@ -14,7 +14,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
+from .._custom_types import ScalarLike
+from .._sde import AbstractSDE, SubVPSDE, VESDE, VPSDE
 from ._ncsnpp import (
     GaussianFourierFeatures,
     NCSNpp,
@@ -235,7 +238,7 @@ def read_official_config(config: "str | os.PathLike | dict") -> dict:
     if not os.path.isfile(path):
         raise ValueError(
             f"config: {path!r} is neither one of the paper's configurations "
-            f"({', '.join(PAPER_MODELS)}) nor a JSON file."
+            f"({', '.join(OFFICIAL_CONFIGS + PAPER_MODELS)}) nor a JSON file."
         )
     try:
         with open(path) as f:
@@ -257,6 +260,8 @@ def network_config(config: "str | os.PathLike | dict | NCSNppConfig") -> NCSNppC
         return config
     if isinstance(config, str) and config in PAPER_MODELS:
         return paper_config(config)
+    if isinstance(config, str) and config in _OFFICIAL:
+        return paper_config(_OFFICIAL[config][0])
     cfg = read_official_config(config)
     model, data = cfg.get("model", {}), cfg.get("data", {})
     name = model.get("name", "ncsnpp")
@@ -272,6 +277,9 @@ def network_config(config: "str | os.PathLike | dict | NCSNppConfig") -> NCSNppC
     for k in ("ch_mult", "attn_resolutions", "fir_kernel"):
         if k in kwargs:
             kwargs[k] = tuple(kwargs[k])
+    for k in ("dropout", "fourier_scale", "init_scale"):
+        if isinstance(kwargs.get(k), int) and not isinstance(kwargs[k], bool):
+            kwargs[k] = float(kwargs[k])
     return NCSNppConfig(**kwargs)
 
 
@@ -299,7 +307,26 @@ def load_official(
     """
     path = os.fspath(path)
     cfg = network_config(config)
+    return _load(read_torch_checkpoint(path), cfg, path, ema)
+
+
+def load_official_checkpoint(
+    path: str | os.PathLike, config: "str | os.PathLike | dict | NCSNppConfig"
+) -> tuple[NCSNpp, NCSNpp, int]:
+    """`(ema_net, raw_net, step)` of an official training checkpoint, reading the file
+    once (what `scoresde convert` writes); see [`load_official`][]."""
+    path = os.fspath(path)
+    cfg = network_config(config)
     ckpt = read_torch_checkpoint(path)
+    if not isinstance(ckpt, dict) or "step" not in ckpt:
+        raise CheckpointError(
+            f"{path}: not an official training checkpoint (no 'step' entry)."
+        )
+    step = int(np.asarray(ckpt["step"]))
+    return _load(ckpt, cfg, path, True), _load(ckpt, cfg, path, False), step
+
+
+def _load(ckpt, cfg: NCSNppConfig, path: str, ema: bool) -> NCSNpp:
     if isinstance(ckpt, dict) and "model" in ckpt:
         state = ckpt["model"]
     else:
@@ -341,3 +368,125 @@ def load_official(
 
 def _is_fixed(name: str, net: NCSNpp) -> bool:
     return net.fourier is not None and name == "all_modules.0.W"
+
+
+# --------------------------------------------------------------------------- the score
+
+
+# The paper's released continuous-time checkpoints: official config name -> (network
+# configuration, SDE class name, SDE parameters).
+_OFFICIAL = {
+    "ve/cifar10_ncsnpp_continuous": ("cifar10_ncsnpp", "VESDE", (0.01, 50.0)),
+    "ve/cifar10_ncsnpp_deep_continuous": ("cifar10_ncsnpp_deep", "VESDE", (0.01, 50.0)),
+    "vp/cifar10_ddpmpp_continuous": ("cifar10_ddpmpp", "VPSDE", (0.1, 20.0)),
+    "vp/cifar10_ddpmpp_deep_continuous": ("cifar10_ddpmpp_deep", "VPSDE", (0.1, 20.0)),
+    "subvp/cifar10_ddpmpp_continuous": ("cifar10_ddpmpp", "SubVPSDE", (0.1, 20.0)),
+    "subvp/cifar10_ddpmpp_deep_continuous": (
+        "cifar10_ddpmpp_deep",
+        "SubVPSDE",
+        (0.1, 20.0),
+    ),
+    "ve/ffhq_ncsnpp_continuous": ("ffhq_1024_ncsnpp", "VESDE", (0.01, 1348.0)),
+    "ve/celebahq_256_ncsnpp_continuous": (
+        "celebahq_256_ncsnpp",
+        "VESDE",
+        (0.01, 348.0),
+    ),
+}
+OFFICIAL_CONFIGS: tuple[str, ...] = tuple(_OFFICIAL)
+"""The official config names (`configs/<sde>/<name>.py` of the paper's code) of its
+released continuous-time checkpoints, accepted as `config` by [`load_official`][]."""
+_SDE_CLASSES = {"VESDE": VESDE, "VPSDE": VPSDE, "SubVPSDE": SubVPSDE}
+_SDE_NAMES = {"vesde": "VESDE", "vpsde": "VPSDE", "subvpsde": "SubVPSDE"}
+
+
+def official_sde(config: "str | os.PathLike | dict") -> AbstractSDE:
+    """The SDE an official checkpoint was trained for: `config` is an official config
+    name (see [`OFFICIAL_CONFIGS`][]), dict or JSON file (its `training.sde` and
+    `model.sigma_min`/`sigma_max` or `beta_min`/`beta_max`)."""
+    if isinstance(config, str) and config in _OFFICIAL:
+        _, name, (a, b) = _OFFICIAL[config]
+    else:
+        if isinstance(config, str) and config in PAPER_MODELS:
+            raise ValueError(
+                f"config: {config!r} names a network, not its SDE; give an official "
+                f"config name ({', '.join(OFFICIAL_CONFIGS)}) or the config itself."
+            )
+        cfg = read_official_config(config)
+        sde = cfg.get("training", {}).get("sde")
+        if sde not in _SDE_NAMES:
+            raise ValueError(
+                f"config: training.sde must be one of {', '.join(_SDE_NAMES)}, got "
+                f"{sde!r}."
+            )
+        name, model = _SDE_NAMES[sde], cfg["model"]
+        keys = (
+            ("sigma_min", "sigma_max") if name == "VESDE" else ("beta_min", "beta_max")
+        )
+        if any(k not in model for k in keys):
+            raise ValueError(f"config: model.{keys[0]} and model.{keys[1]} are needed.")
+        a, b = (float(model[k]) for k in keys)
+    return _SDE_CLASSES[name](a, b)
+
+
+class OfficialScore(eqx.Module):
+    r"""The score of an official network with the official time conventions
+    (`models.utils.get_score_fn(..., continuous=True)` of the paper's code):
+
+    - VE SDE: the network is given $\sigma(t)$ itself (note: this package's
+      `VESDE.std(t)` is the exact $\sqrt{\sigma(t)^2 - \sigma_\min^2}$, the paper's
+      code uses $\sigma(t)$; the network must see what it was trained with), and its
+      output is the score (it divides by $\sigma$ itself when `scale_by_sigma`);
+    - VP and sub-VP SDEs: the network is given $999\,t$ and predicts the noise; the
+      score is $-\text{output} / s(t)$.
+
+    Samples and data live in the network's data range: `[-1, 1]` when the config is
+    `centered`, else `[0, 1]` (its `data_range`).
+
+    **Arguments:** `net` (an [`NCSNpp`][], e.g. from [`load_official`][]) and `sde`
+    (the SDE it was trained for, e.g. [`official_sde`][]).
+
+    Called as `score(t, x)` on one example.
+    """
+
+    net: NCSNpp
+    sde: AbstractSDE
+
+    def __check_init__(self):
+        if not isinstance(self.net, NCSNpp):
+            raise TypeError(
+                f"OfficialScore: `net` must be an sd.nn.NCSNpp, got "
+                f"{type(self.net).__name__}."
+            )
+        if type(self.sde) not in _SDE_CLASSES.values():
+            raise TypeError(
+                f"OfficialScore: `sde` must be sd.VESDE, sd.VPSDE or sd.SubVPSDE, got "
+                f"{type(self.sde).__name__}."
+            )
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """`(-1, 1)` for a centered network, else `(0, 1)`."""
+        return (-1.0, 1.0) if self.net.config.centered else (0.0, 1.0)
+
+    def __call__(
+        self, t: ScalarLike, x: Float[ArrayLike, "c h w"]
+    ) -> Float[Array, "c h w"]:
+        if isinstance(self.sde, VESDE):
+            return self.net(self.sde.sigma(t), x)
+        out = self.net(999.0 * jnp.asarray(t), x)
+        return -out / self.sde.std(t)
+
+
+def load_official_score(
+    path: str | os.PathLike,
+    config: "str | os.PathLike | dict",
+    *,
+    ema: bool = True,
+) -> OfficialScore:
+    """[`load_official`][] and [`official_sde`][] in one: the official checkpoint at
+    `path` as a score model `score(t, x)` ([`OfficialScore`][]) of the SDE its
+    `config` (an official config name, dict or JSON file) names; its `sde` field is
+    that SDE, to pass to `sd.sample`, `sd.log_likelihood`, ..."""
+    sde = official_sde(config)
+    return OfficialScore(load_official(path, config, ema=ema), sde)
