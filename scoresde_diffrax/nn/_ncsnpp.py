@@ -513,6 +513,7 @@ class NCSNpp(eqx.Module):
                 f"width), got {x.shape}. Models act on one example; batch with jax.vmap."
             )
         act = _ACTIVATIONS[cfg.nonlinearity]
+        fir_kernel = tuple(float(k) for k in cfg.fir_kernel)
         label = jnp.asarray(t, x.dtype)
         if self.fourier is not None:
             temb = self.fourier(jnp.log(label))
@@ -545,7 +546,7 @@ class NCSNpp(eqx.Module):
                 h = resample(hs[-1])
             if cfg.progressive_input == "input_skip":
                 pyramid = (
-                    downsample_2d(pyramid, cfg.fir_kernel)
+                    downsample_2d(pyramid, fir_kernel)
                     if cfg.fir
                     else _naive_downsample(pyramid)
                 )
@@ -571,7 +572,7 @@ class NCSNpp(eqx.Module):
                 norm, conv = pyramid_layers
                 if level > 0:
                     pyramid = (
-                        upsample_2d(pyramid, cfg.fir_kernel)
+                        upsample_2d(pyramid, fir_kernel)
                         if cfg.fir
                         else _naive_upsample(pyramid)
                     )
