@@ -43,4 +43,7 @@ step memory 120 python3 benchmarks/bench_memory.py --out "$out/memory_gpu.json"
 step likelihood 100 python3 benchmarks/bench_likelihood.py --repeats 3 --out "$out/likelihood_gpu.json"
 step training-toy 60 python3 benchmarks/bench_training.py toy
 cp benchmarks/results/training_toy.json "$out/training_toy_gpu.json" 2>/dev/null
+# the paper's networks: forward pass at batch 8 (this package only; the PyTorch side
+# needs --official-repo/--torch-python) and one FFHQ-1024 reverse-SDE step's memory
+step official-nets 150 python3 benchmarks/bench_official_nets.py --reps 5 --out "$out/official_nets_gpu.json"
 echo "total $(($(date +%s) - start))s" | tee -a "$log"

@@ -37,9 +37,10 @@ _NETWORKS = {
     "MLPScore": _nn.MLPScore,
     "UNet": _nn.UNet,
     "NoiseConditionalClassifier": _nn.NoiseConditionalClassifier,
+    "NCSNpp": _nn.NCSNpp,
 }
 _SDES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
-_ADAPTERS = {"eps": EpsScore, "x0": X0Score}
+_ADAPTERS = {"eps": EpsScore, "x0": X0Score, "official": _nn.OfficialScore}
 # Fields added to a network's config after checkpoints of it were first written, with
 # the value that rebuilds what those older checkpoints hold (the field's default in
 # the code may differ: it is for new networks).
@@ -64,6 +65,8 @@ def _split_model(model) -> tuple[str, Any]:
         return "eps", model.model
     if isinstance(model, X0Score):
         return "x0", model.model
+    if isinstance(model, _nn.OfficialScore):
+        return "official", model.net
     return "score", model
 
 
@@ -75,7 +78,8 @@ def describe_model(model) -> dict:
     if _NETWORKS.get(name) is not type(net):
         raise ValueError(
             "`model`: checkpoints need a network from scoresde_diffrax.nn "
-            f"({', '.join(_NETWORKS)}), bare or wrapped in sd.EpsScore / sd.X0Score; "
+            f"({', '.join(_NETWORKS)}), bare or wrapped in sd.EpsScore / sd.X0Score "
+            "(sd.nn.NCSNpp: in sd.nn.OfficialScore); "
             f"got {type(net).__name__}."
         )
     desc = {

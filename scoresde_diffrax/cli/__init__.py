@@ -26,6 +26,7 @@ from .._errors import SolveError
 from . import (
     bench as bench,
     colorize as colorize,
+    convert as convert,
     inpaint as inpaint,
     inverse as inverse,
     likelihood as likelihood,
@@ -62,6 +63,7 @@ COMMANDS = (
     inpaint,
     colorize,
     inverse,
+    convert,
     solvers,
 )
 
