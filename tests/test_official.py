@@ -5,12 +5,15 @@ torch-free checkpoint reader's errors and its refusal to run pickled code, and t
 `scoresde convert` command."""
 
 import ast
+import collections
 import io
 import json
 import os
 import pathlib
 import pickle
 import shutil
+import sys
+import types
 import zipfile
 
 import equinox as eqx
@@ -224,6 +227,62 @@ def test_refuses_malicious_pickle(tmp_path):
         sd.nn.load_official(tmp_path / "evil.pth", "ve/cifar10_ncsnpp_continuous")
     assert "refusing" in _message(e) and "system" in _message(e)
     assert not target.exists()
+
+
+def _torch_like_file(path, numel, monkeypatch):
+    """A `torch.save`-style zip holding one 4x4 float tensor over a storage of `numel`
+    floats, written without torch (stand-ins named like torch's globals)."""
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called here")
+
+    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+    FloatStorage.__qualname__ = "FloatStorage"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    torch.FloatStorage, utils._rebuild_tensor_v2, torch._utils = (
+        FloatStorage,
+        _rebuild_tensor_v2,
+        utils,
+    )
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            args = (Storage(), 0, (4, 4), (4, 1), False, collections.OrderedDict())
+            return (_rebuild_tensor_v2, args)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return ("storage", FloatStorage, "0", "cpu", numel)
+            return None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"model": {"module.w": Tensor()}})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/data/0", np.zeros(numel, np.float32).tobytes())
+
+
+def test_tensor_past_its_storage_is_refused(tmp_path, monkeypatch):
+    """A tensor whose size and strides reach past its storage is refused (striding
+    over it would read memory outside the file's data); one that fits is read."""
+    _torch_like_file(tmp_path / "bad.pth", 4, monkeypatch)
+    with pytest.raises(sd.nn.CheckpointError) as e:
+        sd.nn.load_official(tmp_path / "bad.pth", "ve/cifar10_ncsnpp_continuous")
+    assert "past its storage" in _message(e) and "bad.pth" in _message(e)
+    _torch_like_file(tmp_path / "ok.pth", 16, monkeypatch)
+    with pytest.raises(sd.nn.CheckpointError) as e:  # a valid tensor, not a network
+        sd.nn.load_official(tmp_path / "ok.pth", "ve/cifar10_ncsnpp_continuous")
+    assert "past its storage" not in _message(e)
 
 
 def test_bad_config():

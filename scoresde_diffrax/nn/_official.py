@@ -51,6 +51,18 @@ class _StorageType:
 
 def _rebuild_tensor_v2(storage, offset, size, stride, *_):
     data, itemsize = storage, storage.dtype.itemsize
+    # The file says where the tensor lies in its storage: check that it lies inside
+    # before striding over it (as_strided itself would read past the buffer).
+    ints = (offset, *size, *stride)
+    if not (
+        isinstance(storage, np.ndarray)
+        and all(isinstance(i, int) and i >= 0 for i in ints)
+        and len(size) == len(stride)
+    ):
+        raise pickle.UnpicklingError("a tensor with an invalid layout")
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True))
+    if (0 in size and offset > data.size) or (0 not in size and last >= data.size):
+        raise pickle.UnpicklingError("a tensor that reaches past its storage")
     if not size:
         return data[offset].copy()
     return np.lib.stride_tricks.as_strided(
