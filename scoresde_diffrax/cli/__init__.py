@@ -1,13 +1,15 @@
 """The `scoresde` command: `scoresde train ...`, `scoresde sample ...`, `scoresde
-likelihood ...`, `scoresde bench ...`, `scoresde solvers`, and the
-controllable-generation commands `train-classifier`, `inpaint`, `colorize`, `inverse`.
+likelihood ...`, `scoresde bench ...`, `scoresde solvers`, `scoresde convert` (the
+paper's official checkpoints), and the controllable-generation commands
+`train-classifier`, `inpaint`, `colorize`, `inverse`. The console script enters through
+`scoresde_cli` (Ctrl-C, the compilation cache), then `main` here.
 
 This package is the one place where names (strings) map to objects: data sets, SDEs,
 models and solvers. Each command is a module with `add_parser(subparsers)` and
 `run(args) -> int`, listed in `COMMANDS`; `build_parser` assembles them.
 
 - `_common.py`: the user error and the objects that flag values name (data sets,
-    SDEs, models, the device mesh, checkpoints, sample files);
+    SDEs, models, the device mesh, checkpoints, sample files written atomically);
 - `_sampler_table.py`: the solver names of `--solver`, each an `sd.bench.Sampler`
     (`SOLVERS`; `register_solver`);
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
@@ -15,7 +17,8 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
     and their pairing, test splits, inpainting masks, side-by-side pictures);
 - `train.py`, `sample.py`, `likelihood.py`, `bench.py`, `train_classifier.py`,
     `inpaint.py`, `colorize.py`, `inverse.py` (y = A(x) + noise: super-resolution,
-    blur, mask, random projection; projection or DPS), `solvers.py`: the commands.
+    blur, mask, random projection; projection or DPS), `solvers.py`, `convert.py`: the
+    commands.
 """
 
 import argparse
