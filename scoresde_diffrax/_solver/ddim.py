@@ -48,7 +48,9 @@ class DDIM(dfx.AbstractSolver):
 
     **Arguments:**
 
-    - `eta`: kept for compatibility; only `0` (the default) is accepted here.
+    - `eta`: the DDIM noise level; this solver is the $\eta = 0$ case, so only `0`
+        (the default) is accepted (any other value raises a `ValueError` pointing to
+        [`StochasticDDIM`][]).
 
     **Reference:** Song, Meng, Ermon, *Denoising Diffusion Implicit Models*, ICLR 2021.
     """
