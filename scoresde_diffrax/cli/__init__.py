@@ -138,9 +138,8 @@ def set_interrupt_hooks(
     INTERRUPT_HOOKS["writing"] = writing
 
 
-def console_main() -> None:  # pragma: no cover - the console-script entry point
-    """The `scoresde` command (kept for old entry points: `scoresde_cli.console_main`
-    is the one that handles Ctrl-C during the imports)."""
-    from scoresde_cli import console_main as entry
-
-    entry()
+def console_main() -> None:  # pragma: no cover - an older console-script entry point
+    """`sys.exit(main())`, for scripts installed before the entry point moved to
+    `scoresde_cli.console_main` (which also handles Ctrl-C during the imports and
+    inside JAX, and turns on the compilation cache)."""
+    sys.exit(main())
