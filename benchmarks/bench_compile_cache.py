@@ -98,7 +98,9 @@ def main() -> None:
     result = {
         "command": "python "
         + " ".join([f"benchmarks/{pathlib.Path(__file__).name}", *sys.argv[1:]]),
-        "sample_command": " ".join(["scoresde", *cmd[len(entry) :]]),
+        "sample_command": " ".join(["scoresde", *cmd[len(entry) :]])
+        .replace(str(ck), "CKPT")
+        .replace(str(tmp / "x.npy"), "OUT.npy"),
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
