@@ -74,7 +74,7 @@ def test_conditional_user_errors(conditional_run, tmp_path, capsys, argv, match)
 
 
 def test_conditional_needs_labels(tmp_path, capsys):
-    argv = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp"]
+    argv = ["train", "--data", "swiss-roll", "--sde", "vp", "--model", "mlp"]
     argv += ["--conditional", "--steps", "2", "--out", str(tmp_path / "m"), *TINY]
     code, out, err = run_cli(argv, capsys)
     assert code == 2 and re.search(r"--conditional needs a data set with labels", err)

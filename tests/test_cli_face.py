@@ -464,7 +464,8 @@ def test_bench_fd_digits_on_a_digits_problem():
     (rec,) = sd.bench.run(jr.key(0), [problem], [dpm], [10], num_samples=100)
     assert set(rec.metrics) == {"sliced_w2", "fd_digits"}
     x = sd.sample(
-        jr.split(jr.fold_in(jr.key(0), 0))[1],
+        # the first problem's sampling key, then the first sampler's own draws
+        jr.fold_in(jr.split(jr.fold_in(jr.key(0), 0))[1], 0),
         sde,
         problem.score,
         (100, 1, 8, 8),

@@ -640,6 +640,21 @@ class NCSNpp(eqx.Module):
         return tuple(mods)
 
 
+def _output_pyramid(cfg, top: bool, in_ch: int, pyramid_ch: int, resample_layer, keys):
+    """The progressive-output layers of one level of the up path (`top`: the
+    lowest resolution, first on the way up) and the pyramid's channels after it."""
+    if cfg.progressive == "output_skip":
+        conv = _conv(in_ch, cfg.num_channels, 3, key=next(keys))
+        return (_group_norm(in_ch), conv), pyramid_ch
+    if cfg.progressive == "residual":
+        if top:
+            layers = (_group_norm(in_ch), _conv(in_ch, in_ch, 3, key=next(keys)))
+        else:
+            layers = (resample_layer(pyramid_ch, in_ch, True, True),)
+        return layers, in_ch
+    return (), pyramid_ch
+
+
 def _build(cfg: NCSNppConfig, key):
     keys = iter(jr.split(key, 4096))
     nf, act = cfg.nf, _ACTIVATIONS[cfg.nonlinearity]
@@ -725,21 +740,9 @@ def _build(cfg: NCSNppConfig, key):
             blocks.append(res_block(in_ch + hs_c.pop(), out_ch))
             in_ch = out_ch
         attn = attn_block(in_ch) if resolutions[level] in cfg.attn_resolutions else None
-        pyramid_layers: tuple = ()
-        if cfg.progressive == "output_skip":
-            pyramid_layers = (
-                _group_norm(in_ch),
-                _conv(in_ch, channels, 3, key=next(keys)),
-            )
-        elif cfg.progressive == "residual":
-            if level == n_levels - 1:
-                pyramid_layers = (
-                    _group_norm(in_ch),
-                    _conv(in_ch, in_ch, 3, key=next(keys)),
-                )
-            else:
-                pyramid_layers = (resample_layer(pyramid_ch, in_ch, True, True),)
-            pyramid_ch = in_ch
+        pyramid_layers, pyramid_ch = _output_pyramid(
+            cfg, level == n_levels - 1, in_ch, pyramid_ch, resample_layer, keys
+        )
         resample = None
         if level != 0:
             if cfg.resblock_type == "ddpm":
