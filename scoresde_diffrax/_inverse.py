@@ -1,6 +1,8 @@
 """Inverse problems with an unconditional score: imputation (inpainting) and
 colorization, as a diffrax solver wrapper around any fixed-step sampler."""
 
+from collections.abc import Callable
+
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -14,6 +16,7 @@ from ._solver._common import (
     AbstractPlannedSolver,
     check_grid,
     dense_info,
+    extra_score_evals,
     min_grid_steps,
     unpack_ode,
     unpack_sde,
@@ -71,6 +74,9 @@ class AbstractStateWrapper(AbstractPlannedSolver, dfx.AbstractWrappedSolver):
 
     def check_grid(self, ts, start: float, end: float, arg: str) -> None:
         check_grid(self.solver, ts, start, end, arg)
+
+    def extra_score_evals(self, make_terms: Callable, probe_key) -> int:
+        return extra_score_evals(self.solver, make_terms, probe_key)
 
 
 class Impute(AbstractStateWrapper):

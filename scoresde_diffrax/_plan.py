@@ -16,6 +16,9 @@ The rules:
   each endpoint within a relative 1e-5.
 - `max_steps` is an int >= 1 for every solve that is not a `StepTo` grid (whose number
   of steps is its length); None is refused.
+- A `PaddedStepTo(ts)` is a `StepTo` grid whose end time may repeat: grids of
+  different lengths padded to one length share one compiled program (the padding is
+  never stepped on: the solve ends when it reaches the end).
 - `dt0`, when given, is a finite non-zero number; only its magnitude is used.
 - The score evaluations of a solve are `first + per_step * (num_steps - 1)`, with
   `first` (init and first step) and `per_step` measured once per solver (-1 where
@@ -26,10 +29,11 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Int
+from jaxtyping import Array, Float, Int
 
 from ._checks import (
     check_int,
@@ -40,8 +44,66 @@ from ._checks import (
 )
 from ._nfe import probe_solver
 from ._norm import batch_max_rms_norm
-from ._solver._common import check_grid, min_grid_steps
-from ._solver.restart import Restart
+from ._solver._common import check_grid, extra_score_evals, min_grid_steps
+
+
+class PaddedStepTo(dfx.AbstractStepSizeController):
+    """`diffrax.StepTo` for a grid padded at its end: `ts` runs strictly
+    monotonically to its end time, then repeats it. Grids of different numbers of
+    steps padded to one length are arrays of one shape, so solves on them share one
+    compiled program (what `sd.bench.run` does across budgets); the solve takes
+    exactly the grid's steps (it ends on reaching the end time), the same steps as
+    `diffrax.StepTo` on the unpadded grid.
+    """
+
+    ts: Float[Array, " times"] = eqx.field(converter=jnp.asarray)
+
+    def __check_init__(self):
+        if self.ts.ndim != 1 or len(self.ts) < 2:
+            raise ValueError("`ts` must be one-dimensional, of length at least 2.")
+
+    def wrap(self, direction):
+        ts = self.ts * direction
+        padding = (ts[:-1] == ts[-1]) & (ts[1:] == ts[-1])
+        ts = eqxi.error_if(
+            ts,
+            (ts[1:] <= ts[:-1]) & ~padding,
+            "`PaddedStepTo(ts=...)` must be strictly monotonic up to its end time.",
+        )
+        return type(self)(ts=ts)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        del terms, y0, args, func, error_order
+        if dt0 is not None:
+            raise ValueError("`dt0` should be `None` with a fixed grid.")
+        ts = eqxi.error_if(
+            self.ts,
+            (t0 != self.ts[0]) | (t1 != self.ts[-1]),
+            "Must have `t0==ts[0]` and `t1==ts[-1]`.",
+        )
+        return ts[1], jnp.asarray(2)
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        del t0, y0, y1_candidate, args, y_error, error_order
+        next_t = self.ts[jnp.minimum(controller_state, len(self.ts) - 1)]
+        return True, t1, next_t, False, controller_state + 1, dfx.RESULTS.successful
+
+
+def grid_steps(ts) -> int:
+    """The number of steps of a concrete grid, its padding (the end time repeated)
+    not counted."""
+    ts = np.asarray(ts)
+    return int(np.flatnonzero(ts == ts[-1])[0])
+
+
+def pad_grid(ts, length: int):
+    """`ts` padded with its end time to `length` entries (a `PaddedStepTo` grid)."""
+    ts = np.asarray(ts)
+    if length < len(ts):
+        raise ValueError(f"cannot pad a grid of {len(ts)} times to {length}.")
+    return np.concatenate([ts, np.full(length - len(ts), ts[-1], ts.dtype)])
 
 
 class SolvePlan(eqx.Module):
@@ -81,7 +143,7 @@ class SolvePlan(eqx.Module):
         return self.first_evals + steps + self.extra_evals
 
 
-def _uniform_grid(start, end, num_steps: int, start_f, end_f):
+def uniform_grid(start, end, num_steps: int, start_f, end_f):
     if start_f is None or end_f is None:  # a traced endpoint
         return jnp.linspace(start, end, num_steps + 1)
     # Built in NumPy so the grid (and noise keyed on its exact bits) is the same with
@@ -134,30 +196,41 @@ def plan_solve(
     min_step = None
     if num_steps is not None:
         n = check_int("num_steps", num_steps)
-        ts = _uniform_grid(start, end, n, start_f, end_f)
+        ts = uniform_grid(start, end, n, start_f, end_f)
         controller = dfx.StepTo(ts=sign * ts)
-    elif isinstance(stepsize_controller, dfx.StepTo):
+    elif isinstance(stepsize_controller, (dfx.StepTo, PaddedStepTo)):
         ts = stepsize_controller.ts
-        check_time_grid(
-            "stepsize_controller", ts, start_f, end_f, increasing=increasing
-        )
         if not isinstance(ts, (np.ndarray, jnp.ndarray)):
             ts = np.asarray(ts)
-        controller = dfx.StepTo(ts=sign * ts)
+        padded = isinstance(stepsize_controller, PaddedStepTo)
+        if padded and is_concrete(ts):
+            valid = ts[: grid_steps(ts) + 1]
+        else:
+            valid = None if padded else ts
+        if valid is not None:
+            check_time_grid(
+                "stepsize_controller", valid, start_f, end_f, increasing=increasing
+            )
+        controller = type(stepsize_controller)(ts=sign * ts)
     elif stepsize_controller is None:
         check_positive("rtol", rtol)
         check_positive("atol", atol)
         controller = dfx.PIDController(rtol=rtol, atol=atol, norm=batch_max_rms_norm)
     else:
         controller = stepsize_controller
-    if isinstance(controller, dfx.StepTo):
+    grid_len = None  # steps of a concrete fixed grid (padding not counted)
+    if isinstance(controller, (dfx.StepTo, PaddedStepTo)):
         steps = len(controller.ts) - 1
         if is_concrete(controller.ts):
-            min_step = float(np.min(np.abs(np.diff(np.asarray(controller.ts)))))
+            grid = np.asarray(controller.ts)
+            grid_len = grid_steps(grid)
+            min_step = float(np.min(np.abs(np.diff(grid[: grid_len + 1]))))
     else:
         steps = check_int("max_steps", max_steps)
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
-    _check_solver_grid(solver, controller, steps, num_steps, sign, start_f, end_f)
+    _check_solver_grid(
+        solver, controller, steps, grid_len, num_steps, sign, start_f, end_f
+    )
     if isinstance(controller, dfx.ConstantStepSize) and dt0 is None:
         raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
 
@@ -181,17 +254,23 @@ def plan_solve(
         first_evals=probe.first,
         evals_per_step=probe.per_step,
         min_step=min_step,
-        extra_evals=_restart_evals(solver, make_terms, probe_key),
+        extra_evals=extra_score_evals(solver, make_terms, probe_key),
     )
 
 
-def _check_solver_grid(solver, controller, steps, num_steps, sign, start, end):
+def _check_solver_grid(
+    solver, controller, steps, grid_len, num_steps, sign, start, end
+):
     """What a solver needs of a fixed grid, asked of the solver itself: at least
     `min_grid_steps()` steps (a multistep solver: as many as it stores predictions,
     else it never reaches its order), and whatever its `check_grid` checks (e.g.
     `Restart`'s `t_min` on the grid). Wrappers answer for the solver they wrap."""
-    if not isinstance(controller, dfx.StepTo):
+    if not isinstance(controller, (dfx.StepTo, PaddedStepTo)):
         return
+    if grid_len is not None:
+        steps = grid_len
+    elif isinstance(controller, PaddedStepTo):
+        return  # a traced padded grid: its number of steps is not known here
     arg = "num_steps" if num_steps is not None else "stepsize_controller"
     need = min_grid_steps(solver)
     if steps < need:
@@ -204,22 +283,9 @@ def _check_solver_grid(solver, controller, steps, num_steps, sign, start, end):
     if start is not None and end is not None:
         ts = controller.ts
         ts = None if isinstance(ts, jax.core.Tracer) else sign * np.asarray(ts)
+        if ts is not None:
+            ts = ts[: steps + 1]
         check_grid(solver, ts, start, end, arg)
-
-
-def _restart_evals(solver, make_terms, probe_key) -> int:
-    """Score evaluations of `Restart`'s segments, once per solve (0 otherwise)."""
-    if not isinstance(solver, Restart):
-        return 0
-    probe = probe_solver(
-        solver.solver,
-        lambda s: solver.inner_term(make_terms(s)),
-        tuple(probe_key) + ("restart",),
-    )
-    if probe.first < 0:
-        return -1
-    per_segment = probe.first + probe.per_step * (solver.num_steps - 1)
-    return solver.num_restarts * per_segment
 
 
 # --------------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ from ._memory import (
     largest_batch,
     round_down,
 )
+from ._nfe import probe_solver, SolverProbe
 from ._plan import plan_solve, SolvePlan
-from ._sde import AbstractSDE
+from ._sde import AbstractSDE, VPSDE
 from ._sharding import batch_sharding, constrain, constrain_leading
 from ._term import batched_score, probability_flow_term, reverse_sde_terms
 
@@ -212,9 +213,7 @@ def sample(
         probe, probe_shape = example(solver, slice(0, 1)), (1, *shape[1:])
     plan = plan_solve(
         probe,
-        lambda s: _terms(
-            sde, s, method, probe_shape, jax.random.key(0), -T, -1e-3, "fast"
-        ),
+        _probe_terms(sde, method, probe_shape),
         (method, probe_shape),
         probe_shape=probe_shape,
         start=T,
@@ -230,6 +229,12 @@ def sample(
     )
     if plan.dt0 is None and plan.adaptive and method == "sde":
         plan = dataclasses.replace(plan, dt0=(T - eps) / 64)
+    # Only the Brownian tree's tolerance depends on the grid's values: with the
+    # fast path or the ODE, grids of one length (or one padded length) share one
+    # compiled program.
+    plan = dataclasses.replace(plan, min_step=None)
+    if brownian != "tree":
+        brownian_tol = 0.0
 
     # Solve
     problem = _Sampling(
@@ -275,6 +280,21 @@ def sample(
     return SampleResult(
         samples=samples, stats=stats, ts=ts, trajectory=trajectory, result=result
     )
+
+
+def _probe_terms(sde: AbstractSDE, method: Method, shape: tuple[int, ...]):
+    """The terms of a one-example solve of `shape` around a score, on which a
+    solver's score evaluations per step are counted (they do not depend on the SDE;
+    the count is cached per solver, `method` and `shape`)."""
+    T = float(sde.T)
+    return lambda s: _terms(sde, s, method, shape, jax.random.key(0), -T, -1e-3, "fast")
+
+
+def sampling_probe(solver: dfx.AbstractSolver, method: Method) -> SolverProbe:
+    """The score evaluations of `solver` per step of `sample` with `method` (the
+    count `sample` reports, from the same cached probe)."""
+    shape = (1, 1)
+    return probe_solver(solver, _probe_terms(VPSDE(), method, shape), (method, shape))
 
 
 def _noise_and_adjoint(plan: SolvePlan, method, adjoint, brownian_tol, span):

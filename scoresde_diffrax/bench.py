@@ -42,11 +42,10 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._exact import GaussianMixture
-from ._nfe import probe_solver
-from ._sample import sample
-from ._sde import AbstractSDE, VPSDE
+from ._plan import pad_grid, PaddedStepTo, uniform_grid
+from ._sample import sample, sampling_probe
+from ._sde import AbstractSDE
 from ._solver import time_grid
-from ._term import probability_flow_term, reverse_sde_terms
 from .metrics import fd_digits_with_se, mixture_report
 
 
@@ -199,27 +198,6 @@ class BenchArgumentError(ValueError):
         self.argument = argument
 
 
-def _probe_terms(method: str) -> Callable:
-    """The terms of a one-example solve around a score, for counting its calls (the
-    evaluations per step do not depend on the SDE: a VP-SDE stands in)."""
-    sde = VPSDE()
-
-    def make_terms(score: Callable):
-        if method == "ode":
-            return probability_flow_term(sde, score, reverse_time=True)
-        path = dfx.VirtualBrownianTree(
-            -1.0,
-            0.0,
-            tol=1e-3,
-            shape=(1, 1),
-            key=jr.key(0),
-            levy_area=dfx.SpaceTimeLevyArea,
-        )
-        return reverse_sde_terms(sde, score, path)
-
-    return make_terms
-
-
 @dataclasses.dataclass(frozen=True)
 class Sampler:
     """One sampler specification: a solver object, the terms it solves, how a budget
@@ -303,10 +281,7 @@ class Sampler:
         given (checked against the count)."""
         # A plan's budget counts steps of its inner (ODE) solver.
         method = "ode" if self.plan is not None else self.method
-        # Run op by op: a one-example step is cheaper to run than to compile.
-        with jax.disable_jit():
-            probe = probe_solver(self.solver, _probe_terms(method), ("bench", method))
-        counted = probe.per_step
+        counted = sampling_probe(self.solver, method).per_step
         if counted < 1:
             if self.evals_per_step is None:
                 raise BenchArgumentError(
@@ -348,17 +323,46 @@ class Sampler:
             )
 
     def sample_kwargs(
-        self, sde: AbstractSDE, nfe: int | None, *, eps: float | None = None
+        self,
+        sde: AbstractSDE,
+        nfe: int | None,
+        *,
+        eps: float | None = None,
+        pad_to: int | None = None,
     ) -> dict:
         """The [`sample`][scoresde_diffrax.sample] arguments (`solver`, `method` and
         the steps) of a budget of `nfe` score evaluations for `sde`: `nfe //
         evals_per_step` steps on the sampler's grid ending at `eps` (None: the
         SDE's default); `nfe` is ignored (may be None) for an adaptive sampler.
-        `BenchArgumentError` if the budget buys too few steps."""
+        With `pad_to` (a number of steps, at least the budget's) the grid is padded
+        with its end time to `pad_to` steps: the same steps, in one compiled program
+        for every budget padded to the same length ([`run`][scoresde_diffrax.bench.run]
+        pads a sampler's budgets to the largest). `BenchArgumentError` if the budget
+        buys too few steps."""
         self.check_budget(nfe)
         if self.adaptive or self.plan is not None:
             return self._kwargs(sde, None, nfe, eps)
-        return self._kwargs(sde, nfe // self.score_evals_per_step(), nfe, eps)
+        steps = nfe // self.score_evals_per_step()
+        kwargs = self._kwargs(sde, steps, nfe, eps)
+        if pad_to is None:
+            return kwargs
+        if pad_to < steps:
+            raise BenchArgumentError(
+                "pad_to", f"`pad_to` = {pad_to} is below the budget's {steps} steps."
+            )
+        if "num_steps" in kwargs:
+            T, end = float(sde.T), float(sde.default_eps if eps is None else eps)
+            ts = uniform_grid(T, end, kwargs.pop("num_steps"), T, end)
+        else:
+            ts = np.asarray(kwargs.pop("stepsize_controller").ts)
+        return kwargs | dict(stepsize_controller=PaddedStepTo(pad_grid(ts, pad_to + 1)))
+
+    def fixed_steps(self, nfe: int) -> int | None:
+        """The fixed steps a budget of `nfe` buys (None for an adaptive sampler or a
+        `plan`, whose grids are not padded)."""
+        if self.adaptive or self.plan is not None:
+            return None
+        return nfe // self.score_evals_per_step()
 
     def step_kwargs(
         self, sde: AbstractSDE, num_steps: int | None, *, eps: float | None = None
@@ -654,12 +658,15 @@ def run(
     num_samples: int = 1000,
     metrics: Sequence[str] | None = None,
     callback: Callable[[BenchRecord], None] | None = None,
+    share_programs: bool = True,
 ) -> list[BenchRecord]:
     """Sample every problem with every sampler at every budget of score evaluations
     and measure the samples.
 
     Each solve runs twice with the same key: the first call's time minus the
-    second's is the compile time, the second's the run time. Each sampler draws its
+    second's is the compile time, the second's the run time. A fixed-step sampler's
+    budgets share one compiled program (their grids padded to the largest budget's
+    steps: the same steps and samples), so its first budget carries the compile time. Each sampler draws its
     own prior samples and noise (its budgets share them), independent of the other
     samplers', of the reference set and of the floor's true samples, so the standard
     errors (which include the sampling noise) compare figures honestly; every metric
@@ -685,6 +692,9 @@ def run(
         digits, `fd_digits` (FD-digits to the held digits, its floor from as many
         held digits, its standard error a bootstrap over the samples) for data).
     - `callback`: called with each record as it is made (e.g. to print progress).
+    - `share_programs`: pad each fixed-step sampler's grids to one length, so that
+        its budgets share one compiled program (default True); False compiles one
+        program per budget (to measure what sharing saves).
 
     **Returns:** a list of [`BenchRecord`][scoresde_diffrax.bench.BenchRecord], in
     the order problem, sampler, budget.
@@ -719,8 +729,11 @@ def run(
         for j, s in enumerate(samplers):
             # Independent draws per sampler (its budgets share them).
             kj = jr.fold_in(ksample, j)
+            # Every budget's grid padded to the largest: one compiled program.
+            steps = [s.fixed_steps(b) for b in budgets]
+            pad = None if None in steps or not share_programs else max(steps)
             for budget in [None] if s.adaptive else budgets:
-                kwargs = s.sample_kwargs(problem.sde, budget)
+                kwargs = s.sample_kwargs(problem.sde, budget, pad_to=pad)
                 times = []
                 for _ in range(2):
                     t = time.perf_counter()

@@ -151,3 +151,32 @@ def test_run_draws_independently_per_sampler_and_gives_verdicts(tmp_path):
     assert sd.bench.VERDICT_TEST in line
     table = sd.bench.to_markdown(records)
     assert "| verdict |" in table and sd.bench.VERDICT_TEST in table
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        sd.bench.Sampler("em", dfx.Euler(), "sde"),
+        sd.bench.Sampler("dpm2m", sd.DPMSolverPP2M(), "ode", grid="logsnr"),
+    ],
+    ids=lambda s: s.name,
+)
+def test_budgets_share_one_program_with_the_same_samples(sampler):
+    """`run` pads a sampler's grids to its largest budget: every budget's arguments
+    have one structure and shape (one compiled program), and the padded solve takes
+    exactly the budget's steps, bitwise equal to the unpadded one."""
+    sde, shape = PROBLEM.sde, (16, 2)
+    score = PROBLEM.score()
+    kwargs = [sampler.sample_kwargs(sde, b, pad_to=6) for b in (3, 6)]
+    structures = [
+        jax.tree_util.tree_structure(k["stepsize_controller"]) for k in kwargs
+    ]
+    assert structures[0] == structures[1]
+    assert [k["stepsize_controller"].ts.shape for k in kwargs] == [(7,), (7,)]
+    plain = sd.sample(jr.key(3), sde, score, shape, **sampler.sample_kwargs(sde, 3))
+    padded = sd.sample(jr.key(3), sde, score, shape, **kwargs[0])
+    assert int(padded.stats["num_steps"]) == 3
+    assert int(padded.stats["num_score_evals"]) == 3
+    np.testing.assert_array_equal(padded.samples, plain.samples)
+    with pytest.raises(ValueError, match="pad_to"):
+        sampler.sample_kwargs(sde, 6, pad_to=5)

@@ -9,6 +9,7 @@ marginals instead of only calling the vector field.
 """
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import diffrax as dfx
@@ -238,6 +239,14 @@ class AbstractPlannedSolver(dfx.AbstractSolver):
         beyond [`min_grid_steps`][], which the plan checks."""
         del ts, start, end, arg
 
+    def extra_score_evals(self, make_terms: Callable, probe_key) -> int:
+        """Score evaluations once per solve beyond its steps' (which the plan counts
+        by running one step): e.g. `Restart`'s segments. `make_terms(score)` builds
+        the solve's terms around a score, `probe_key` names them (for caching counts).
+        Default 0; -1 if not constant."""
+        del make_terms, probe_key
+        return 0
+
 
 def min_grid_steps(solver: dfx.AbstractSolver) -> int:
     """`solver.min_grid_steps()` for this package's solvers, 1 for others."""
@@ -252,3 +261,12 @@ def check_grid(
     """`solver.check_grid(...)` for this package's solvers; others take any grid."""
     if isinstance(solver, AbstractPlannedSolver):
         solver.check_grid(ts, start, end, arg)
+
+
+def extra_score_evals(
+    solver: dfx.AbstractSolver, make_terms: Callable, probe_key
+) -> int:
+    """`solver.extra_score_evals(...)` for this package's solvers, 0 for others."""
+    if isinstance(solver, AbstractPlannedSolver):
+        return solver.extra_score_evals(make_terms, probe_key)
+    return 0

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._nfe import probe_solver
 from .._sde import AbstractSDE
 from .._term import ScoreDrift
 from ._common import (
@@ -142,6 +143,20 @@ class Restart(AbstractPlannedSolver, dfx.AbstractItoSolver):
                 "t_min, so t_min must be one of its interior times; it is not. Build "
                 "the grid with t_min in it (e.g. two sd.time_grid pieces joined)."
             )
+
+    def extra_score_evals(self, make_terms, probe_key) -> int:
+        """The ODE segments' score evaluations, once per solve (the main grid's
+        steps are counted by the plan): `num_restarts` segments of `num_steps` steps
+        of `solver`, counted by running it on the inner term."""
+        probe = probe_solver(
+            self.solver,
+            lambda s: self.inner_term(make_terms(s)),
+            tuple(probe_key) + ("restart",),
+        )
+        if probe.first < 0:
+            return -1
+        per_segment = probe.first + probe.per_step * (self.num_steps - 1)
+        return self.num_restarts * per_segment
 
     def inner_term(self, terms) -> dfx.ODETerm:
         """The probability-flow ODE term (on the reversed clock $r = -t$) of the
