@@ -370,7 +370,7 @@ def test_multistep_exact_on_polynomial_predictions(name):
     solver, degree, first, checks = MULTISTEP[name]
     sde = SDES["vp"]
     is_deis, eta = isinstance(solver, sd.DEIS), getattr(solver, "eta", 0.0)
-    coefs = np.array([[0.3, -0.5, 0.8], [0.4, 0.2, -0.3], [0.05, -0.04, 0.03]])
+    coefs = np.array([[0.3, -0.5, 0.8], [0.4, 0.2, -0.3], [0.2, -0.15, 0.1]])
     coefs = np.concatenate([coefs, [[0.01, 0.02, -0.01]]])[: degree + 1]
     sig_top = float(sde.std(sde.T) / sde.mean_coeff(sde.T))
     model = _Polynomial(sde, jnp.asarray(coefs, jnp.float32), is_deis, sig_top)
@@ -404,7 +404,7 @@ def test_multistep_exact_on_polynomial_predictions(name):
             if eta:
                 z = np.asarray(unpack_sde(terms, "").normal(r0, r1, x), np.float64)
                 want = want + sn * np.sqrt(-np.expm1(-2 * eta * h)) * z
-        tol = 2e-5 * max(np.max(np.abs(want)), 1.0)
+        tol = 5e-6 * max(np.max(np.abs(want)), 1.0)  # measured: up to 7e-7
         if i >= first and "pred" in checks:
             np.testing.assert_allclose(y, want, rtol=0, atol=tol, err_msg=f"step {i}")
         if i > first and "corr" in checks:
