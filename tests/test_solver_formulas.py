@@ -442,3 +442,83 @@ def test_dpm_solver_pp_2m_second_step_is_algorithm_2():
     c = 0.5 * h / h_prev  # 1 / (2 r)
     want = (s2 / s1) * xs[1] - a2 * np.expm1(-h) * ((1 + c) * x0 - c * x0_prev)
     np.testing.assert_allclose(xs[2], want, rtol=0, atol=2e-6 * np.max(np.abs(want)))
+
+
+# --------------------------------------------------------------------------------------
+# Distinct examples get distinct noise
+# --------------------------------------------------------------------------------------
+
+
+def test_sample_draws_each_example_its_own_prior_and_noise():
+    """VE (no drift) with a zero score and one Euler-Maruyama step: the sample is the
+    prior draw plus g(T) times the Brownian increment, so `sd.sample`'s prior draws
+    and increments are seen directly. Each is standard normal over the examples
+    (shared keys would make every example equal), and the two are independent."""
+    sde, n = SDES["ve"], 512
+    out = sd.sample(
+        jr.key(0),
+        sde,
+        lambda t, x: jnp.zeros_like(x),
+        (n, 2),
+        solver=dfx.Euler(),
+        method="sde",
+        num_steps=1,
+        saveat=dfx.SaveAt(t0=True),
+    )
+    x0 = np.asarray(out.trajectory[0], np.float64)
+    step = float(sde.diffusion(sde.T)) * np.sqrt(sde.T - sde.default_eps)
+    prior = x0 / sde.prior_std
+    noise = (np.asarray(out.samples, np.float64) - x0) / step
+    se = 1 / np.sqrt(2 * n)
+    for u in (prior, noise):
+        assert len(np.unique(u, axis=0)) == n
+        assert abs(u.mean()) < 4 * se and abs(u.std() - 1) < 4 * se, u.std()
+    assert abs(np.corrcoef(prior.ravel(), noise.ravel())[0, 1]) < 4 * se
+
+
+# --------------------------------------------------------------------------------------
+# Inverse problems: the observation noised to the marginal
+# --------------------------------------------------------------------------------------
+
+
+@eqx.filter_jit
+def _wrapped_step(solver, terms, r0, r1, x):
+    state = solver.init(terms, r0, r1, x, None)
+    _, _, dense, _, _ = solver.step(terms, r0, r1, x, None, state, False)
+    return dense["y0"], dense["y1"]
+
+
+def test_inverse_wrappers_noise_the_observation_to_the_marginal():
+    """Song et al. (2021, appendix I.2; 2022): the known part of the state is the
+    observation pushed through the forward SDE, a(t) y + s(t) A z, both at the
+    start (t = T, from the prior draw) and after each step (t = t'): in the
+    observed coordinates the residual from a(t) y is N(0, s(t)^2). Under VE,
+    s(T) = 50 and s(0.1) = 0.023, so a noise level off by a square root (or
+    squared) is far out. (`Project` on a mask equals `Impute`: test_inverse_linear.)"""
+    sde, n, t, tn = SDES["ve"], 2048, SDES["ve"].T, 0.1
+    mask = np.array([True, False, True])
+    op = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.8]])
+    u, sv, vt = np.linalg.svd(op, full_matrices=False)
+    obs = np.asarray(jr.normal(jr.key(5), (n, D)), np.float64)
+    meas = obs @ op.T
+    inner = sd.ReverseDiffusion()
+    cases = {
+        "impute": (sd.Impute(inner, obs, mask), lambda x: x[:, mask], obs[:, mask]),
+        # In the coordinates V^T x of A = U S V^T, the known part is S^-1 U^T y.
+        "project_operator": (
+            sd.Project(inner, meas, operator=op),
+            lambda x: x @ vt.T,
+            meas @ u / sv,
+        ),
+    }
+    x = sde.prior_std * jr.normal(jr.key(6), (n, D))
+    terms = _terms(sde, _gauss(sde), "sde", x.shape, jr.key(7), -sde.T, -1e-3, "fast")
+    for name, (solver, known, y) in cases.items():
+        start, end = _wrapped_step(solver, terms, jnp.float32(-t), jnp.float32(-tn), x)
+        for tt, state in ((t, start), (tn, end)):
+            a, s = _ac(sde, tt)
+            resid = (known(np.asarray(state, np.float64)) - a * y) / s
+            what = (
+                f"{name} at t = {tt}: residual mean {resid.mean()}, std {resid.std()}"
+            )
+            assert abs(resid.mean()) < 0.1 and abs(resid.std() - 1) < 0.05, what
