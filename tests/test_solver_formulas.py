@@ -113,7 +113,7 @@ def _ancestral(upper):
 
 
 def _euler_maruyama(sde, t, tn, x, z, g):
-    # The reverse SDE dx = [f x - g^2 s] dt + g dw over dt = t' - t < 0.
+    # The reverse SDE dx = [f x - g^2 s] dt + g dw, a step of length dt = t - t' back.
     dt = t - tn
     f, gg = float(sde.drift_coeff(t)), float(sde.diffusion(t))
     return x - (f * x - gg**2 * g(t, x)) * dt + gg * np.sqrt(dt) * z
