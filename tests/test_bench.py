@@ -87,15 +87,44 @@ def test_exact_sampler_lands_at_the_floor(repetitions):
     assert at_bad_floor < 95, at_bad_floor
 
 
-def test_bench_floor_is_not_the_reference_set():
-    """`run`'s floor: true samples of their own against the reference set."""
+def _rows(x) -> set:
+    return {tuple(r) for r in np.asarray(x, np.float64)}
+
+
+def test_bench_floor_is_not_the_reference_set(monkeypatch):
+    """`run`'s floor: true samples of their own against the reference set, none of
+    them among the reference samples (every set the metrics see is recorded)."""
+    seen = []
+    metrics = sd.bench._mixture_metrics
+
+    def spy(mix, x, *args):
+        seen.append(np.asarray(x))
+        return metrics(mix, x, *args)
+
+    monkeypatch.setattr(sd.bench, "_mixture_metrics", spy)
     target = _Target(jr.key(5), PROBLEM, N, ["sliced_w2"])
+    (floor_set,) = seen
+    assert floor_set.shape == target.ref.shape
+    assert not _rows(floor_set) & _rows(target.ref)
     x = np.asarray(MIX.sample(jr.key(6), N))
     assert target.floor["sliced_w2"][0] > 0
     assert not np.any(np.all(np.isin(target.ref, x), axis=1))
     (r,) = sd.bench.verdicts(
         [_record("exact", target.of(x)["sliced_w2"], target.floor["sliced_w2"])]
     )
+    assert r.verdict == "best, at the floor"
+
+
+def test_data_floor_is_the_held_data_beside_the_reference():
+    """A data problem's floor: the next `num_samples` held examples against the
+    reference (the first `num_samples`), never the reference itself."""
+    data = np.asarray(MIX.sample(jr.key(8), 2 * N))
+    problem = sd.bench.DataProblem(PROBLEM.sde, PROBLEM.score(), data, name="held")
+    target = _Target(jr.key(5), problem, N, ["sliced_w2"])
+    np.testing.assert_array_equal(target.ref, data[:N])
+    floor = target.floor["sliced_w2"]
+    assert floor[0] > 0 and floor == target.of(data[N:])["sliced_w2"]
+    (r,) = sd.bench.verdicts([_record("held", floor, floor)])
     assert r.verdict == "best, at the floor"
 
 
