@@ -7,7 +7,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
@@ -105,7 +105,7 @@ class _Student(eqx.Module):
         return jnp.mean(jnp.sqrt(d2 + 1e-12))
 
     def params_from_times(self, ts: Array) -> _Params:
-        lam = np.asarray(self.sde.log_snr(jnp.asarray(ts)), np.float64)
+        lam = np.asarray(jax.vmap(self.sde.log_snr)(jnp.asarray(ts)), np.float64)
         shift = lam[-1] - self.lam_end if self.learn_end else 0.0
         lam[0], lam[-1] = self.lam_start, self.lam_end + shift
         inc = np.diff(lam)
@@ -189,7 +189,7 @@ def learn_time_grid(
     denoise: bool = False,
     init: str | Float[ArrayLike, " n"] = "best",
     learn_end: bool = False,
-    loss: Literal["distance", "squared"] = "distance",
+    loss: str = "distance",
     num_iters: int = 200,
     learning_rate: float = 0.05,
     optimiser: optax.GradientTransformation | None = None,
