@@ -48,7 +48,7 @@ PC_NAME = "PC paper: RD + Langevin(0.16, batch norms), 1000 steps"
 LEARN = {"learned": dict()}
 LEARN_END = {"learned end": dict(learn_end=True)}
 SAMPLERS = {
-    "UniPC-3 bh2, logsnr, s_end=0.01": (sd.UniPC(3), 0.01, False, LEARN | LEARN_END),
+    "UniPC-3 bh2, logsnr, s_end=0.01": (sd.UniPC(3), 0.01, False, LEARN),
     "UniPC-3 bh2, logsnr, s_end=0.03 + denoise": (sd.UniPC(3), 0.03, True, LEARN_END),
     "DPM-Solver++(3M), logsnr, s_end=0.01": (sd.DPMSolverPP3M(), 0.01, False, {}),
 }

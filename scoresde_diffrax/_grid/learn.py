@@ -116,15 +116,16 @@ class _Student(eqx.Module):
 
 
 @eqx.filter_jit
-def _loss(student: _Student, p: _Params, key, target):
-    return student.loss(p, key, target)
+def _loss_and_grad(student: _Student, p: _Params, key, target):
+    # One compiled program for training steps and held-out checks alike (a held-out
+    # check discards the gradient: cheaper than compiling the loss alone as well).
+    return jax.value_and_grad(student.loss)(p, key, target)
 
 
 @eqx.filter_jit
-def _step(student: _Student, optimiser, p: _Params, state, key, target):
-    loss, grad = jax.value_and_grad(student.loss)(p, key, target)
+def _update(optimiser, grad: _Params, state, p: _Params):
     updates, state = optimiser.update(grad, state, p)
-    return loss, optax.apply_updates(p, updates), state
+    return optax.apply_updates(p, updates), state
 
 
 @functools.lru_cache(maxsize=8)
@@ -347,12 +348,12 @@ def learn_time_grid(
 
     # The initial grid: the best candidate on the training draws
     def held_out(p):
-        return float(_loss(student, p, key_held, target_held))
+        return float(_loss_and_grad(student, p, key_held, target_held)[0])
 
     params = {name: student.params_from_times(ts) for name, ts in candidates.items()}
     if len(params) > 1:
         train_losses = {
-            name: float(_loss(student, p, key_train, target_train))
+            name: float(_loss_and_grad(student, p, key_train, target_train)[0])
             for name, p in params.items()
         }
         initial = min(train_losses, key=train_losses.__getitem__)
@@ -367,7 +368,8 @@ def learn_time_grid(
     state = optimiser.init(p)
     losses, since_best, it = [], 0, 0
     for it in range(1, num_iters + 1):
-        value, p, state = _step(student, optimiser, p, state, key_train, target_train)
+        value, grad = _loss_and_grad(student, p, key_train, target_train)
+        p, state = _update(optimiser, grad, state, p)
         losses.append(float(value))
         if it % validate_every and it != num_iters:
             continue
