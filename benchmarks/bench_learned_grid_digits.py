@@ -23,7 +23,10 @@ import scoresde_diffrax as sd  # noqa: E402
 from scoresde_diffrax.cli.bench import parse_problem  # noqa: E402
 
 
-CKPT = os.path.join(os.path.dirname(__file__), "results", "digits_checkpoint")
+# Relative to the working directory (the repository root), as the records name it.
+CKPT = os.path.relpath(
+    os.path.join(os.path.dirname(__file__), "results", "digits_checkpoint")
+)
 NFE, N = 10, 180
 
 
