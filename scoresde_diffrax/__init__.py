@@ -40,6 +40,7 @@ from ._flow import (
     encode as encode,
     interpolate_latents as interpolate_latents,
 )
+from ._grid import learn_time_grid as learn_time_grid, LearnedGrid as LearnedGrid
 from ._guidance import (
     ClassifierFreeGuidance as ClassifierFreeGuidance,
     ClassifierGuidance as ClassifierGuidance,

@@ -5,7 +5,7 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
 from ._brownian import per_sample_keys, PerSampleBrownianPath
 from ._checks import (
@@ -77,7 +77,7 @@ def sample(
     method: Method | None = None,
     num_steps: int | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    eps: float | None = None,
+    eps: float | Float[ArrayLike, ""] | None = None,
     dt0: float | None = None,
     denoise: bool = False,
     saveat: dfx.SaveAt | None = None,

@@ -42,6 +42,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._exact import GaussianMixture
+from ._grid import learn_time_grid
 from ._plan import pad_grid, PaddedStepTo, uniform_grid
 from ._sample import sample, sampling_probe
 from ._sde import AbstractSDE
@@ -199,6 +200,27 @@ class BenchArgumentError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class LearnGrid:
+    """How a [`Sampler`][scoresde_diffrax.bench.Sampler] learns its grid (the CLI's
+    `NAME@learned`): [`learn_time_grid`][scoresde_diffrax.learn_time_grid] per problem
+    and budget, from the sampler's fixed `grid`, on `num_train` training prior draws
+    (and as many held-out ones) drawn from a key of their own, never the draws the
+    samples are scored on. The learning's wall time is recorded
+    (`BenchRecord.learn_s`).
+
+    **Fields:**
+
+    - `num_train`: training prior draws (default 256).
+    - `num_iters`: the most optimiser steps (default 200).
+    - `learn_end`: learn the grid's end time too (default False).
+    """
+
+    num_train: int = 256
+    num_iters: int = 200
+    learn_end: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Sampler:
     """One sampler specification: a solver object, the terms it solves, how a budget
     of score evaluations (or a number of steps) becomes its `sample` arguments, and
@@ -236,6 +258,11 @@ class Sampler:
         the method comes from, for `scoresde solvers`.
     - `methods`: every method it serves (default: `method` only).
     - `min_steps`: the fewest fixed steps it takes (default 1).
+    - `learn_grid`: a [`LearnGrid`][scoresde_diffrax.bench.LearnGrid] to learn the
+        grid for each problem and budget with
+        [`learn_time_grid`][scoresde_diffrax.learn_time_grid] (starting from `grid`),
+        on prior draws independent of those it is scored on (a fixed-step solver of
+        the probability-flow ODE only); None (default): the fixed `grid`.
 
     **Example:**
 
@@ -243,6 +270,8 @@ class Sampler:
     em = sd.bench.Sampler("euler-maruyama", diffrax.Euler(), "sde")
     dpm = sd.bench.Sampler("dpm-solver++2m", sd.DPMSolverPP2M(), "ode", grid="logsnr")
     dpm.sample_kwargs(sd.VPSDE(), 20)  # solver, method and a 20-step log-SNR grid
+    unipc = sd.bench.Sampler("unipc@learned", sd.UniPC(), "ode", grid="logsnr",
+                             learn_grid=sd.bench.LearnGrid())
     ```
     """
 
@@ -263,11 +292,20 @@ class Sampler:
     reference: str = ""
     methods: tuple[str, ...] = ()
     min_steps: int = 1
+    learn_grid: LearnGrid | None = None
 
     def __post_init__(self):
         if self.method not in ("sde", "ode"):
             raise ValueError(
                 f"`method` must be 'sde' or 'ode', got {self.method!r} ({self.name})."
+            )
+        if self.learn_grid is not None and (
+            self.method != "ode" or self.adaptive or self.plan is not None
+        ):
+            raise ValueError(
+                f"`learn_grid`: {self.name} is not a fixed-step sampler of the "
+                "probability-flow ODE with a grid of its own; a grid is learned for "
+                "those only."
             )
 
     @property
@@ -402,6 +440,26 @@ class Sampler:
         return kwargs | dict(stepsize_controller=dfx.StepTo(ts))
 
 
+def _learned_kwargs(s: Sampler, problem, score, budget: int, key) -> tuple[dict, float]:
+    """`s.sample_kwargs` with the grid learned for `problem` and `budget` on prior
+    draws of `key` (a key the scored samples do not use), and the learning's
+    seconds."""
+    lg = s.learn_grid
+    grid = learn_time_grid(
+        key,
+        problem.sde,
+        score,
+        (lg.num_train, *problem.shape),
+        solver=s.solver,
+        num_evals=budget,
+        init=s.grid,
+        learn_end=lg.learn_end,
+        num_iters=lg.num_iters,
+    )
+    kwargs = dict(solver=s.solver, method="ode") | grid.sample_kwargs()
+    return kwargs, grid.seconds
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -421,6 +479,8 @@ class BenchRecord:
         same way, for true samples of the same size drawn independently of the
         reference set (for data: a second held set beside the reference; NaN where
         there are not enough held data).
+    - `learn_s`: for a sampler with a learned grid, the seconds its learning took
+        (None otherwise).
     - `verdict`: how it compares at its budget (see
         [`verdicts`][scoresde_diffrax.bench.verdicts]): `"best"`, `"tied with
         best"` or `"worse than best"`, with `", at the floor"` when its figure is
@@ -437,6 +497,7 @@ class BenchRecord:
     metrics: dict
     floor: dict
     verdict: str = ""
+    learn_s: float | None = None
 
     def as_dict(self) -> dict:
         """A JSON-able dict (one line of `to_json_lines`)."""
@@ -459,7 +520,7 @@ class BenchRecord:
             },
             verdict=self.verdict,
             verdict_test=VERDICT_TEST if self.verdict else None,
-        )
+        ) | ({} if self.learn_s is None else dict(learn_s=self.learn_s))
 
 
 def _num(v: float) -> float | None:
@@ -733,7 +794,12 @@ def run(
             steps = [s.fixed_steps(b) for b in budgets]
             pad = None if None in steps or not share_programs else max(steps)
             for budget in [None] if s.adaptive else budgets:
-                kwargs = s.sample_kwargs(problem.sde, budget, pad_to=pad)
+                learn_s = None
+                if s.learn_grid is None:
+                    kwargs = s.sample_kwargs(problem.sde, budget, pad_to=pad)
+                else:  # on draws of their own: another key than kj's
+                    klearn = jr.fold_in(jr.fold_in(ksample, 2**20 + j), budget)
+                    kwargs, learn_s = _learned_kwargs(s, problem, score, budget, klearn)
                 times = []
                 for _ in range(2):
                     t = time.perf_counter()
@@ -750,6 +816,7 @@ def run(
                     run_s=times[1],
                     metrics=target.of(res.samples),
                     floor=target.floor,
+                    learn_s=learn_s,
                 )
                 records.append(record)
                 if callback is not None:

@@ -15,7 +15,8 @@ models and solvers. Each command is a module with `add_parser(subparsers)` and
 - `_args.py`: the parser with one-line errors, number arguments, shared flags;
 - `_controllable.py`: what the controllable-generation commands share (classifier checkpoints
     and their pairing, test splits, inpainting masks, side-by-side pictures);
-- `train.py`, `sample.py`, `likelihood.py`, `bench.py`, `train_classifier.py`,
+- `train.py`, `sample.py`, `learn_grid.py` (a learned time grid for `sample --grid`),
+    `likelihood.py`, `bench.py`, `train_classifier.py`,
     `inpaint.py`, `colorize.py`, `inverse.py` (y = A(x) + noise: super-resolution,
     blur, mask, random projection; projection or DPS), `solvers.py`, `convert.py`: the
     commands.
@@ -32,6 +33,7 @@ from . import (
     convert as convert,
     inpaint as inpaint,
     inverse as inverse,
+    learn_grid as learn_grid,
     likelihood as likelihood,
     sample as sample,
     solvers as solvers,
@@ -60,6 +62,7 @@ from .train import (
 COMMANDS = (
     train,
     sample,
+    learn_grid,
     likelihood,
     bench,
     train_classifier,

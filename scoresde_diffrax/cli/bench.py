@@ -13,6 +13,7 @@ from ._args import positive_float, positive_int
 from ._common import load_for_sampling, UserError, writable_dir
 from ._controllable import TEST_SPLITS
 from ._sampler_table import choose_solver
+from .learn_grid import ode_solvers
 
 
 PROBLEMS = "mixture:D=N,K=N[,sde=vp|subvp|ve][,seed=S] or checkpoint:DIR"
@@ -39,7 +40,9 @@ def add_parser(subparsers) -> None:
         required=True,
         metavar="NAME,...",
         help="solvers of `scoresde solvers`, comma-separated; NAME:sde or NAME:ode "
-        "for a solver that serves both",
+        "for a solver that serves both; NAME@learned for a fixed-step ODE solver on "
+        "a grid learned per problem and budget (sd.learn_time_grid, on prior draws "
+        "other than the scored ones; @learned-end: its end time too)",
     )
     parser.add_argument(
         "--nfe",
@@ -171,12 +174,15 @@ def _sampler(item: str, args, least_budget: int) -> bench.Sampler:
     """`--solvers` item `NAME` or `NAME:METHOD` -> its `sd.bench.Sampler` (the
     table's, with the method and the adaptive flags applied), checked against the
     least `--nfe` budget."""
-    name, _, method = item.partition(":")
+    base, _, variant = item.partition("@")
+    name, _, method = base.partition(":")
     choice = choose_solver(
         name, method or None, prog="scoresde bench", flag="--solvers"
     )
     s = choice.sampler
     label = choice.name + (f":{choice.method}" if len(s.all_methods) > 1 else "")
+    if variant:
+        s, label = _learned(item, choice, variant), f"{label}@{variant}"
     s = dataclasses.replace(
         s,
         name=label,
@@ -189,6 +195,26 @@ def _sampler(item: str, args, least_budget: int) -> bench.Sampler:
     except bench.BenchArgumentError as err:
         raise UserError(f"{_FLAGS[err.argument]}: {err}") from None
     return s
+
+
+_LEARNED = {"learned": False, "learned-end": True}  # NAME@... -> learn the end too
+
+
+def _learned(item: str, choice, variant: str) -> bench.Sampler:
+    """`--solvers NAME@learned` (or `@learned-end`): the sampler with its grid learned
+    per problem and budget (`sd.bench.LearnGrid`)."""
+    if variant not in _LEARNED:
+        raise UserError(
+            f"--solvers {item}: after @ comes learned or learned-end (a grid learned "
+            "by sd.learn_time_grid, the end time too for learned-end)"
+        )
+    if choice.name not in ode_solvers() or choice.method != "ode":
+        raise UserError(
+            f"--solvers {item}: a grid is learned for a fixed-step solver of the "
+            f"probability-flow ODE: {', '.join(ode_solvers())}"
+        )
+    learn = bench.LearnGrid(learn_end=_LEARNED[variant])
+    return dataclasses.replace(choice.sampler, learn_grid=learn)
 
 
 def run(args) -> int:

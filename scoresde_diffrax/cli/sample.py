@@ -21,6 +21,7 @@ from ._common import (
     UserError,
 )
 from ._sampler_table import check_step_flags, choose_solver, DEPRECATED
+from .learn_grid import grid_sample_kwargs
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +30,13 @@ def add_parser(subparsers) -> None:
     )
     add_sampling_flags(parser)
     add_guidance_flags(parser)
+    parser.add_argument(
+        "--grid",
+        default=None,
+        metavar="FILE.json",
+        help="a time grid written by `scoresde learn-grid` for --solver (it fixes "
+        "the steps, the end time and the denoising step)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -77,15 +85,18 @@ def run(args) -> int:
 def _sample(args, sde, model, shape, mesh, choice):
     """`sd.sample` for the flags; running out of memory is a `UserError` saying how
     many samples fit."""
+    kwargs = dict(
+        choice.sample_kwargs(sde, args.eps), denoise=args.denoise, eps=args.eps
+    )
+    if args.grid is not None:
+        kwargs = grid_sample_kwargs(args, choice, sde)
     try:
         return sd_sample(
             jr.key(args.seed),
             sde,
             model,
             shape,
-            **choice.sample_kwargs(sde, args.eps),
-            denoise=args.denoise,
-            eps=args.eps,
+            **kwargs,
             sharding=mesh,
             progress_meter=progress_meter(args),
         )
