@@ -12,7 +12,7 @@ Layers, bottom up (a module may import its own layer and those below):
 3. solvers, optimiser, bits/dim, data sets, networks, metrics, operators;
 4. the solve plan, inverse-problem and guidance wrappers;
 5. the drivers: sampling, likelihoods, encoding, checkpoints;
-6. training, benchmarks;
+6. training, learned time grids, benchmarks;
 7. the package's public face (`scoresde_diffrax/__init__.py`), `pictures`;
 8. the command line.
 """
@@ -65,6 +65,7 @@ LAYERS = {
     "_flow": 5,
     "_checkpoint": 5,
     "_train": 6,
+    "_grid": 6,
     "bench": 6,
     "": 7,  # the package itself
     "pictures": 7,

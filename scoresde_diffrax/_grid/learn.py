@@ -319,62 +319,38 @@ def learn_time_grid(
     key_train, key_held = jr.split(key)
 
     # The teacher
-    teacher_kwargs = dict(
-        solver=dfx.Tsit5() if teacher_solver is None else teacher_solver,
-        method="ode",
-        stepsize_controller=dfx.PIDController(
-            rtol=_TEACHER_TOL, atol=_TEACHER_TOL, norm=batch_max_rms_norm
-        )
-        if teacher_controller is None
-        else teacher_controller,
-        eps=eps,
-        denoise=denoise,
+    targets, teacher_evals = _teacher(
+        (key_train, key_held),
+        sde,
+        score,
+        shape,
+        eps,
+        denoise,
+        teacher_solver,
+        teacher_controller,
     )
-    targets, teacher_evals = [], 0
-    for k in (key_train, key_held):
-        out = sample(k, sde, score, shape, **teacher_kwargs)
-        targets.append(out.samples)
-        teacher_evals += int(out.stats["num_score_evals"]) * shape[0]
-    target_train, target_held = jax.block_until_ready(targets)
+    target_train, target_held = targets
     teacher_seconds = time.perf_counter() - start
 
     # The initial grid: the best candidate on the training draws
     def held_out(p):
         return float(_loss_and_grad(student, p, key_held, target_held)[0])
 
-    params = {name: student.params_from_times(ts) for name, ts in candidates.items()}
-    if len(params) > 1:
-        train_losses = {
-            name: float(_loss_and_grad(student, p, key_train, target_train)[0])
-            for name, p in params.items()
-        }
-        initial = min(train_losses, key=train_losses.__getitem__)
-    else:
-        (initial,) = params
-    p = params[initial]
-    best, best_loss, best_iter = p, held_out(p), 0
-    checks, check_losses = [0], [best_loss]
-    _report(progress, 0, num_iters, None, best_loss, best_loss, start)
+    initial, p0 = _best_initial(student, candidates, key_train, target_train)
 
     # Main loop
-    state = optimiser.init(p)
-    losses, since_best, it = [], 0, 0
-    for it in range(1, num_iters + 1):
-        value, grad = _loss_and_grad(student, p, key_train, target_train)
-        p, state = _update(optimiser, grad, state, p)
-        losses.append(float(value))
-        if it % validate_every and it != num_iters:
-            continue
-        v = held_out(p)
-        checks.append(it)
-        check_losses.append(v)
-        if v < best_loss:
-            best, best_loss, best_iter, since_best = p, v, it, 0
-        else:
-            since_best += 1
-        _report(progress, it, num_iters, losses[-1], v, best_loss, start)
-        if since_best >= patience:
-            break
+    best, best_iter, losses, checks, check_losses, it = _fit(
+        student,
+        optimiser,
+        p0,
+        (key_train, target_train),
+        held_out,
+        num_iters,
+        validate_every,
+        patience,
+        progress,
+        start,
+    )
 
     # Finish up
     dtype = jnp.result_type(float)
@@ -394,6 +370,84 @@ def learn_time_grid(
         teacher_seconds=teacher_seconds,
         sde=_describe(sde),
     )
+
+
+def _best_initial(student, candidates: dict, key, target):
+    """The candidate grid with the least training loss: its name and parameters."""
+    params = {name: student.params_from_times(ts) for name, ts in candidates.items()}
+    if len(params) == 1:
+        ((name, p),) = params.items()
+        return name, p
+    loss = {
+        name: float(_loss_and_grad(student, p, key, target)[0])
+        for name, p in params.items()
+    }
+    name = min(loss, key=loss.__getitem__)
+    return name, params[name]
+
+
+def _teacher(keys, sde, score, shape, eps, denoise, solver, controller):
+    """The teacher's samples from each key's prior draws (an accurate solve of the
+    same probability-flow ODE: adaptive Tsit5 at 1e-6 unless given), and its score
+    evaluations in all."""
+    kwargs = dict(
+        solver=dfx.Tsit5() if solver is None else solver,
+        method="ode",
+        stepsize_controller=dfx.PIDController(
+            rtol=_TEACHER_TOL, atol=_TEACHER_TOL, norm=batch_max_rms_norm
+        )
+        if controller is None
+        else controller,
+        eps=eps,
+        denoise=denoise,
+    )
+    targets, evals = [], 0
+    for k in keys:
+        out = sample(k, sde, score, shape, **kwargs)
+        targets.append(out.samples)
+        evals += int(out.stats["num_score_evals"]) * shape[0]
+    return jax.block_until_ready(targets), evals
+
+
+def _fit(
+    student,
+    optimiser,
+    p,
+    train,
+    held_out,
+    num_iters,
+    validate_every,
+    patience,
+    progress,
+    start,
+):
+    """Adam (or `optimiser`) on the training draws from `p`, a held-out check every
+    `validate_every` steps, stopping after `patience` checks without improvement:
+    the best parameters seen, their iteration, the training losses, and the checks'
+    iterations and losses, and the steps taken."""
+    key_train, target_train = train
+    best, best_loss, best_iter = p, held_out(p), 0
+    checks, check_losses = [0], [best_loss]
+    _report(progress, 0, num_iters, None, best_loss, best_loss, start)
+    state = optimiser.init(p)
+    losses, since_best, it = [], 0, 0
+    for it in range(1, num_iters + 1):
+        value, grad = _loss_and_grad(student, p, key_train, target_train)
+        p, state = _update(optimiser, grad, state, p)
+        losses.append(float(value))
+        if it % validate_every and it != num_iters:
+            continue
+        v = held_out(p)
+        checks.append(it)
+        check_losses.append(v)
+        if v < best_loss:
+            best, best_loss, best_iter, since_best = p, v, it, 0
+        else:
+            since_best += 1
+        _report(progress, it, num_iters, losses[-1], v, best_loss, start)
+        if since_best >= patience:
+            break
+    return best, best_iter, losses, checks, check_losses, it
 
 
 def _initial_grids(init, sde, num_steps: int, eps: float, learn_end: bool) -> dict:
