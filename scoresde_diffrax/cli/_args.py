@@ -266,10 +266,12 @@ def add_distributed_flags(parser) -> None:
 # --------------------------------------------------------------------------- sampling
 
 
-def add_solver_flags(parser, *, required: bool, default: str | None = None) -> None:
-    """`--solver NAME`, `--method`, `--steps` (fixed-step solvers), `--max-steps`,
-    `--rtol`, `--atol` (adaptive ones); checked by `_sampler_table.choose_solver` and
-    `check_step_flags`."""
+def add_solver_flags(
+    parser, *, required: bool, default: str | None = None, why: str = ""
+) -> None:
+    """`--solver NAME` (its `default` described by `why`), `--method`, `--steps`
+    (fixed-step solvers), `--max-steps`, `--rtol`, `--atol` (adaptive ones); checked
+    by `_sampler_table.choose_solver` and `check_step_flags`."""
     parser.add_argument(
         "--solver",
         required=required,
@@ -277,7 +279,7 @@ def add_solver_flags(parser, *, required: bool, default: str | None = None) -> N
         metavar="NAME",
         help="the solver (`scoresde solvers` prints the table): "
         + ", ".join(SOLVERS)
-        + (f" (default {default})" if default else ""),
+        + (f" (default {default}{': ' + why if why else ''})" if default else ""),
     )
     parser.add_argument(
         "--method",
@@ -342,7 +344,13 @@ def add_sampling_flags(parser) -> None:
         metavar="N",
         help="number of samples",
     )
-    add_solver_flags(parser, required=True)
+    add_solver_flags(
+        parser,
+        required=False,
+        default="pc",
+        why="the paper's predictor-corrector sampler, 2 score evaluations per step, "
+        "as in inpaint, colorize and inverse",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"
     )
