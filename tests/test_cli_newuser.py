@@ -49,3 +49,54 @@ def test_sample_has_a_default_solver(ckpts, tmp_path, capsys):
     assert "(default pc: the paper's predictor-corrector" in _sample_help()
     inpaint = cli.build_parser()._subparsers._group_actions[0].choices["inpaint"]
     assert "default pc" in " ".join(inpaint.format_help().split())
+
+
+# ------------------------------------------------------------------ your own images
+
+
+def _mixed_folder(path):
+    """6 grey, 3 colour, 1 transparent, 1 16-bit grey 8x8 PNG; the 16-bit one starts
+    with 257 * 128, 65535, 0."""
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        a = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+        Image.fromarray(a, "L").save(path / f"g{i}.png")
+    for i in range(3):
+        a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(a, "RGB").save(path / f"c{i}.png")
+    a = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    Image.fromarray(a, "RGBA").save(path / "t.png")
+    wide = np.zeros((8, 8), np.uint16)
+    wide[0, 0], wide[0, 1] = 257 * 128, 65535
+    Image.fromarray(wide).save(path / "w.png")
+
+
+def test_mixed_images_are_said_to_be_converted(tmp_path, capsys):
+    """A folder of grey and colour images (one transparent, one 16-bit) is read as
+    colour with one line saying how many images were converted, and how; the data
+    line writes the mapping to model units as `x * 2 - 1`; 16-bit values are
+    scaled, not clipped."""
+    from scoresde_diffrax.cli._common import load_dataset
+
+    folder = tmp_path / "mixed"
+    _mixed_folder(folder)
+    with pytest.warns(sd.data.DataConversionWarning) as caught:
+        ds = sd.data.load_data(folder)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "7 of the 11 images from grey to RGB" in message
+    assert "1 of the 11 images from 16 to 8 bits" in message
+    assert "1 of the 11 images without their transparency" in message
+    assert ds.x.shape == (11, 3, 8, 8)
+    wide = np.asarray(ds.x[-1])  # w.png, sorted last
+    np.testing.assert_allclose(wide[:, 0, :3], [[128 / 255, 1, 0]] * 3, atol=1e-6)
+
+    capsys.readouterr()
+    load_dataset(str(folder))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("-> model units x * 2 - 1"), lines[0]
+    assert lines[1].startswith(f"data: {folder}: converted 7 of the 11 images"), lines

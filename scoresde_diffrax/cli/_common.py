@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 
 import jax
@@ -201,19 +202,38 @@ def load_dataset(
     bounds = None
     if data_range is not None:
         bounds = tuple(float(v) for v in data_range.split(","))
-    try:
-        ds = data.load_data(name, data_range=bounds, image_size=image_size)
-    except data.DataFileError as e:
-        raise UserError(f"--data {e}") from e
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", data.DataConversionWarning)
+        try:
+            ds = data.load_data(name, data_range=bounds, image_size=image_size)
+        except data.DataFileError as e:
+            raise UserError(f"--data {e}") from e
     x = np.asarray(ds.x)
     kind = "images" if x.ndim == 4 else "vectors"
     labels = "" if ds.labels is None else f", {int(ds.labels.max()) + 1} classes"
     print(
         f"data: {name}: {len(x)} {kind} of shape {tuple(x.shape[1:])}{labels}, values "
-        f"in [{x.min():.4g}, {x.max():.4g}] -> model units x * {ds.scale:g} + "
-        f"{ds.shift:g}"
+        f"in [{x.min():.4g}, {x.max():.4g}] -> model units "
+        + (
+            "as they are"
+            if (ds.scale, ds.shift) == (1, 0)
+            else affine_text(ds.scale, ds.shift)
+        )
     )
+    for w in caught:
+        if issubclass(w.category, data.DataConversionWarning):
+            print(f"data: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return ds
+
+
+def affine_text(scale: float, shift: float) -> str:
+    """`x * scale + shift` as a reader writes it: `x * 2 - 1`, `x` for the identity."""
+    text = "x" if scale == 1 else f"x * {scale:g}"
+    if shift:
+        text += f" {'-' if shift < 0 else '+'} {abs(shift):g}"
+    return text
 
 
 # --------------------------------------------------------------------------- SDEs, models
