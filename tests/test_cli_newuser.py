@@ -100,3 +100,23 @@ def test_mixed_images_are_said_to_be_converted(tmp_path, capsys):
     assert len(lines) == 2, lines
     assert lines[0].endswith("-> model units x * 2 - 1"), lines[0]
     assert lines[1].startswith(f"data: {folder}: converted 7 of the 11 images"), lines
+
+
+def test_training_on_your_own_images_hints_at_the_steps(tmp_path, capsys):
+    """Training on your own images with fewer steps than the bundled digits model
+    needed says so, naming the measured figure; not on vectors, not with enough
+    --steps. The note comes before training (here, before an --out that is a file
+    is refused, so that nothing compiles)."""
+    folder = tmp_path / "faces"
+    _mixed_folder(folder)
+    np.save(tmp_path / "v.npy", np.zeros((8, 2), np.float32))
+    (tmp_path / "file").write_text("")
+    base = ["train", "--sde", "vp", "--model", "mlp", "--out", tmp_path / "file"]
+    code, _, err = run_cli(base + ["--data", folder, "--steps", "500"], capsys)
+    note, error = err.splitlines()
+    assert note.startswith("scoresde train: note: --steps 500 is likely too few")
+    assert "6000 steps of --batch-size 128 at --lr 1e-3" in note
+    assert code == 2 and error.startswith("scoresde train: error: --out")
+    for data, steps in ((folder, "6000"), (tmp_path / "v.npy", "500")):
+        code, _, err = run_cli(base + ["--data", data, "--steps", steps], capsys)
+        assert code == 2 and one_line(err) and "note" not in err, err
