@@ -120,3 +120,38 @@ def test_training_on_your_own_images_hints_at_the_steps(tmp_path, capsys):
     for data, steps in ((folder, "6000"), (tmp_path / "v.npy", "500")):
         code, _, err = run_cli(base + ["--data", data, "--steps", steps], capsys)
         assert code == 2 and one_line(err) and "note" not in err, err
+
+
+# ------------------------------------------------------------------ bench plots
+
+
+def test_bench_plot_ticks_are_plain_nfe(tmp_path, monkeypatch):
+    """The x axis of `sd.bench.plot` (log scale) is ticked at the budgets, labelled 5,
+    10, 20, 50 (not 10^1), with no minor ticks; an NFE within 25% of a tick (an
+    adaptive solver's 52 beside 50) gets no label of its own."""
+    import matplotlib.figure
+
+    records = [
+        sd.bench.BenchRecord(
+            "mixture",
+            s,
+            nfe,
+            nfe,
+            nfe,
+            0.0,
+            0.0,
+            {"sliced_w2": (1 / nfe, 0.01)},
+            {"sliced_w2": (0.01, 0.001)},
+        )
+        for s, budgets in (("ddim", (5, 10, 20, 50)), ("tsit5", (52,)))
+        for nfe in budgets
+    ]
+    drawn = []
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: drawn.append(fig)
+    )
+    sd.bench.plot(records, str(tmp_path / "p.png"))
+    (ax,) = drawn[0].axes
+    assert list(ax.get_xticks()) == [5, 10, 20, 50]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "10", "20", "50"]
+    assert len(ax.xaxis.get_minorticklocs()) == 0
