@@ -10,6 +10,7 @@ from helpers import one_line, run_cli, write_checkpoint
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
+from scoresde_diffrax.cli._common import writable_dir
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,63 @@ def test_bench_plot_ticks_are_plain_nfe(tmp_path, monkeypatch):
     assert list(ax.get_xticks()) == [5, 10, 20, 50]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "10", "20", "50"]
     assert len(ax.xaxis.get_minorticklocs()) == 0
+
+
+# ------------------------------------------------------------------ --out and --png
+
+
+def test_out_into_a_missing_directory_outside_the_current_one(
+    ckpts, tmp_path, capsys, monkeypatch
+):
+    """Every command that writes: a missing directory outside the current directory
+    is one line naming it and the fix, and nothing is created; under the current
+    directory missing directories are created; a DIR that --out names itself is
+    created wherever its parent exists."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    missing = elsewhere / "typo" / "deeper"
+    sample = ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+    sample += ["--steps", "2", "--quiet"]
+    cases = [
+        (sample + ["--out", missing / "x.npy"], f"--out's directory '{missing}'"),
+        (
+            sample + ["--out", "ok/x.npy", "--png", missing / "x.png"],
+            f"--png's directory '{missing}'",
+        ),
+        (
+            ["likelihood", "--checkpoint", ckpts["moons"], "--out", missing / "l.npy"],
+            f"--out's directory '{missing}'",
+        ),
+        (
+            ["train", "--data", "moons", "--sde", "vp", "--model", "mlp"]
+            + ["--steps", "2", "--out", missing / "run"],
+            f"--out '{missing / 'run'}': its parent '{missing}'",
+        ),
+        (
+            ["train-classifier", "--data", "digits", "--sde", "vp", "--steps", "2"]
+            + ["--out", missing / "run"],
+            f"--out '{missing / 'run'}': its parent '{missing}'",
+        ),
+        (
+            ["bench", "--problem", "mixture:D=2,K=2", "--solvers", "ddim", "--nfe", "5"]
+            + ["--out", missing / "b"],
+            f"--out '{missing / 'b'}': its parent '{missing}'",
+        ),
+        (
+            ["inpaint", "--checkpoint", ckpts["moons"], "--out", missing / "i.npy"],
+            f"--out's directory '{missing}'",
+        ),
+    ]
+    for argv, named in cases:
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and one_line(err), err
+        assert named in err and "does not exist" in err, err
+        assert f"mkdir -p {missing}" in err, err
+        assert not (elsewhere / "typo").exists() and not (work / "ok").exists()
+    code, _, err = run_cli(sample + ["--out", "a/b/x.npy", "--png", "c/x.png"], capsys)
+    assert code == 0 and (work / "a/b/x.npy").exists() and (work / "c/x.png").exists()
+    (elsewhere / "typo").mkdir()
+    writable_dir(elsewhere / "typo" / "b", "--out")  # what train and bench call
+    assert (elsewhere / "typo" / "b").is_dir()

@@ -49,6 +49,16 @@ def number(convert: Callable, ok: Callable, allowed: str) -> Callable:
     return parse
 
 
+# Where --out and --png may create directories (`_common.writable_dir`).
+MAKES_DIR = (
+    "created if missing: under the current directory with its parents, elsewhere "
+    "only if its parent exists"
+)
+MAKES_PARENT = (
+    "its directory is created if missing under the current directory (with its "
+    "parents); elsewhere it must exist"
+)
+
 positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
 nonnegative_int = number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
@@ -179,8 +189,8 @@ def add_training_flags(parser) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="checkpoint directory (created with its parents; must hold no "
-        "checkpoint unless --resume)",
+        help=f"checkpoint directory ({MAKES_DIR}; must hold no checkpoint unless "
+        "--resume)",
     )
     parser.add_argument(
         "--resume",
@@ -359,14 +369,14 @@ def add_sampling_flags(parser) -> None:
         required=True,
         metavar="FILE.npy",
         help="samples in data units (images in [0, 1]), shape (N, *data_shape); "
-        "its directory is created with its parents",
+        + MAKES_PARENT,
     )
     parser.add_argument(
         "--png",
         default=None,
         metavar="FILE.png",
         help="also write a picture: an image grid (first 64) or a 2-D scatter over "
-        "the training data; its directory is created with its parents",
+        "the training data; " + MAKES_PARENT,
     )
     parser.add_argument(
         "--eps",

@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import pathlib
+import shlex
 import shutil
 import sys
 import tempfile
@@ -124,11 +125,32 @@ def remove_if_empty(path: pathlib.Path, created: pathlib.Path | None) -> None:
         p = p.parent
 
 
-def writable_dir(path: pathlib.Path, flag: str) -> None:
+def writable_dir(path: pathlib.Path, flag: str, *, named: bool = True) -> None:
     """Create the directory `path` if needed; a `UserError` naming `flag` if it cannot
-    be created or written to."""
+    be created or written to.
+
+    Missing directories are created only under the current directory. Elsewhere a
+    missing directory is an error naming it (so a mistyped path grows no tree of
+    directories in odd places), except `path` itself where the flag names it
+    (`named`: `train --out DIR`), not where it is the directory of a file the flag
+    names (`sample --out FILE.npy`)."""
+    name = flag if named else f"{flag}'s directory"
+    first = missing_ancestor(path)
+    cwd = pathlib.Path.cwd().resolve()
+    if first is not None and not first.resolve().is_relative_to(cwd):
+        if not named or first != path.absolute():
+            needed = path.parent if named else path
+            what = f"{name} {str(path)!r}" + (
+                f": its parent {str(needed)!r}" if named else ""
+            )
+            also = "" if first == needed.absolute() else f" ({str(first)!r} either)"
+            raise UserError(
+                f"{what} does not exist{also}, and outside the current directory "
+                "missing directories are not created: create it first (mkdir -p "
+                f"{shlex.quote(str(needed))}), or check the path"
+            )
     try:
-        check_writable(path, flag)
+        check_writable(path, name)
     except ValueError as e:
         raise UserError(str(e)) from e
 
@@ -424,7 +446,12 @@ def make_sample_dirs(
             continue
         directory = pathlib.Path(file).parent
         first = missing_ancestor(directory)
-        writable_dir(directory, f"{flag}'s directory")
+        try:
+            writable_dir(directory, flag, named=False)
+        except UserError:
+            for done, outermost in created:  # --out's, when --png's fails
+                remove_if_empty(done, outermost)
+            raise
         if first is not None:
             created.append((directory, first))
     return created

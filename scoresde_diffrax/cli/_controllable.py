@@ -10,7 +10,7 @@ import numpy as np
 from .. import data, Impute, load_checkpoint, nn, operators, sde_from_description
 from ..operators import MASKS as MASKS
 from ..pictures import image_grid, save_image
-from ._args import positive_int
+from ._args import MAKES_PARENT, positive_int
 from ._common import atomic_output, UserError
 from ._sampler_table import choose_solver, SOLVERS
 
@@ -180,13 +180,15 @@ def add_inverse_flags(
         "--out",
         required=True,
         metavar="FILE.npy",
-        help="results in data units (images in [0, 1]), in the order of the observations",
+        help="results in data units (images in [0, 1]), in the order of the "
+        "observations; " + MAKES_PARENT,
     )
     parser.add_argument(
         "--png",
         default=None,
         metavar="FILE.png",
-        help="also write observation / result / truth side by side (first 16)",
+        help="also write observation / result / truth side by side (first 16); "
+        + MAKES_PARENT,
     )
     fixed = [k for k, v in SOLVERS.items() if not v.adaptive]
     parser.add_argument(

@@ -10,7 +10,7 @@ import jax.random as jr
 import numpy as np
 
 from .. import bits_per_dim, dequantize, ExactDivergence, Hutchinson, log_likelihood
-from ._args import positive_float, positive_int
+from ._args import MAKES_PARENT, positive_float, positive_int
 from ._common import (
     DATASETS,
     load_dataset,
@@ -96,7 +96,7 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="FILE.npy",
         help="write the per-example log-likelihoods (nats, of the data in model "
-        "units, dequantised where the data are quantised)",
+        "units, dequantised where the data are quantised); " + MAKES_PARENT,
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -163,7 +163,7 @@ def run(args) -> int:
             )
         x = x[: args.num_examples]
     if out is not None:
-        writable_dir(out.parent, "--out's directory")
+        writable_dir(out.parent, "--out", named=False)
 
     # Dequantise (quantised data) into model units
     scale, shift = data_meta["scale"], data_meta["shift"]
