@@ -216,3 +216,33 @@ def test_out_into_a_missing_directory_outside_the_current_one(
     (elsewhere / "typo").mkdir()
     writable_dir(elsewhere / "typo" / "b", "--out")  # what train and bench call
     assert (elsewhere / "typo" / "b").is_dir()
+
+
+# ------------------------------------------------------------------ progress in a log
+
+
+def test_likelihood_and_sample_progress_is_plain_lines_when_piped(
+    ckpts, tmp_path, capsys
+):
+    """With stderr not a terminal (captured here), `likelihood` and `sample` report
+    the solve as `train` reports training: a few plain lines, no carriage returns,
+    the last at 100%; `--quiet` reports nothing."""
+    for argv, desc in (
+        (
+            ["likelihood", "--checkpoint", ckpts["moons"], "--num-examples", "8"],
+            "likelihood",
+        ),
+        (
+            ["sample", "--checkpoint", ckpts["moons"], "--num-samples", "4"]
+            + ["--steps", "2", "--out", tmp_path / "x.npy"],
+            "sample",
+        ),
+    ):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 0, err
+        lines = err.splitlines()
+        assert "\r" not in err and 1 <= len(lines) <= 11, err
+        assert all(line.startswith(f"{desc}: ") for line in lines), err
+        assert lines[-1].split(":")[1].startswith(" 100% of the solve, "), err
+        code, _, err = run_cli(argv + ["--quiet"], capsys)
+        assert code == 0 and err == "", err

@@ -335,11 +335,11 @@ def add_sampling_flags(parser) -> None:
     progress.add_argument(
         "--progress",
         action="store_true",
-        help="a progress bar of the solve on stderr (the default when stderr is a "
-        "terminal)",
+        help="a progress bar of the solve on stderr, even when it is not a terminal "
+        "(by default: a bar on a terminal, else a plain line per tenth of the solve)",
     )
     progress.add_argument(
-        "--quiet", action="store_true", help="no progress bar, even on a terminal"
+        "--quiet", action="store_true", help="no progress report, even on a terminal"
     )
     parser.add_argument(
         "--checkpoint",

@@ -5,11 +5,11 @@ import math
 import pathlib
 import sys
 
-import diffrax as dfx
 import jax.random as jr
 import numpy as np
 
 from .. import bits_per_dim, dequantize, ExactDivergence, Hutchinson, log_likelihood
+from .._progress import solve_progress
 from ._args import MAKES_PARENT, positive_float, positive_int
 from ._common import (
     DATASETS,
@@ -98,7 +98,12 @@ def add_parser(subparsers) -> None:
         help="write the per-example log-likelihoods (nats, of the data in model "
         "units, dequantised where the data are quantised); " + MAKES_PARENT,
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress report (by default a bar on a terminal, else a plain "
+        "line per tenth of the solve)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -176,7 +181,7 @@ def run(args) -> int:
         y = np.asarray(x * scale + shift, np.float32)
 
     # Solve
-    meter = dfx.NoProgressMeter() if args.quiet else dfx.TqdmProgressMeter()
+    meter = solve_progress("likelihood", enabled=not args.quiet)
     res = log_likelihood(
         key_probe,
         sde,

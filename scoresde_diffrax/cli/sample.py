@@ -1,13 +1,13 @@
 """`scoresde sample`: draw samples from a trained checkpoint with a named solver."""
 
 import pathlib
-import sys
 
 import diffrax as dfx
 import jax.numpy as jnp
 import jax.random as jr
 
 from .. import ClassifierFreeGuidance, ClassifierGuidance, sample as sd_sample
+from .._progress import solve_progress
 from ._args import add_guidance_flags, add_sampling_flags
 from ._common import (
     batch_mesh,
@@ -103,10 +103,9 @@ def _sample(args, sde, model, shape, mesh, choice):
 
 
 def progress_meter(args) -> dfx.AbstractProgressMeter:
-    """diffrax's tqdm progress bar with `--progress`, or by default when stderr is a
-    terminal; none with `--quiet`."""
-    show = args.progress or (not args.quiet and sys.stderr.isatty())
-    return dfx.TqdmProgressMeter() if show else dfx.NoProgressMeter()
+    """diffrax's tqdm progress bar on a terminal or with `--progress`, else plain
+    lines (a log); none with `--quiet`."""
+    return solve_progress("sample", enabled=not args.quiet, bar=args.progress)
 
 
 def _labels(args, k: int, owner: str):
