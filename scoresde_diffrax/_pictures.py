@@ -79,12 +79,15 @@ def save_scatter(
     points: np.ndarray,
     *,
     reference: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
     title: str | None = None,
     max_points: int = 5000,
 ) -> None:
     """A scatter plot of 2-D `points` `(n, 2)` with axes, over `reference` points (the
-    training data, in grey) if given, on equal axes that hold both; at most
-    `max_points` of each are drawn (matplotlib, Agg backend)."""
+    training data, in grey) if given, on equal axes that hold both; the points are
+    coloured by their `labels` (integers, one per point) if given, with a legend
+    entry per label; at most `max_points` of each are drawn (matplotlib, Agg
+    backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +101,13 @@ def save_scatter(
         if reference is not None:
             r = np.asarray(reference, np.float64)[:max_points]
             ax.scatter(*r.T, s=2, c="0.7", alpha=0.6, label=f"data ({len(r)})")
-        ax.scatter(*p.T, s=2, c="tab:blue", alpha=0.6, label=f"samples ({len(p)})")
+        if labels is None:
+            ax.scatter(*p.T, s=2, c="tab:blue", alpha=0.6, label=f"samples ({len(p)})")
+        else:
+            lab = np.asarray(labels)[: len(p)]
+            for k in np.unique(lab):
+                q = p[lab == k]
+                ax.scatter(*q.T, s=2, alpha=0.6, label=f"label {k} ({len(q)})")
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("$x_1$")
         ax.set_ylabel("$x_2$")

@@ -6,7 +6,7 @@ of how long to train. Tiny untrained checkpoints: nothing here trains a model.""
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import one_line, run_cli, write_checkpoint
+from helpers import one_line, run_cli, write_checkpoint, zero_weights
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
@@ -16,7 +16,7 @@ from scoresde_diffrax.cli._common import writable_dir
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """Untrained checkpoints (VP): an MLP on moons, a class-conditional MLP on moons
-    (2 classes)."""
+    (2 classes), an MLP on the 8x8 digits and a classifier of them (zero weights)."""
     root = tmp_path_factory.mktemp("newuser")
     vp = sd.VPSDE()
     moons = sd.data.Dataset(sd.data.moons(jr.key(0), 256), None, name="moons")
@@ -24,7 +24,16 @@ def ckpts(tmp_path_factory):
     write_checkpoint(root / "moons", sd.EpsScore(net, vp), vp, moons)
     cond = sd.nn.MLPScore((2,), width=8, depth=1, num_classes=2, key=jr.key(2))
     write_checkpoint(root / "cond", sd.EpsScore(cond, vp), vp, moons)
-    return {k: str(root / k) for k in ("moons", "cond")}
+    digits = sd.data.digits()
+    dnet = sd.nn.MLPScore((1, 8, 8), width=8, depth=1, key=jr.key(3))
+    write_checkpoint(root / "digits", sd.EpsScore(dnet, vp), vp, digits)
+    clf = zero_weights(
+        lambda k: sd.nn.NoiseConditionalClassifier(
+            (1, 8, 8), channels=8, num_levels=1, groups=4, key=k
+        )
+    )
+    write_checkpoint(root / "clf", clf, vp, digits)
+    return {k: str(root / k) for k in ("moons", "cond", "digits", "clf")}
 
 
 def _sample_help() -> str:
@@ -246,3 +255,67 @@ def test_likelihood_and_sample_progress_is_plain_lines_when_piped(
         assert lines[-1].split(":")[1].startswith(" 100% of the solve, "), err
         code, _, err = run_cli(argv + ["--quiet"], capsys)
         assert code == 0 and err == "", err
+
+
+# ------------------------------------------------------------------ what a picture shows
+
+
+def _recording(monkeypatch, name):
+    """Wrap `_common.NAME` (a picture function) to record its calls' arguments."""
+    from scoresde_diffrax.cli import _common
+
+    calls, real = [], getattr(_common, name)
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_common, name, record)
+    return calls
+
+
+def test_guided_pictures_say_label_scale_and_classifier(
+    ckpts, tmp_path, capsys, monkeypatch
+):
+    """Class-conditional sampling: the picture's title names the labels, the guidance
+    scale and the classifier (or classifier-free guidance); a 2-D scatter colours the
+    samples by label; an image grid of `--label all` has a column per class."""
+    from PIL import Image
+
+    scatters = _recording(monkeypatch, "save_scatter")
+    png = tmp_path / "c.png"
+    code, _, err = run_cli(
+        ["sample", "--checkpoint", ckpts["cond"], "--num-samples", "200"]
+        + ["--label", "all", "--guidance-scale", "2", "--solver", "ddim"]
+        + ["--steps", "3", "--out", tmp_path / "c.npy", "--png", png, "--quiet"],
+        capsys,
+    )
+    assert code == 0, err
+    ((_, kwargs),) = scatters
+    assert kwargs["title"].endswith(
+        "\nlabels 0-1 (by colour), classifier-free guidance w = 2"
+    )
+    np.testing.assert_array_equal(kwargs["labels"], np.arange(200) % 2)
+    pic = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    r, b = pic[..., 0], pic[..., 2]
+    blue, orange = (b - r > 60).sum(), (r - b > 80).sum()  # labels 0 and 1
+    assert blue > 150 and orange > 150, (blue, orange)  # beyond the legend's
+
+    grids = _recording(monkeypatch, "image_grid")
+    images = _recording(monkeypatch, "save_image")
+    base = ["sample", "--checkpoint", ckpts["digits"], "--classifier", ckpts["clf"]]
+    base += ["--num-samples", "20", "--solver", "ddim", "--steps", "2", "--quiet"]
+    for label, scale, says, ncols in (
+        ("all", [], "labels 0-9 (column j: label j), classifier clf at scale 1", 10),
+        ("3", ["--guidance-scale", "1"], "label 3, classifier clf at scale 1", None),
+    ):
+        code, _, err = run_cli(
+            base
+            + ["--label", label, *scale, "--out", tmp_path / "d.npy"]
+            + ["--png", tmp_path / "d.png"],
+            capsys,
+        )
+        assert code == 0, err
+        assert images[-1][1]["title"].endswith("\n" + says), images[-1]
+        assert grids[-1][1]["ncols"] == ncols
+    assert Image.open(tmp_path / "d.png").size[1] > 2 * 48  # the grid under 2 lines

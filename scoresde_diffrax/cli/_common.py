@@ -496,11 +496,14 @@ def save_samples(
     out: pathlib.Path,
     png: str | None,
     title: str | None = None,
+    labels=None,
+    ncols: int | None = None,
 ):
     """Write `samples` (model units) to `out` in data units (images clipped to
-    `[0, 1]`), and a picture to `png` if given (the first 64 images in a grid, or 2-D
-    points over the training data when it is one of the built-in sets), titled `title`;
-    returns what was written to `out`."""
+    `[0, 1]`), and a picture to `png` if given (the first 64 images in a grid of
+    `ncols` columns, or 2-D points over the training data when it is one of the
+    built-in sets, coloured by their `labels` if given), titled `title`; returns what
+    was written to `out`."""
     x = (np.asarray(samples) - data_meta["shift"]) / data_meta["scale"]
     images = len(data_meta["data_shape"]) == 3
     if images:
@@ -511,8 +514,10 @@ def save_samples(
     if png is not None:
         with atomic_output(png) as tmp:
             if images:
-                save_image(tmp, image_grid(x[:64]), title=title)
+                save_image(tmp, image_grid(x[:64], ncols=ncols), title=title)
             else:
                 reference = _reference_points(data_meta.get("name", ""))
-                save_scatter(tmp, x, reference=reference, title=title)
+                if labels is not None:
+                    labels = np.asarray(labels)
+                save_scatter(tmp, x, reference=reference, labels=labels, title=title)
     return x
