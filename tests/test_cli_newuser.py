@@ -16,7 +16,8 @@ from scoresde_diffrax.cli._common import writable_dir
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """Untrained checkpoints (VP): an MLP on moons, a class-conditional MLP on moons
-    (2 classes), an MLP on the 8x8 digits and a classifier of them (zero weights)."""
+    (2 classes), an MLP on the 8x8 digits and a classifier of them (zero weights),
+    an MLP on the coloured digits."""
     root = tmp_path_factory.mktemp("newuser")
     vp = sd.VPSDE()
     moons = sd.data.Dataset(sd.data.moons(jr.key(0), 256), None, name="moons")
@@ -33,7 +34,11 @@ def ckpts(tmp_path_factory):
         )
     )
     write_checkpoint(root / "clf", clf, vp, digits)
-    return {k: str(root / k) for k in ("moons", "cond", "digits", "clf")}
+    cnet = sd.nn.MLPScore((3, 8, 8), width=8, depth=1, key=jr.key(4))
+    write_checkpoint(
+        root / "color", sd.EpsScore(cnet, vp), vp, sd.data.colored_digits()
+    )
+    return {k: str(root / k) for k in ("moons", "cond", "digits", "clf", "color")}
 
 
 def _sample_help() -> str:
@@ -319,3 +324,67 @@ def test_guided_pictures_say_label_scale_and_classifier(
         assert images[-1][1]["title"].endswith("\n" + says), images[-1]
         assert grids[-1][1]["ncols"] == ncols
     assert Image.open(tmp_path / "d.png").size[1] > 2 * 48  # the grid under 2 lines
+
+
+def test_save_rows_names_each_row():
+    """`save_rows`: a row per group named on its left, the examples in columns,
+    `per_row` to a block; each cell holds its image, enlarged."""
+    import tempfile
+
+    from PIL import Image
+
+    from scoresde_diffrax._pictures import MIN_CELL, save_rows
+
+    rng = np.random.default_rng(0)
+    groups = [rng.uniform(size=(5, 1, 8, 8)) for _ in range(2)]
+    groups.append(rng.uniform(size=(5, 3, 8, 8)))  # colour beside grey
+    with tempfile.TemporaryDirectory() as d:
+        save_rows(f"{d}/r.png", groups, ["observed", "result", "truth"], per_row=4)
+        pic = np.asarray(Image.open(f"{d}/r.png").convert("RGB")).astype(float)
+    cell, pad = MIN_CELL, 2
+    block = 3 * (cell + pad) + pad
+    assert pic.shape[0] == 2 * block + 3 * pad + 4  # two blocks and the gap
+    margin = pic.shape[1] - (4 * (cell + pad) + pad)
+    assert margin > 30
+    for r in range(3):  # each name is drawn beside its row
+        middle = pad + r * (cell + pad) + cell // 2
+        assert pic[middle - 4 : middle + 4, :margin].min() < 100, r
+    # Example 5 (the second block's first), row "result", top-left pixel.
+    y0, x0 = block + 3 * pad + 4 + pad + (cell + pad), margin + pad
+    expected = round(groups[1][4, 0, 0, 0] * 255)
+    np.testing.assert_allclose(pic[y0, x0], [expected] * 3, atol=1)
+
+
+def test_inverse_problem_pictures_name_their_rows(ckpts, tmp_path, capsys, monkeypatch):
+    """inpaint, colorize and inverse draw observation, result and truth as rows named
+    on their left."""
+    from scoresde_diffrax.cli import _controllable
+
+    calls = []
+    monkeypatch.setattr(
+        _controllable, "save_rows", lambda *a, **k: calls.append((a, k))
+    )
+    common = ["--num-samples", "3", "--solver", "ddim", "--steps", "2"]
+    common += ["--out", tmp_path / "x.npy", "--png", tmp_path / "x.png"]
+    for argv, names in (
+        (
+            ["inpaint", "--checkpoint", ckpts["digits"], "--data", "digits"]
+            + ["--mask", "left-half"],
+            ["observed", "inpainted", "truth"],
+        ),
+        (
+            ["colorize", "--checkpoint", ckpts["color"], "--data", "colored-digits"],
+            ["grey", "colorized", "truth"],
+        ),
+        (
+            ["inverse", "--checkpoint", ckpts["digits"], "--data", "digits"]
+            + ["--operator", "blur:1", "--noise-std", "0", "--algorithm"]
+            + ["projection"],
+            ["measurement", "result", "truth"],
+        ),
+    ):
+        code, _, err = run_cli(argv + common, capsys)
+        assert code == 0, err
+        (_, groups, got), kwargs = calls.pop()
+        assert got == names and kwargs["title"], kwargs
+        assert [g.shape[0] for g in groups] == [3, 3, 3]
