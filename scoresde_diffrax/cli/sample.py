@@ -156,7 +156,8 @@ def _guided(model, sde, data_meta: dict, args):
             )
         labels = _labels(args, k_model, "model")
         scale = 0.0 if args.guidance_scale is None else args.guidance_scale
-        what = f"{_label_text(args, k_model, data_meta)}, classifier-free guidance w = {scale:g}"
+        what = _label_text(args, k_model, data_meta)
+        what += f", classifier-free guidance w = {scale:g}"
         return ClassifierFreeGuidance(model, labels, scale), labels, what
     if args.classifier is None:
         if args.label is not None or args.guidance_scale is not None:
@@ -173,10 +174,8 @@ def _guided(model, sde, data_meta: dict, args):
     k = classifier.config.num_classes
     labels = _labels(args, k, "classifier")
     scale = 1.0 if args.guidance_scale is None else args.guidance_scale
-    what = (
-        f"{_label_text(args, k, data_meta)}, classifier {pathlib.Path(args.classifier).name} "
-        f"at scale {scale:g}"
-    )
+    what = _label_text(args, k, data_meta)
+    what += f", classifier {pathlib.Path(args.classifier).name} at scale {scale:g}"
     return ClassifierGuidance(model, classifier, labels, scale), labels, what
 
 
