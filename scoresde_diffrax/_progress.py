@@ -113,6 +113,7 @@ def solve_progress(
 
 class _LinesState(eqx.Module):
     progress: jax.Array  # where the last line was printed
+    latest: jax.Array  # where the solve is
     index: jax.Array  # of the solve on the host (`_SOLVES`)
 
 
@@ -124,14 +125,16 @@ _NEXT_INDEX = itertools.count(1)
 
 class ProgressLines(dfx.AbstractProgressMeter):
     """A diffrax progress meter for logs: a plain line `DESC: P% of the solve, S s` on
-    stderr each time another tenth of the solve's time interval is done, and at the
-    end (the slowest example of a vmapped solve counts, as in diffrax's meters)."""
+    stderr each time another tenth of the solve's time interval is done, and at its
+    end if it got there (a solve that stops early, out of steps, says nothing more);
+    the slowest example of a vmapped solve counts, as in diffrax's meters."""
 
     desc: str = eqx.field(static=True)
 
     def init(self) -> _LinesState:
         index = io_callback(_start, jax.ShapeDtypeStruct((), jnp.int32))
-        return _LinesState(jnp.array(0.0), eqxi.nonbatchable(index))
+        zero = jnp.array(0.0)
+        return _LinesState(zero, zero, eqxi.nonbatchable(index))
 
     def step(self, state: _LinesState, progress) -> _LinesState:
         tenth = jnp.floor(10 * jnp.asarray(progress))
@@ -148,11 +151,17 @@ class ProgressLines(dfx.AbstractProgressMeter):
             )
 
         index = jax.lax.cond(eqxi.nonbatchable(pred), report, lambda i: i, state.index)
-        new = jnp.where(pred, progress, state.progress).astype(state.progress.dtype)
-        return _LinesState(new, index)
+        dtype = state.progress.dtype
+        new = jnp.where(pred, progress, state.progress).astype(dtype)
+        return _LinesState(new, jnp.asarray(progress, dtype), index)
 
     def close(self, state: _LinesState) -> None:
-        io_callback(lambda i: _finish(self.desc, i), None, eqxi.unvmap_max(state.index))
+        io_callback(
+            lambda i, p: _finish(self.desc, i, p),
+            None,
+            eqxi.unvmap_max(state.index),
+            -eqxi.unvmap_max(-state.latest),
+        )
 
 
 def _start() -> np.ndarray:
@@ -181,8 +190,8 @@ def _report(desc: str, progress, index) -> np.ndarray:
     return np.asarray(index)
 
 
-def _finish(desc: str, index) -> None:
+def _finish(desc: str, index, latest) -> None:
     with _SOLVES_LOCK:
         solve = _SOLVES.pop(int(index), None)
-        if solve is not None and solve[1] < 10:
+        if solve is not None and solve[1] < 10 and float(latest) >= 1 - 1e-6:
             _line(desc, 100, solve[0])
