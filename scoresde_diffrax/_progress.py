@@ -1,8 +1,19 @@
-"""Training progress on stderr: a tqdm bar on a terminal, plain lines when stderr is
-piped or redirected to a file (a log should not fill with carriage returns)."""
+"""Progress on stderr, of training (`Progress`) and of a solve (`solve_progress`): a
+tqdm bar on a terminal, plain lines when stderr is piped or redirected to a file (a
+log should not fill with carriage returns)."""
 
+import itertools
 import sys
+import threading
 import time
+
+import diffrax as dfx
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
 
 
 class Progress:
@@ -82,3 +93,105 @@ def _is_terminal(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+# --------------------------------------------------------------------------- solves
+
+
+def solve_progress(
+    desc: str, *, enabled: bool, bar: bool = False
+) -> dfx.AbstractProgressMeter:
+    """The progress meter of a solve, on stderr: none unless `enabled`; diffrax's
+    tqdm bar on a terminal (or wherever with `bar`); otherwise plain lines
+    (`ProgressLines`), as `Progress` reports training."""
+    if not enabled:
+        return dfx.NoProgressMeter()
+    if bar or _is_terminal(sys.stderr):
+        return dfx.TqdmProgressMeter()
+    return ProgressLines(desc)
+
+
+class _LinesState(eqx.Module):
+    progress: jax.Array  # where the last line was printed
+    latest: jax.Array  # where the solve is
+    index: jax.Array  # of the solve on the host (`_SOLVES`)
+
+
+# The solves being reported, on the host: index -> [start time, tenths printed].
+_SOLVES: dict[int, list] = {}
+_SOLVES_LOCK = threading.Lock()
+_NEXT_INDEX = itertools.count(1)
+
+
+class ProgressLines(dfx.AbstractProgressMeter):
+    """A diffrax progress meter for logs: a plain line `DESC: P% of the solve, S s` on
+    stderr each time another tenth of the solve's time interval is done, and at its
+    end if it got there (a solve that stops early, out of steps, says nothing more);
+    the slowest example of a vmapped solve counts, as in diffrax's meters."""
+
+    desc: str = eqx.field(static=True)
+
+    def init(self) -> _LinesState:
+        index = io_callback(_start, jax.ShapeDtypeStruct((), jnp.int32))
+        zero = jnp.array(0.0)
+        return _LinesState(zero, zero, eqxi.nonbatchable(index))
+
+    def step(self, state: _LinesState, progress) -> _LinesState:
+        tenth = jnp.floor(10 * jnp.asarray(progress))
+        pred = eqxi.unvmap_all(tenth > jnp.floor(10 * state.progress))
+        slowest = -eqxi.unvmap_max(-jnp.asarray(progress))
+
+        def report(index):
+            return jax.pure_callback(
+                lambda p, i: _report(self.desc, p, i),
+                index,
+                slowest,
+                index,
+                vmap_method="expand_dims",
+            )
+
+        index = jax.lax.cond(eqxi.nonbatchable(pred), report, lambda i: i, state.index)
+        dtype = state.progress.dtype
+        new = jnp.where(pred, progress, state.progress).astype(dtype)
+        return _LinesState(new, jnp.asarray(progress, dtype), index)
+
+    def close(self, state: _LinesState) -> None:
+        io_callback(
+            lambda i, p: _finish(self.desc, i, p),
+            None,
+            eqxi.unvmap_max(state.index),
+            -eqxi.unvmap_max(-state.latest),
+        )
+
+
+def _start() -> np.ndarray:
+    with _SOLVES_LOCK:
+        index = next(_NEXT_INDEX)
+        _SOLVES[index] = [time.perf_counter(), 0]
+    return np.array(index, np.int32)
+
+
+def _line(desc: str, percent: int, start: float) -> None:
+    print(
+        f"{desc}: {percent}% of the solve, {time.perf_counter() - start:.3g} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _report(desc: str, progress, index) -> np.ndarray:
+    i = int(np.unique(index).item())  # a spurious batch axis from a batched cond
+    tenths = int(np.floor(10 * float(np.min(progress))))
+    with _SOLVES_LOCK:
+        solve = _SOLVES.get(i)
+        if solve is not None and tenths > solve[1]:  # None: a backward pass
+            solve[1] = tenths
+            _line(desc, 10 * tenths, solve[0])
+    return np.asarray(index)
+
+
+def _finish(desc: str, index, latest) -> None:
+    with _SOLVES_LOCK:
+        solve = _SOLVES.pop(int(index), None)
+        if solve is not None and solve[1] < 10 and float(latest) >= 1 - 1e-6:
+            _line(desc, 100, solve[0])

@@ -940,8 +940,26 @@ def to_markdown(records: Sequence[BenchRecord]) -> str:
     return "\n".join(out)
 
 
+def _nfe_ticks(nfes: Sequence[int], most: int = 8) -> list[int]:
+    """Where a plot against NFE (log scale) puts its ticks, labelled as plain numbers:
+    at the NFEs themselves (leaving out one within 25% of the tick before, whose label
+    would overlap) if there are at most `most`, else at 1, 2, 5, 10, 20, 50, ...
+    within their range."""
+    values = sorted(set(int(n) for n in nfes))
+    if len(values) <= most:
+        kept = values[:1]
+        for v in values[1:]:
+            if v >= 1.25 * kept[-1]:
+                kept.append(v)
+        return kept
+    lo, hi = values[0], values[-1]
+    nice = [m * 10**e for e in range(len(str(hi)) + 1) for m in (1, 2, 5)]
+    return [t for t in nice if lo <= t <= hi] or [lo, hi]
+
+
 def plot(records: Sequence[BenchRecord], path: str) -> None:
-    """A PNG of each metric against the score evaluations (log scale), a line per
+    """A PNG of each metric against the score evaluations (log scale, its ticks
+    plain numbers such as 5, 10, 20, 50), a line per
     sampler with standard-error bars, the floor of true samples dashed; a column per
     metric, a row per problem. Needs matplotlib (drawn with its Agg backend).
 
@@ -954,6 +972,7 @@ def plot(records: Sequence[BenchRecord], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     problems = list(dict.fromkeys(r.problem for r in records))
     names = list(records[0].metrics)
@@ -979,6 +998,9 @@ def plot(records: Sequence[BenchRecord], path: str) -> None:
             if math.isfinite(fv):
                 ax.axhline(fv, color="k", ls="--", lw=1, label="true samples")
             ax.set_xscale("log")
+            ticks = _nfe_ticks([r.nfe for r in rows])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.set_xlabel("score evaluations (NFE)")
             ax.set_title(f"{problem}: {m}", fontsize=9)
     axes[0, 0].legend(fontsize=7)

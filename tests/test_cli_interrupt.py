@@ -91,7 +91,8 @@ def _interrupt(argv, delay: float, background: bool, env) -> tuple[int, str, flo
 # 5000 Euler-Maruyama steps: minutes, were it not interrupted).
 @pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
 @pytest.mark.parametrize("delay", [0.2, 2.0, 6.0])
-def test_ctrl_c_at_any_moment(checkpoint, tmp_path, delay, background):
+def test_ctrl_c_at_any_moment(checkpoint, tmp_path, delay, background, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the command may create out/
     out = tmp_path / "out" / "x.npy"
     argv = [*SCORESDE, "sample", "--checkpoint", str(checkpoint)]
     argv += ["--num-samples", "200000", "--solver", "euler-maruyama"]

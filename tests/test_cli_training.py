@@ -247,7 +247,8 @@ def test_resume_of_a_checkpoint_from_before_input_features(tmp_path, capsys):
 # ------------------------------------------------------------------ failures, one line
 
 
-def test_nan_loss_is_one_line_and_leaves_no_out_dir(tmp_path, capsys):
+def test_nan_loss_is_one_line_and_leaves_no_out_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # missing directories are created under it only
     out = tmp_path / "runs" / "nan"
     code, _, err = run_cli(
         [*MOONS, "--steps", "50", "--lr", "1e9", "--out", out, *TINY], capsys
@@ -258,7 +259,8 @@ def test_nan_loss_is_one_line_and_leaves_no_out_dir(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_too_many_samples_is_one_line(run20, tmp_path, capsys):
+def test_too_many_samples_is_one_line(run20, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # missing directories are created under it only
     code, _, err = run_cli(
         [
             "sample",
@@ -382,10 +384,13 @@ def test_error_prefix_is_the_same_for_every_error(run20, capsys):
         assert code == 2 and one_line(err) and err.startswith(prefix), err
 
 
-def test_warmup_zero_progress_piped_and_sample_directories(run20, tmp_path, capsys):
+def test_warmup_zero_progress_piped_and_sample_directories(
+    run20, tmp_path, capsys, monkeypatch
+):
     """`--warmup 0` trains (no warm-up); with stderr not a terminal (captured here)
     the progress is a few plain lines, no carriage returns; `sample --out` creates
-    missing directories, and says so in its help."""
+    missing directories under the current directory, and says so in its help."""
+    monkeypatch.chdir(tmp_path)
     d = tmp_path / "w0"
     code, _, err = run_cli(
         [*MOONS, "--steps", "40", "--warmup", "0", "--steps-per-call", "4"]

@@ -110,7 +110,7 @@ def test_train_on_own_files_from_the_shell(tmp_path, capsys):
     argv += ["--batch-size", "8", "--quiet", "--steps", "3", "--out", out]
     code, text, err = run_cli(argv + ["--data-range=-5,5"], capsys)
     assert code == 0, err
-    assert "64 vectors of shape (2,)" in text and "x * 0.2 + 0" in text
+    assert "64 vectors of shape (2,)" in text and "-> model units x * 0.2\n" in text
     model, meta = sd.load_checkpoint(out)
     assert meta["data"]["name"] == str(tmp_path / "pts.npy")
     assert meta["cli"]["data_range"] == "-5,5"

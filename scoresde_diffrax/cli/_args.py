@@ -49,6 +49,16 @@ def number(convert: Callable, ok: Callable, allowed: str) -> Callable:
     return parse
 
 
+# Where --out and --png may create directories (`_common.writable_dir`).
+MAKES_DIR = (
+    "created if missing: under the current directory with its parents, elsewhere "
+    "only if its parent exists"
+)
+MAKES_PARENT = (
+    "its directory is created if missing under the current directory (with its "
+    "parents); elsewhere it must exist"
+)
+
 positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
 nonnegative_int = number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
@@ -179,8 +189,8 @@ def add_training_flags(parser) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="checkpoint directory (created with its parents; must hold no "
-        "checkpoint unless --resume)",
+        help=f"checkpoint directory ({MAKES_DIR}; must hold no checkpoint unless "
+        "--resume)",
     )
     parser.add_argument(
         "--resume",
@@ -266,10 +276,12 @@ def add_distributed_flags(parser) -> None:
 # --------------------------------------------------------------------------- sampling
 
 
-def add_solver_flags(parser, *, required: bool, default: str | None = None) -> None:
-    """`--solver NAME`, `--method`, `--steps` (fixed-step solvers), `--max-steps`,
-    `--rtol`, `--atol` (adaptive ones); checked by `_sampler_table.choose_solver` and
-    `check_step_flags`."""
+def add_solver_flags(
+    parser, *, required: bool, default: str | None = None, why: str = ""
+) -> None:
+    """`--solver NAME` (its `default` described by `why`), `--method`, `--steps`
+    (fixed-step solvers), `--max-steps`, `--rtol`, `--atol` (adaptive ones); checked
+    by `_sampler_table.choose_solver` and `check_step_flags`."""
     parser.add_argument(
         "--solver",
         required=required,
@@ -277,7 +289,7 @@ def add_solver_flags(parser, *, required: bool, default: str | None = None) -> N
         metavar="NAME",
         help="the solver (`scoresde solvers` prints the table): "
         + ", ".join(SOLVERS)
-        + (f" (default {default})" if default else ""),
+        + (f" (default {default}{': ' + why if why else ''})" if default else ""),
     )
     parser.add_argument(
         "--method",
@@ -323,11 +335,11 @@ def add_sampling_flags(parser) -> None:
     progress.add_argument(
         "--progress",
         action="store_true",
-        help="a progress bar of the solve on stderr (the default when stderr is a "
-        "terminal)",
+        help="a progress bar of the solve on stderr, even when it is not a terminal "
+        "(by default: a bar on a terminal, else a plain line per tenth of the solve)",
     )
     progress.add_argument(
-        "--quiet", action="store_true", help="no progress bar, even on a terminal"
+        "--quiet", action="store_true", help="no progress report, even on a terminal"
     )
     parser.add_argument(
         "--checkpoint",
@@ -342,7 +354,13 @@ def add_sampling_flags(parser) -> None:
         metavar="N",
         help="number of samples",
     )
-    add_solver_flags(parser, required=True)
+    add_solver_flags(
+        parser,
+        required=False,
+        default="pc",
+        why="the paper's predictor-corrector sampler, 2 score evaluations per step, "
+        "as in inpaint, colorize and inverse",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)"
     )
@@ -351,14 +369,14 @@ def add_sampling_flags(parser) -> None:
         required=True,
         metavar="FILE.npy",
         help="samples in data units (images in [0, 1]), shape (N, *data_shape); "
-        "its directory is created with its parents",
+        + MAKES_PARENT,
     )
     parser.add_argument(
         "--png",
         default=None,
         metavar="FILE.png",
         help="also write a picture: an image grid (first 64) or a 2-D scatter over "
-        "the training data; its directory is created with its parents",
+        "the training data; " + MAKES_PARENT,
     )
     parser.add_argument(
         "--eps",

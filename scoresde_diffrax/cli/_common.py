@@ -9,9 +9,11 @@ import contextlib
 import math
 import os
 import pathlib
+import shlex
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 
 import jax
@@ -123,11 +125,32 @@ def remove_if_empty(path: pathlib.Path, created: pathlib.Path | None) -> None:
         p = p.parent
 
 
-def writable_dir(path: pathlib.Path, flag: str) -> None:
+def writable_dir(path: pathlib.Path, flag: str, *, named: bool = True) -> None:
     """Create the directory `path` if needed; a `UserError` naming `flag` if it cannot
-    be created or written to."""
+    be created or written to.
+
+    Missing directories are created only under the current directory. Elsewhere a
+    missing directory is an error naming it (so a mistyped path grows no tree of
+    directories in odd places), except `path` itself where the flag names it
+    (`named`: `train --out DIR`), not where it is the directory of a file the flag
+    names (`sample --out FILE.npy`)."""
+    name = flag if named else f"{flag}'s directory"
+    first = missing_ancestor(path)
+    cwd = pathlib.Path.cwd().resolve()
+    if first is not None and not first.resolve().is_relative_to(cwd):
+        if not named or first != path.absolute():
+            needed = path.parent if named else path
+            what = f"{name} {str(path)!r}" + (
+                f": its parent {str(needed)!r}" if named else ""
+            )
+            also = "" if first == needed.absolute() else f" ({str(first)!r} either)"
+            raise UserError(
+                f"{what} does not exist{also}, and outside the current directory "
+                "missing directories are not created: create it first (mkdir -p "
+                f"{shlex.quote(str(needed))}), or check the path"
+            )
     try:
-        check_writable(path, flag)
+        check_writable(path, name)
     except ValueError as e:
         raise UserError(str(e)) from e
 
@@ -201,19 +224,38 @@ def load_dataset(
     bounds = None
     if data_range is not None:
         bounds = tuple(float(v) for v in data_range.split(","))
-    try:
-        ds = data.load_data(name, data_range=bounds, image_size=image_size)
-    except data.DataFileError as e:
-        raise UserError(f"--data {e}") from e
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", data.DataConversionWarning)
+        try:
+            ds = data.load_data(name, data_range=bounds, image_size=image_size)
+        except data.DataFileError as e:
+            raise UserError(f"--data {e}") from e
     x = np.asarray(ds.x)
     kind = "images" if x.ndim == 4 else "vectors"
     labels = "" if ds.labels is None else f", {int(ds.labels.max()) + 1} classes"
     print(
         f"data: {name}: {len(x)} {kind} of shape {tuple(x.shape[1:])}{labels}, values "
-        f"in [{x.min():.4g}, {x.max():.4g}] -> model units x * {ds.scale:g} + "
-        f"{ds.shift:g}"
+        f"in [{x.min():.4g}, {x.max():.4g}] -> model units "
+        + (
+            "as they are"
+            if (ds.scale, ds.shift) == (1, 0)
+            else affine_text(ds.scale, ds.shift)
+        )
     )
+    for w in caught:
+        if issubclass(w.category, data.DataConversionWarning):
+            print(f"data: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return ds
+
+
+def affine_text(scale: float, shift: float) -> str:
+    """`x * scale + shift` as a reader writes it: `x * 2 - 1`, `x` for the identity."""
+    text = "x" if scale == 1 else f"x * {scale:g}"
+    if shift:
+        text += f" {'-' if shift < 0 else '+'} {abs(shift):g}"
+    return text
 
 
 # --------------------------------------------------------------------------- SDEs, models
@@ -404,7 +446,12 @@ def make_sample_dirs(
             continue
         directory = pathlib.Path(file).parent
         first = missing_ancestor(directory)
-        writable_dir(directory, f"{flag}'s directory")
+        try:
+            writable_dir(directory, flag, named=False)
+        except UserError:
+            for done, outermost in created:  # --out's, when --png's fails
+                remove_if_empty(done, outermost)
+            raise
         if first is not None:
             created.append((directory, first))
     return created
@@ -449,11 +496,14 @@ def save_samples(
     out: pathlib.Path,
     png: str | None,
     title: str | None = None,
+    labels=None,
+    ncols: int | None = None,
 ):
     """Write `samples` (model units) to `out` in data units (images clipped to
-    `[0, 1]`), and a picture to `png` if given (the first 64 images in a grid, or 2-D
-    points over the training data when it is one of the built-in sets), titled `title`;
-    returns what was written to `out`."""
+    `[0, 1]`), and a picture to `png` if given (the first 64 images in a grid of
+    `ncols` columns, or 2-D points over the training data when it is one of the
+    built-in sets, coloured by their `labels` if given), titled `title`; returns what
+    was written to `out`."""
     x = (np.asarray(samples) - data_meta["shift"]) / data_meta["scale"]
     images = len(data_meta["data_shape"]) == 3
     if images:
@@ -464,8 +514,10 @@ def save_samples(
     if png is not None:
         with atomic_output(png) as tmp:
             if images:
-                save_image(tmp, image_grid(x[:64]), title=title)
+                save_image(tmp, image_grid(x[:64], ncols=ncols), title=title)
             else:
                 reference = _reference_points(data_meta.get("name", ""))
-                save_scatter(tmp, x, reference=reference, title=title)
+                if labels is not None:
+                    labels = np.asarray(labels)
+                save_scatter(tmp, x, reference=reference, labels=labels, title=title)
     return x

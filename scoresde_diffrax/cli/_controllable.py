@@ -8,9 +8,9 @@ import argparse
 import numpy as np
 
 from .. import data, Impute, load_checkpoint, nn, operators, sde_from_description
+from .._pictures import save_rows
 from ..operators import MASKS as MASKS
-from ..pictures import image_grid, save_image
-from ._args import positive_int
+from ._args import MAKES_PARENT, positive_int
 from ._common import atomic_output, UserError
 from ._sampler_table import choose_solver, SOLVERS
 
@@ -180,13 +180,15 @@ def add_inverse_flags(
         "--out",
         required=True,
         metavar="FILE.npy",
-        help="results in data units (images in [0, 1]), in the order of the observations",
+        help="results in data units (images in [0, 1]), in the order of the "
+        "observations; " + MAKES_PARENT,
     )
     parser.add_argument(
         "--png",
         default=None,
         metavar="FILE.png",
-        help="also write observation / result / truth side by side (first 16)",
+        help="also write a picture of the first 16 examples: a row of observations, "
+        "one of results and one of truths, each named on its left; " + MAKES_PARENT,
     )
     fixed = [k for k, v in SOLVERS.items() if not v.adaptive]
     parser.add_argument(
@@ -233,16 +235,16 @@ def impute_solver(kwargs: dict, observation, mask) -> dict:
 
 
 def side_by_side(
-    columns, png: str, limit: int = 16, per_row: int = 4, title: str | None = None
+    groups,
+    names,
+    png: str,
+    limit: int = 16,
+    per_row: int = 8,
+    title: str | None = None,
 ) -> None:
-    """Write the first `limit` examples, each as its `columns` (arrays `(n, C, H, W)`
-    in [0, 1]; grey ones broadcast to the others' channels) side by side, `per_row`
-    examples to a row of the picture, under `title`."""
-    c = max(col.shape[1] for col in columns)
-    cols = [np.broadcast_to(col, (col.shape[0], c, *col.shape[2:])) for col in columns]
-    n = min(limit, cols[0].shape[0])
-    tiles = np.stack([col[:n] for col in cols], axis=1).reshape(-1, *cols[0].shape[1:])
+    """Write the first `limit` examples of each of `groups` (observation, result,
+    truth: arrays `(n, C, H, W)` in [0, 1]; grey ones shown in the others' channels)
+    as rows named on their left by `names`, `per_row` examples to a block of rows,
+    under `title`."""
     with atomic_output(png) as tmp:
-        save_image(
-            tmp, image_grid(tiles, ncols=len(cols) * min(per_row, n)), title=title
-        )
+        save_rows(tmp, [g[:limit] for g in groups], names, per_row=per_row, title=title)

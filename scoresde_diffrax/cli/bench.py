@@ -9,7 +9,7 @@ import jax.random as jr
 import numpy as np
 
 from .. import bench, data, SubVPSDE, VESDE, VPSDE
-from ._args import positive_float, positive_int
+from ._args import MAKES_DIR, positive_float, positive_int
 from ._common import load_for_sampling, UserError, writable_dir
 from ._controllable import TEST_SPLITS
 from ._sampler_table import choose_solver
@@ -87,8 +87,7 @@ def add_parser(subparsers) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="writes DIR/records.jsonl, DIR/table.md, DIR/plot.png (created with "
-        "its parents)",
+        help=f"writes DIR/records.jsonl, DIR/table.md, DIR/plot.png (DIR {MAKES_DIR})",
     )
     parser.set_defaults(run=run)
 

@@ -64,8 +64,9 @@ def run(args) -> int:
     if args.png is not None:
         side_by_side(
             [grey[:, None], result, truth],
+            ["grey", "colorized", "truth"],
             args.png,
-            title=f"grey / colorized / truth ({args.solver}, "
+            title=f"colorization ({args.solver}, "
             f"{int(res.stats['num_score_evals'])} score evaluations)",
         )
     err = float(np.max(np.abs(result.mean(axis=1) - grey)))

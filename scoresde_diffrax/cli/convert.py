@@ -10,6 +10,7 @@ import jax.random as jr
 from .. import nn
 from .._checkpoint import describe_model, describe_sde, save_checkpoint
 from .._train import TrainState
+from ._args import MAKES_DIR
 from ._common import UserError, writable_dir
 
 
@@ -34,7 +35,10 @@ def add_parser(subparsers) -> None:
         + ", or the config as a JSON file (sections model, data, training)",
     )
     parser.add_argument(
-        "--out", required=True, metavar="DIR", help="checkpoint directory to write"
+        "--out",
+        required=True,
+        metavar="DIR",
+        help=f"checkpoint directory to write ({MAKES_DIR})",
     )
     parser.set_defaults(run=run)
 

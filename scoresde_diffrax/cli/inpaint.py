@@ -104,12 +104,13 @@ def run(args) -> int:
     save_npy(out, result.astype(np.float32))
     if args.png is not None:
         shown = np.where(mask, observed, 0.5)
-        cols = [shown, result] + ([truth] if truth is not None else [])
-        names = "observed / inpainted" + (" / truth" if truth is not None else "")
+        rows = [shown, result] + ([truth] if truth is not None else [])
+        names = ["observed", "inpainted"] + (["truth"] if truth is not None else [])
         side_by_side(
-            [np.clip(c, 0, 1) for c in cols],
+            [np.clip(r, 0, 1) for r in rows],
+            names,
             args.png,
-            title=f"{names} ({args.solver}, "
+            title=f"inpainting ({args.solver}, "
             f"{int(res.stats['num_score_evals'])} score evaluations)",
         )
     nfe = int(res.stats["num_score_evals"])

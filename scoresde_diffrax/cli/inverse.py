@@ -209,9 +209,10 @@ def run(args) -> int:
             shown, what = to_data(op.pinv_image(y), data_meta), "A^+ y"
         side_by_side(
             [np.clip(shown, 0, 1), result, truth],
+            [what, "result", "truth"],
             args.png,
-            title=f"{what} / result / truth: {args.algorithm}, {args.operator} "
-            f"({args.solver}, {nfe} score evaluations)",
+            title=f"{args.algorithm}, {args.operator} ({args.solver}, {nfe} score "
+            "evaluations)",
         )
     res_rms = residuals(op, to_model(result, data_meta), y)
     rms = float(np.sqrt((res_rms**2).mean()))

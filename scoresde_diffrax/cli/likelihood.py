@@ -5,12 +5,12 @@ import math
 import pathlib
 import sys
 
-import diffrax as dfx
 import jax.random as jr
 import numpy as np
 
 from .. import bits_per_dim, dequantize, ExactDivergence, Hutchinson, log_likelihood
-from ._args import positive_float, positive_int
+from .._progress import solve_progress
+from ._args import MAKES_PARENT, positive_float, positive_int
 from ._common import (
     DATASETS,
     load_dataset,
@@ -96,9 +96,14 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="FILE.npy",
         help="write the per-example log-likelihoods (nats, of the data in model "
-        "units, dequantised where the data are quantised)",
+        "units, dequantised where the data are quantised); " + MAKES_PARENT,
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress report (by default a bar on a terminal, else a plain "
+        "line per tenth of the solve)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -163,7 +168,7 @@ def run(args) -> int:
             )
         x = x[: args.num_examples]
     if out is not None:
-        writable_dir(out.parent, "--out's directory")
+        writable_dir(out.parent, "--out", named=False)
 
     # Dequantise (quantised data) into model units
     scale, shift = data_meta["scale"], data_meta["shift"]
@@ -176,7 +181,7 @@ def run(args) -> int:
         y = np.asarray(x * scale + shift, np.float32)
 
     # Solve
-    meter = dfx.NoProgressMeter() if args.quiet else dfx.TqdmProgressMeter()
+    meter = solve_progress("likelihood", enabled=not args.quiet)
     res = log_likelihood(
         key_probe,
         sde,

@@ -1,13 +1,13 @@
 """`scoresde sample`: draw samples from a trained checkpoint with a named solver."""
 
 import pathlib
-import sys
 
 import diffrax as dfx
 import jax.numpy as jnp
 import jax.random as jr
 
 from .. import ClassifierFreeGuidance, ClassifierGuidance, sample as sd_sample
+from .._progress import solve_progress
 from ._args import add_guidance_flags, add_sampling_flags
 from ._common import (
     batch_mesh,
@@ -50,7 +50,7 @@ def run(args) -> int:
         raise UserError(
             f"--eps must be below the SDE's end time T = {sde.T}, got {args.eps}"
         )
-    model = _guided(model, sde, data_meta, args)
+    model, labels, guidance = _guided(model, sde, data_meta, args)
     mesh = None
     if args.data_parallel:
         mesh = batch_mesh("--num-samples", args.num_samples, "with --data-parallel")
@@ -62,8 +62,9 @@ def run(args) -> int:
         title = (
             f"{pathlib.Path(args.checkpoint).name}: {choice.label}, "
             f"{int(res.stats['num_score_evals'])} score evaluations"
-        )
-        save_samples(res.samples, data_meta, out, args.png, title)
+        ) + (f"\n{guidance}" if guidance else "")
+        columns = int(labels.max()) + 1 if args.label == "all" else None
+        save_samples(res.samples, data_meta, out, args.png, title, labels, columns)
     except BaseException:
         for directory, first in created:  # leave no empty directory behind
             remove_if_empty(directory, first)
@@ -114,10 +115,9 @@ def _sample(args, sde, model, shape, mesh, choice):
 
 
 def progress_meter(args) -> dfx.AbstractProgressMeter:
-    """diffrax's tqdm progress bar with `--progress`, or by default when stderr is a
-    terminal; none with `--quiet`."""
-    show = args.progress or (not args.quiet and sys.stderr.isatty())
-    return dfx.TqdmProgressMeter() if show else dfx.NoProgressMeter()
+    """diffrax's tqdm progress bar on a terminal or with `--progress`, else plain
+    lines (a log); none with `--quiet`."""
+    return solve_progress("sample", enabled=not args.quiet, bar=args.progress)
 
 
 def _labels(args, k: int, owner: str):
@@ -150,7 +150,8 @@ def _num_classes(model) -> int:
 def _guided(model, sde, data_meta: dict, args):
     """`model`; with `--classifier` the classifier-guided score of `--label`; for a
     conditional checkpoint (`train --conditional`) classifier-free guidance towards
-    `--label` at `--guidance-scale` (default 0: plain conditional sampling)."""
+    `--label` at `--guidance-scale` (default 0: plain conditional sampling). Also
+    the labels (None without) and what the guidance is, in words, for the picture."""
     k_model = _num_classes(model)
     if k_model:
         if args.classifier is not None:
@@ -166,19 +167,32 @@ def _guided(model, sde, data_meta: dict, args):
             )
         labels = _labels(args, k_model, "model")
         scale = 0.0 if args.guidance_scale is None else args.guidance_scale
-        return ClassifierFreeGuidance(model, labels, scale)
+        what = _label_text(args, k_model, data_meta)
+        what += f", classifier-free guidance w = {scale:g}"
+        return ClassifierFreeGuidance(model, labels, scale), labels, what
     if args.classifier is None:
         if args.label is not None or args.guidance_scale is not None:
             raise UserError(
                 "--label and --guidance-scale need --classifier (or a checkpoint "
                 "trained with --conditional)"
             )
-        return model
+        return model, None, ""
     from ._controllable import load_classifier
 
     if args.label is None:
         raise UserError("--classifier needs --label (a class, or 'all')")
     classifier, _ = load_classifier(args.classifier, sde, data_meta)
-    labels = _labels(args, classifier.config.num_classes, "classifier")
+    k = classifier.config.num_classes
+    labels = _labels(args, k, "classifier")
     scale = 1.0 if args.guidance_scale is None else args.guidance_scale
-    return ClassifierGuidance(model, classifier, labels, scale)
+    what = _label_text(args, k, data_meta)
+    what += f", classifier {pathlib.Path(args.classifier).name} at scale {scale:g}"
+    return ClassifierGuidance(model, classifier, labels, scale), labels, what
+
+
+def _label_text(args, k: int, data_meta: dict) -> str:
+    """`--label` in words: a class, or all of them by column (images) or colour."""
+    if args.label != "all":
+        return f"label {int(args.label)}"
+    by = "column j: label j" if len(data_meta["data_shape"]) == 3 else "by colour"
+    return f"labels 0-{k - 1} ({by})"

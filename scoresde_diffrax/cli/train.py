@@ -27,6 +27,7 @@ from ._common import (
     batch_mesh,
     checkpoint_model,
     checkpoint_steps,
+    DATASETS,
     devices_holding,
     init_distributed,
     load_dataset,
@@ -295,6 +296,29 @@ def _model(settings: RunSettings, meta: dict | None, dataset) -> tuple:
     return sde, model
 
 
+# What the README measured for the bundled 8x8 digits (benchmarks/README.md, Digits):
+# 6000 steps of batch 128 at --lr 1e-3 with the default U-Net reach FD-digits 1.55x the
+# floor of real digits; 10.8 minutes on 2 shared CPU cores.
+USEFUL_IMAGE_STEPS = 6000
+
+
+def _hint_steps(settings: RunSettings, dataset) -> None:
+    """On your own images, a note when `--steps` is below what a useful model of the
+    8x8 digits took."""
+    if settings.data in DATASETS or len(dataset.data_shape) != 3:
+        return
+    if settings.steps >= USEFUL_IMAGE_STEPS:
+        return
+    print(
+        f"scoresde train: note: --steps {settings.steps} is likely too few for a "
+        f"useful model of images: on the bundled 8x8 digits, --model unet needed "
+        f"{USEFUL_IMAGE_STEPS} steps of --batch-size 128 at --lr 1e-3 (about 11 "
+        "minutes on 2 CPU cores) for samples at 1.55-1.82x the FD-digits floor of "
+        "real digits (README, benchmarks); larger images need more",
+        file=sys.stderr,
+    )
+
+
 def _failed(e: BaseException, settings: RunSettings, out: pathlib.Path) -> int:
     """A training failure in terms of the flags that fix it (raises `UserError`), or
     the exit code of an interrupt (130, after saying what was kept)."""
@@ -347,6 +371,7 @@ def run(args) -> int:
             "--batch-size", settings.batch_size, "for data-parallel training"
         )
     dataset = load_dataset(settings.data, settings.data_range, settings.image_size)
+    _hint_steps(settings, dataset)
     sde, model = _model(settings, meta, dataset)
     created = missing_ancestor(out)
     writable_dir(out, "--out")

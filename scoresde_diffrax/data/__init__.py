@@ -8,7 +8,11 @@ from ._digits import (
     digits as digits,
     digits_array as digits_array,
 )
-from ._files import DataFileError as DataFileError, load_data as load_data
+from ._files import (
+    DataConversionWarning as DataConversionWarning,
+    DataFileError as DataFileError,
+    load_data as load_data,
+)
 from ._toy import (
     checkerboard as checkerboard,
     gaussian_mixture as gaussian_mixture,

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,12 @@ class DataFileError(ValueError):
     what was expected."""
 
 
+class DataConversionWarning(UserWarning):
+    """Data that were converted on the way in (a folder of grey and colour images made
+    all colour, 16-bit images reduced to 8 bits, transparency dropped); the message
+    names the path and says how many examples were converted and how."""
+
+
 def load_data(
     path: str | os.PathLike,
     *,
@@ -29,7 +36,10 @@ def load_data(
         integer labels under `y` (one per example).
     - a folder of PNG / JPEG images (`.png`, `.jpg`, `.jpeg`, read with Pillow; other
         files are ignored): every image of the same size, or resized to `image_size`;
-        grey if every image is grey, else RGB. Labels are not read from folders.
+        grey if every image is grey, else RGB; 16-bit images are reduced to 8 bits
+        and transparency is dropped. A [`DataConversionWarning`][] says how many
+        images were converted (grey ones made RGB beside colour ones, 16-bit ones,
+        transparent ones). Labels are not read from folders.
 
     Shapes: `(n, d)` are vectors; `(n, C, H, W)` with `C` in 1-4 are channel-first
     images; `(n, H, W)` are grey images (a channel axis is added). Images become
@@ -194,9 +204,13 @@ def _read_image_folder(p: pathlib.Path, image_size) -> np.ndarray:
                 pictures.append(im.copy())
         except (UnidentifiedImageError, OSError) as e:
             raise DataFileError(f"{f}: cannot be read as an image ({e})") from e
-    grey = all(im.mode in ("1", "L", "I;16", "I") for im in pictures)
+    grey = all(im.mode in _GREY_MODES for im in pictures)
+    _warn_conversions(p, pictures, grey)
     arrays = []
     for im in pictures:
+        if im.mode in _WIDE_MODES:  # 16 bits: to 8 (Pillow's convert would clip)
+            wide = np.asarray(im, np.float64)
+            im = Image.fromarray(np.clip(np.round(wide / 257), 0, 255).astype(np.uint8))
         im = im.convert("L" if grey else "RGB")
         if image_size is not None:
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -211,3 +225,30 @@ def _read_image_folder(p: pathlib.Path, image_size) -> np.ndarray:
             "them with image_size (scoresde: --image-size N)"
         )
     return np.stack(arrays)
+
+
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (and 32-bit) grey
+_GREY_MODES = ("1", "L", "LA", *_WIDE_MODES)
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _warn_conversions(p: pathlib.Path, pictures, grey: bool) -> None:
+    """One `DataConversionWarning` saying how many images of the folder `p` are
+    converted, and how (grey to RGB in a folder with colour images, 16 to 8 bits,
+    transparency dropped); none if no image is."""
+    n = len(pictures)
+    counts = {
+        "from grey to RGB (the grey level in every channel) to match the colour ones": (
+            0 if grey else sum(im.mode in _GREY_MODES for im in pictures)
+        ),
+        "from 16 to 8 bits": sum(im.mode in _WIDE_MODES for im in pictures),
+        "without their transparency (alpha channel dropped)": sum(
+            im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)
+            for im in pictures
+        ),
+    }
+    said = [f"{k} of the {n} images {how}" for how, k in counts.items() if k]
+    if said:
+        warnings.warn(
+            f"{p}: converted " + "; ".join(said), DataConversionWarning, stacklevel=4
+        )
