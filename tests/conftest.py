@@ -1,11 +1,18 @@
 import gc
 import os
 
-import jax
-import pytest
+
+# Compiling dominates this suite's time (tiny problems, thousands of programs): XLA's
+# CPU backend compiles without LLVM's optimisation passes here (about 35-50 % less
+# compile time, slower runs; the arithmetic XLA asks for is the same). Set before JAX
+# starts its backend; child processes inherit it. An XLA_FLAGS of the user's is kept.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # The shared SDEs live in helpers.py (test modules import them from there).
-from helpers import SDES
+from helpers import SDES  # noqa: E402
 
 
 # Make shape bugs loud: no silent rank promotion inside the package.
