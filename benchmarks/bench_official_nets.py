@@ -11,6 +11,13 @@ memory analysis: arguments + outputs + temporaries, nothing allocated).
 native CPU path, `upfirdn2d_native`); `--torch-python` an interpreter with torch and
 numpy. Without them only this package's side runs. Random weights (timing only). Writes
 `benchmarks/results/official_nets.json` with the command that made it.
+
+The two sides take turns, one forward pass each (the official model waits in a child
+process for its turn), so the changing load of a shared machine falls on both alike;
+which side goes first alternates from pair to pair. For each pass: the wall time and the
+CPU time of its process (all threads: a CPU time no larger than the wall time means one
+thread was used). The medians of both, and the load average at the start and end of
+each net.
 """
 
 import os
@@ -18,8 +25,7 @@ import os
 
 # one CPU thread for XLA, before jax is imported
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
 )
 
 import argparse  # noqa: E402
@@ -47,17 +53,19 @@ OFFICIAL_MODELS = os.path.join(
     "official_models.json",
 )  # fmt: skip
 
+# The official side: builds the model, runs one warm-up pass, says "ready", then runs
+# one timed forward pass per "run" line on stdin until "quit".
 _TORCH_CHILD = r"""
 import ast, json, sys, time, types
 import torch
-repo, name, batch, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+repo, name, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(1)
 sys.path.insert(0, repo)
 from models import ncsnpp
 def ns(d):
     return types.SimpleNamespace(**{k: ns(v) if isinstance(v, dict) else v
                                     for k, v in d.items()})
-entry = json.load(open(sys.argv[5]))["full"][name]
+entry = json.load(open(sys.argv[4]))["full"][name]
 config = entry["config"]
 config = ast.literal_eval(config) if isinstance(config, str) else config
 config["device"] = "cpu"
@@ -68,18 +76,54 @@ torch.manual_seed(0)
 x = torch.rand(batch, 3, size, size)
 labels = torch.rand(batch) * (50.0 if cfg.model.embedding_type == "fourier" else 999.0) + 0.01
 with torch.no_grad():
+    t0 = time.perf_counter()
     model(x, labels)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    print(json.dumps({"ready": True, "first_s": time.perf_counter() - t0,
+                      "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "params": sum(p.numel() for p in model.parameters())}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        c0, t0 = time.process_time(), time.perf_counter()
         model(x, labels)
-        times.append(time.perf_counter() - t0)
-print(json.dumps({"times_s": times, "torch": torch.__version__,
-                  "params": sum(p.numel() for p in model.parameters())}))
+        t1, c1 = time.perf_counter(), time.process_time()
+        print(json.dumps({"wall_s": t1 - t0, "cpu_s": c1 - c0}), flush=True)
 """
 
 
-def time_jax(config: str, batch: int, reps: int) -> dict:
+class TorchSide:
+    """The official model in a child process, one forward pass per `run()`."""
+
+    def __init__(self, args, name: str):
+        self.proc = subprocess.Popen(
+            [args.torch_python, "-c", _TORCH_CHILD, args.official_repo, name,
+             str(args.batch), OFFICIAL_MODELS],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+        )  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip().splitlines()
+            raise RuntimeError(err[-1] if err else "the torch child exited")
+        return json.loads(line)
+
+    def run(self) -> dict:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def jax_side(config: str, batch: int):
+    """This package's net, compiled; a function running one timed forward pass."""
     net = sd.nn.NCSNpp(config=sd.nn.network_config(config), key=jr.key(0))
     cfg = net.config
     x = jr.uniform(jr.key(1), (batch, 3, cfg.image_size, cfg.image_size))
@@ -89,26 +133,75 @@ def time_jax(config: str, batch: int, reps: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(forward(labels, x))
     compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(forward(labels, x))
-        times.append(time.perf_counter() - t0)
     params = sum(
         a.size for a in jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_array))
     )
-    return {"times_s": times, "compile_s": compile_s, "params": int(params)}
+
+    def run() -> dict:
+        c0, t0 = time.process_time(), time.perf_counter()
+        jax.block_until_ready(forward(labels, x))
+        t1, c1 = time.perf_counter(), time.process_time()
+        return {"wall_s": t1 - t0, "cpu_s": c1 - c0}
+
+    return run, {"compile_s": compile_s, "params": int(params)}
 
 
-def time_torch(args, name: str) -> dict:
-    out = subprocess.run(
-        [args.torch_python, "-c", _TORCH_CHILD, args.official_repo, name,
-         str(args.batch), str(args.reps), OFFICIAL_MODELS],
-        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )  # fmt: skip
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "?"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _summary(passes: list) -> dict:
+    wall = [p["wall_s"] for p in passes]
+    cpu = [p["cpu_s"] for p in passes]
+    return {
+        "times_s": wall,
+        "cpu_s": cpu,
+        "median_s": float(np.median(wall)),
+        "median_cpu_s": float(np.median(cpu)),
+    }
+
+
+def time_net(args, key: str) -> dict:
+    config = NETS[key]
+    row = {"net": key, "config": config, "batch": args.batch}
+    row["loadavg_start"] = list(os.getloadavg())
+    run_jax, row["jax"] = jax_side(config, args.batch)
+    torch_side = None
+    if args.official_repo and args.torch_python:
+        try:
+            torch_side = TorchSide(args, config.replace("/", "."))
+            row["torch"] = dict(torch_side.info)
+            del row["torch"]["ready"]
+        except RuntimeError as e:
+            row["torch"] = {"error": str(e)}
+    run_jax()  # one untimed pass each, after compiling / the first call
+    if torch_side is not None:
+        torch_side.run()
+    jax_passes, torch_passes = [], []
+    for i in range(args.reps):
+        if torch_side is None:
+            jax_passes.append(run_jax())
+        elif i % 2 == 0:
+            jax_passes.append(run_jax())
+            torch_passes.append(torch_side.run())
+        else:
+            torch_passes.append(torch_side.run())
+            jax_passes.append(run_jax())
+    if torch_side is not None:
+        torch_side.close()
+    row["loadavg_end"] = list(os.getloadavg())
+    row["jax"].update(_summary(jax_passes))
+    row["jax_median_s"] = row["jax"]["median_s"]
+    if torch_passes:
+        row["torch"].update(_summary(torch_passes))
+        row["torch_median_s"] = row["torch"]["median_s"]
+        row["jax_over_torch"] = row["jax_median_s"] / row["torch_median_s"]
+        row["jax_over_torch_cpu"] = (
+            row["jax"]["median_cpu_s"] / row["torch"]["median_cpu_s"]
+        )
+        # the same pair of passes, side by side: the spread of the ratio
+        pair = [
+            j["wall_s"] / t["wall_s"]
+            for j, t in zip(jax_passes, torch_passes, strict=True)
+        ]
+        row["jax_over_torch_per_pair"] = pair
+    return row
 
 
 def ffhq_step_memory() -> dict:
@@ -120,8 +213,14 @@ def ffhq_step_memory() -> dict:
     )
     sde = sd.nn.official_sde(config)
 
-    def step(net, x, t, z):
-        score = sd.nn.OfficialScore(net, sde)
+    # the weights are abstract (shapes only): they go in as jit arguments
+    def is_shape(a):
+        return isinstance(a, jax.ShapeDtypeStruct)
+
+    weights, static = eqx.partition(net, is_shape, is_leaf=is_shape)
+
+    def step(weights, x, t, z):
+        score = sd.nn.OfficialScore(eqx.combine(weights, static, is_leaf=is_shape), sde)
         dt = 1e-3
         g = sde.diffusion(t)
         drift = -(g**2) * jax.vmap(score, in_axes=(None, 0))(t, x)
@@ -130,12 +229,13 @@ def ffhq_step_memory() -> dict:
     shape = jax.ShapeDtypeStruct((1, 3, 1024, 1024), jnp.float32)
     t = jax.ShapeDtypeStruct((), jnp.float32)
     t0 = time.perf_counter()
-    compiled = eqx.filter_jit(step).lower(net, shape, t, shape).compile()
-    m = compiled.compiled.memory_analysis()
-    weights = sum(a.size * 4 for a in jax.tree_util.tree_leaves(net))
+    compiled = jax.jit(step).lower(weights, shape, t, shape).compile()
+    m = compiled.memory_analysis()
+    leaves = jax.tree_util.tree_leaves(weights, is_leaf=is_shape)
     return {
         "config": config,
         "batch": 1,
+        "params": int(sum(a.size for a in leaves)),
         "argument_mib": m.argument_size_in_bytes / 2**20,
         "output_mib": m.output_size_in_bytes / 2**20,
         "temp_mib": m.temp_size_in_bytes / 2**20,
@@ -143,9 +243,31 @@ def ffhq_step_memory() -> dict:
             m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
         )
         / 2**20,
-        "weights_mib": weights / 2**20,
+        "weights_mib": sum(a.size * a.dtype.itemsize for a in leaves) / 2**20,
         "compile_s": time.perf_counter() - t0,
     }
+
+
+def _command(args) -> str:
+    """The command line, with the machine's paths of the official side left out."""
+    argv, out = list(sys.argv), []
+    names = {
+        "--official-repo": "PATH/score_sde_pytorch",
+        "--torch-python": "PATH/bin/python",
+    }
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        flag = a.split("=", 1)[0]
+        if flag in names and "=" in a:
+            out.append(f"{flag}={names[flag]}")
+        elif flag in names and i + 1 < len(argv):
+            out += [a, names[flag]]
+            i += 1
+        else:
+            out.append(a)
+        i += 1
+    return "python " + " ".join(out)
 
 
 def main():
@@ -160,22 +282,16 @@ def main():
     args = p.parse_args()
     rows = []
     for key in args.nets.split(","):
-        config = NETS[key]
-        row = {"net": key, "config": config, "batch": args.batch}
-        row["jax"] = time_jax(config, args.batch, args.reps)
-        row["jax_median_s"] = float(np.median(row["jax"]["times_s"]))
-        if args.official_repo and args.torch_python:
-            row["torch"] = time_torch(args, config.replace("/", "."))
-            if "times_s" in row["torch"]:
-                row["torch_median_s"] = float(np.median(row["torch"]["times_s"]))
-                row["jax_over_torch"] = row["jax_median_s"] / row["torch_median_s"]
+        row = time_net(args, key)
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {
-        "command": "python " + " ".join(sys.argv),
+        "command": _command(args),
         "threads": 1,
+        "interleaved": True,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "forward": rows,

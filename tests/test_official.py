@@ -79,6 +79,25 @@ def test_fixture_outputs(name):
     assert score.data_range == ((-1.0, 1.0) if config["data"]["centered"] else (0, 1))
 
 
+def test_loop_friendly_network_matches_the_official_outputs():
+    # `sd.nn.loop_friendly` swaps the convolutions (NCHW shifted slices inside a
+    # network that runs channels-last): the same outputs, on the config with the most
+    # kinds of layer (FIR, BigGAN blocks, input and output skips).
+    name = "ve_ncsnpp_outputskip"
+    io_ = np.load(DATA / name / "io.npz")
+    config = json.loads((DATA / name / "config.json").read_text())
+    score = sd.nn.load_official_score(DATA / name / "checkpoint.pth", config)
+    friendly = sd.nn.loop_friendly(score)
+    assert not any(
+        isinstance(m, eqx.nn.Conv2d)
+        for m in jax.tree_util.tree_leaves(
+            friendly, is_leaf=lambda m: isinstance(m, eqx.nn.Conv2d)
+        )
+    )
+    out = _scores(friendly, jnp.asarray(io_["t"]), jnp.asarray(io_["x"]))
+    _close(out, io_["score_ema"])
+
+
 def test_small_parameter_counts():
     for name, entry in MODELS["small"].items():
         config = json.loads((DATA / name / "config.json").read_text())
