@@ -209,10 +209,33 @@ def _check_conditional_and_inverse(ns: dict, printed: str) -> None:
     assert abs(psnr[blur, "projection"] - psnr[blur, "pinv"]) < 0.5, psnr
 
 
+def _check_paper_networks(ns: dict, printed: str) -> None:
+    # The official checkpoint's score equals the official code's to float32 round-off.
+    ((rel,),) = _printed(r"^score vs the official code: .* = (\S+)$", printed)
+    assert float(rel) < 1e-5, rel
+    # Three solvers, each spending the evaluations its plan says (the final denoising
+    # step is one more), with finite samples of the network's image shape.
+    results, n = ns["results"], ns["NUM_SAMPLES"]
+    assert len(results) == 3
+    pc, dpm, tsit5 = results.values()
+    assert pc["nfe"] == 2 * ns["PC_STEPS"] + 1, pc["nfe"]
+    assert dpm["nfe"] == ns["ODE_STEPS"] + 1, dpm["nfe"]
+    assert tsit5["nfe"] > 0, tsit5["nfe"]
+    for r in results.values():
+        assert r["samples"].shape == (n, 3, 16, 16)
+        assert np.all(np.isfinite(r["samples"]))
+    # Bits/dim: one finite value per example, from its log-density and the data's range.
+    bpd, ll, x = ns["bpd"], ns["ll"], ns["x_data"]
+    assert bpd.shape == (n,) and np.all(np.isfinite(bpd)), bpd
+    expected = -(ll.log_prob / x[0].size - math.log(256.0)) / math.log(2.0)
+    np.testing.assert_allclose(bpd, expected, rtol=1e-5)
+
+
 CHECKS = {
     "bring_your_own_model.ipynb": _check_bring_your_own_model,
     "conditional_and_inverse.ipynb": _check_conditional_and_inverse,
     "controllable_generation.ipynb": _check_controllable_generation,
+    "paper_networks.ipynb": _check_paper_networks,
     "quickstart.ipynb": _check_quickstart,
     "samplers_and_likelihoods.ipynb": _check_samplers_and_likelihoods,
     "train_digits.ipynb": _check_train_digits,
