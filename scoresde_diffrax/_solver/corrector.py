@@ -6,16 +6,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._custom_types import ScalarLike
+from .._scalars import check_int, check_positive
 from .._sde import AbstractSDE
-from .._sde.base import check_positive_finite
 from .._term import batched_score
-
-
-def _check_num_steps(num_steps, owner: str) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(
-            f"{owner}: `num_steps` must be an int >= 1, got {num_steps!r}."
-        )
 
 
 def langevin_alpha(sde: AbstractSDE, t: ScalarLike, t_next: ScalarLike):
@@ -180,8 +173,8 @@ class Langevin(AbstractCorrector):
         self.norms = norms
 
     def __check_init__(self):
-        check_positive_finite("snr", self.snr, "Langevin")
-        _check_num_steps(self.num_steps, "Langevin")
+        check_positive("snr", self.snr, owner="Langevin")
+        check_int("num_steps", self.num_steps, owner="Langevin")
 
     @property
     def batch_norm(self) -> bool:
@@ -220,8 +213,8 @@ class AnnealedLangevin(AbstractCorrector):
     num_steps: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
-        check_positive_finite("snr", self.snr, "AnnealedLangevin")
-        _check_num_steps(self.num_steps, "AnnealedLangevin")
+        check_positive("snr", self.snr, owner="AnnealedLangevin")
+        check_int("num_steps", self.num_steps, owner="AnnealedLangevin")
 
     def step_size(self, sde, t, t_next, score, noise, batched):
         eps = 2 * langevin_alpha(sde, t, t_next) * (self.snr * sde.std(t)) ** 2
