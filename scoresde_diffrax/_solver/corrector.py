@@ -119,7 +119,7 @@ class Langevin(AbstractCorrector):
         whole batch (through the two averages), so the first 10 of 1,000 samples are
         not 10 samples drawn alone, and sharded runs agree with one device only to
         round-off.
-    - `"example"`: per-example norms (this class's default before). **Biased**: the
+    - `"example"`: per-example norms. **Biased**: the
         step depends on the example's own $x$ and $z$, which inflates the stationary
         variance by about $((d + 2) / d)^2$ for Gaussian data in $d$ dimensions
         (1.27 in 16-D), whatever `snr`; in 2-D the step has infinite mean and samples
@@ -131,7 +131,8 @@ class Langevin(AbstractCorrector):
         0.01 for VP).
     - `num_steps`: corrector steps per predictor step, >= 1.
     - `norms`: `"noise"` (default), `"batch"` or `"example"`, as above.
-    - `batch_norm`: kept for compatibility: `batch_norm=True` is `norms="batch"`.
+    - `batch_norm`: another spelling of `norms`: `True` is `norms="batch"`, `False`
+        is `norms="noise"`; given with `norms`, the two must agree.
 
     **Reference:** Song et al., ICLR 2021, Appendix G, Algorithm 5; for the bias of
     state-dependent step sizes, the stationary density $\propto p / \epsilon(x)$ of
