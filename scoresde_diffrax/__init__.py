@@ -30,6 +30,7 @@ from ._errors import (
     SolveError as SolveError,
 )
 from ._exact import (
+    AbstractMixture as AbstractMixture,
     FullCovarianceMixture as FullCovarianceMixture,
     GaussianMixture as GaussianMixture,
     MixtureClassifier as MixtureClassifier,

@@ -19,6 +19,15 @@ import numpy as np
 
 from ._conditioning import example, has_per_example
 from ._divergence import AbstractDivergence
+from ._scalars import (
+    check_int as check_int,
+    check_nonnegative as check_nonnegative,
+    check_nonzero as check_nonzero,
+    check_positive as check_positive,
+    check_unit_interval as check_unit_interval,
+    concrete_float as concrete_float,
+    is_concrete as is_concrete,
+)
 from ._sde import AbstractSDE
 
 
@@ -26,72 +35,14 @@ Method = Literal["sde", "ode"]
 
 
 # --------------------------------------------------------------------------------------
-# Scalars
+# Scalars (the rules on plain numbers live in `_scalars`, re-exported above)
 # --------------------------------------------------------------------------------------
-
-
-def is_concrete(x) -> bool:
-    """Whether `x` has a value now (is not a tracer of an outer transformation)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
-def concrete_float(x, name: str) -> float | None:
-    """`float(x)`, or None if `x` is traced. A value that is not a real scalar raises
-    a `ValueError` naming `name`."""
-    if isinstance(x, bool):
-        raise ValueError(f"`{name}` must be a real number, got {x!r}.")
-    try:
-        return float(x)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        if isinstance(x, jax.core.Tracer):
-            return None
-        raise ValueError(f"`{name}` must be a real number, got {x!r}.") from None
-    except Exception as e:  # noqa: BLE001 - e.g. a non-scalar array
-        raise ValueError(f"`{name}` must be a real scalar, got {x!r}.") from e
-
-
-def check_int(
-    name: str, value, minimum: int = 1, *, or_none: bool = False
-) -> int | None:
-    """`value` as an `int >= minimum` (bools refused); with `or_none`, None passes."""
-    if or_none and value is None:
-        return None
-    also = " or None" if or_none else ""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be an int >= {minimum}{also}, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}{also}, got {value}.")
-    return int(value)
-
-
-def check_unit_interval(name: str, value) -> float:
-    """`value` as a float in `[0, 1)` (e.g. a decay)."""
-    v = concrete_float(value, name)
-    if v is None or not (0.0 <= v < 1.0):
-        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
-    return v
 
 
 def check_isinstance(name: str, value, cls: type | tuple[type, ...], what: str) -> None:
     """A `TypeError` naming `name` unless `value` is a `cls` (described as `what`)."""
     if not isinstance(value, cls):
         raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
-
-
-def check_positive(name: str, value) -> float | None:
-    """`value` as a finite float > 0 (None if traced)."""
-    v = concrete_float(value, name)
-    if v is not None and not (math.isfinite(v) and v > 0):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-    return v
-
-
-def check_nonzero(name: str, value) -> float | None:
-    """`value` as a finite non-zero float (None if traced)."""
-    v = concrete_float(value, name)
-    if v is not None and not (math.isfinite(v) and v != 0):
-        raise ValueError(f"`{name}` must be a finite non-zero number, got {value!r}.")
-    return v
 
 
 def check_eps(eps, sde: AbstractSDE) -> float | None:

@@ -1,3 +1,4 @@
+import abc
 import math
 
 import equinox as eqx
@@ -7,8 +8,9 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from ._checks import check_mask, concrete_float
+from ._checks import check_mask
 from ._custom_types import Scalar, ScalarLike
+from ._scalars import check_int, check_nonnegative, is_concrete
 from ._sde import AbstractSDE
 
 
@@ -17,92 +19,55 @@ from ._sde import AbstractSDE
 _EXACT = jax.lax.Precision.HIGHEST
 
 
-def _is_concrete(*xs) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in xs)
-
-
-def _check_n(n) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"GaussianMixture.sample: `n` must be an int >= 1, got {n!r}.")
-
-
-class GaussianMixture(eqx.Module):
-    r"""A mixture of Gaussians with diagonal covariances: exact ground truth.
-
-    $$p(x) = \sum_k w_k\, \mathcal{N}(x;\ \mu_k,\ \mathrm{diag}(\sigma_k^2)).$$
+class AbstractMixture(eqx.Module):
+    r"""A mixture of Gaussians, $p(x) = \sum_k w_k\, \mathcal{N}(x;\ \mu_k,\ \Sigma_k)$:
+    exact ground truth.
 
     A linear SDE maps it to another mixture: with mean coefficient $a(t)$ and standard
     deviation $s(t)$, component $k$ of $p_t$ is
-    $\mathcal{N}(a(t)\mu_k, a(t)^2 \sigma_k^2 + s(t)^2)$. So the score and the
-    log-density of every marginal are known in closed form, in any dimension; this class
-    is the oracle every sampler and likelihood in the package is tested against.
+    $\mathcal{N}(a(t)\mu_k, a(t)^2 \Sigma_k + s(t)^2 I)$. So the score, the
+    log-density and the component posterior of every marginal are known in closed
+    form, in any dimension: the oracle every sampler and likelihood in the package is
+    tested against.
 
-    **Arguments:**
-
-    - `means`: component means, shape `(K, D)`.
-    - `stds`: component standard deviations, shape `(K,)` (isotropic) or `(K, D)`
-        (diagonal); all > 0.
-    - `weights`: mixture weights, shape `(K,)`, all > 0; normalised here. Default:
-        uniform.
-
-    **Example:**
-
-    ```python
-    mix = sd.GaussianMixture(jnp.array([[-2.0, 0.0], [2.0, 0.0]]), jnp.array([0.3, 0.5]))
-    x = mix.sample(jr.key(0), 1000)            # (1000, 2)
-    logp = jax.vmap(mix.log_prob)(x)           # (1000,)
-    score = mix.score(sd.VPSDE())              # score(t, x) of p_t, exact
-    ```
+    Everything that holds for any covariance is here: sampling, the log-density and
+    its gradient, the component posterior, the marginals under an SDE, the exact score
+    and classifier, the posterior given a linear observation, the mean and the
+    covariance. The final subclasses, [`GaussianMixture`][] (diagonal covariances) and
+    [`FullCovarianceMixture`][] (full ones), hold the covariances and supply what
+    depends on their form. All methods act on ONE point; batch them with `jax.vmap`.
     """
 
-    means: Float[Array, "K D"]
-    stds: Float[Array, "K D"]
-    weights: Float[Array, " K"]
+    means: eqx.AbstractVar[Float[Array, "K D"]]
+    weights: eqx.AbstractVar[Float[Array, " K"]]
 
-    def __init__(
-        self,
-        means: ArrayLike,
-        stds: ArrayLike,
-        weights: ArrayLike | None = None,
-    ):
-        means = jnp.asarray(means)
-        if not jnp.issubdtype(means.dtype, jnp.floating):
-            means = means.astype(jnp.result_type(float))
-        stds = jnp.asarray(stds, dtype=means.dtype)
-        if means.ndim != 2:
-            raise ValueError(
-                f"GaussianMixture: `means` must have shape (K, D), got {means.shape}."
-            )
-        k, d = means.shape
-        if stds.shape == (k,):
-            stds = jnp.broadcast_to(stds[:, None], (k, d))
-        elif stds.shape != (k, d):
-            raise ValueError(
-                "GaussianMixture: `stds` must have shape (K,) or (K, D) = "
-                f"({k},) or ({k}, {d}) to match `means` {means.shape}, got {stds.shape}."
-            )
-        if weights is None:
-            weights = jnp.full((k,), 1.0 / k, dtype=means.dtype)
-        weights = jnp.asarray(weights, dtype=means.dtype)
-        if weights.shape != (k,):
-            raise ValueError(
-                f"GaussianMixture: `weights` must have shape (K,) = ({k},) to match "
-                f"`means` {means.shape}, got {weights.shape}."
-            )
-        if _is_concrete(means, stds, weights):
-            for name, v in (("means", means), ("stds", stds), ("weights", weights)):
-                if not bool(jnp.all(jnp.isfinite(v))):
-                    raise ValueError(f"GaussianMixture: `{name}` must be finite.")
-            if not bool(jnp.all(stds > 0)):
-                raise ValueError("GaussianMixture: `stds` must all be > 0.")
-            if not bool(jnp.all(weights > 0)):
-                raise ValueError(
-                    "GaussianMixture: `weights` must all be > 0 (they are normalised "
-                    "to sum to 1; drop a component instead of giving it weight 0)."
-                )
-        self.means = means
-        self.stds = stds
-        self.weights = weights / jnp.sum(weights)
+    # What depends on the form of the covariances.
+
+    @abc.abstractmethod
+    def component_covariances(self) -> Float[Array, "K D D"]:
+        """The covariance matrix $\\Sigma_k$ of every component, shape `(K, D, D)`."""
+
+    @abc.abstractmethod
+    def _noise(
+        self, k: Int[Array, " n"], z: Float[Array, "n D"]
+    ) -> Float[Array, "n D"]:
+        """`z` (standard normals) scaled by a square root of $\\Sigma_{k_i}$, row by
+        row."""
+
+    @abc.abstractmethod
+    def _log_normals(self, x: Float[Array, " D"]) -> Float[Array, " K"]:
+        """$\\log \\mathcal{N}(x; \\mu_k, \\Sigma_k)$ for every $k$."""
+
+    @abc.abstractmethod
+    def _component_scores(self, x: Float[Array, " D"]) -> Float[Array, "K D"]:
+        """$\\Sigma_k^{-1} (\\mu_k - x)$ for every $k$."""
+
+    @abc.abstractmethod
+    def _pushed(self, a: Scalar, s: Scalar) -> "AbstractMixture":
+        """This mixture with means $a \\mu_k$ and covariances
+        $a^2 \\Sigma_k + s^2 I$."""
+
+    # The rest, for any covariance.
 
     @property
     def num_components(self) -> int:
@@ -114,35 +79,28 @@ class GaussianMixture(eqx.Module):
 
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
         """Draw `n` independent samples, shape `(n, D)`."""
-        _check_n(n)
-        ckey, nkey = jr.split(key)
-        k = jr.choice(ckey, self.num_components, (n,), p=self.weights)
-        z = jr.normal(nkey, (n, self.dim), dtype=self.means.dtype)
-        return self.means[k] + self.stds[k] * z
+        return self.sample_with_labels(key, n)[0]
 
     def sample_with_labels(
         self, key: PRNGKeyArray, n: int
     ) -> tuple[Float[Array, "n D"], Int[Array, " n"]]:
-        """Like `sample`, also returning each sample's component index."""
-        _check_n(n)
+        """`n` independent samples `(n, D)` and their component indices `(n,)`."""
+        n = check_int("n", n, owner=f"{type(self).__name__}.sample")
         ckey, nkey = jr.split(key)
         k = jr.choice(ckey, self.num_components, (n,), p=self.weights)
         z = jr.normal(nkey, (n, self.dim), dtype=self.means.dtype)
-        return self.means[k] + self.stds[k] * z, k
+        return self.means[k] + self._noise(k, z), k
 
     def component_log_probs(self, x: Float[ArrayLike, " D"]) -> Float[Array, " K"]:
-        """$\\log w_k + \\log \\mathcal{N}(x; \\mu_k, \\sigma_k^2)$ for every $k$."""
+        """$\\log w_k + \\log \\mathcal{N}(x; \\mu_k, \\Sigma_k)$ for every $k$
+        (a singular covariance has no density)."""
         x = jnp.asarray(x, dtype=self.means.dtype)
         if x.shape != (self.dim,):
             raise ValueError(
-                f"GaussianMixture: `x` must be one point of shape ({self.dim},), got "
-                f"{x.shape}; use jax.vmap for a batch."
+                f"{type(self).__name__}: `x` must be one point of shape ({self.dim},), "
+                f"got {x.shape}; use jax.vmap for a batch."
             )
-        z = (x[None, :] - self.means) / self.stds
-        log_norm = jnp.sum(jnp.log(self.stds), axis=-1) + 0.5 * self.dim * math.log(
-            2 * math.pi
-        )
-        return jnp.log(self.weights) - 0.5 * jnp.sum(z**2, axis=-1) - log_norm
+        return jnp.log(self.weights) + self._log_normals(x)
 
     def log_prob(self, x: Float[ArrayLike, " D"]) -> Scalar:
         """Exact log-density at one point (`jax.vmap` for many)."""
@@ -160,15 +118,15 @@ class GaussianMixture(eqx.Module):
         """Exact $\\nabla_x \\log p(x)$ at one point, in closed form."""
         x = jnp.asarray(x, dtype=self.means.dtype)
         r = self.responsibilities(x)
-        per_component = (self.means - x[None, :]) / self.stds**2
+        per_component = self._component_scores(x)
         return jnp.einsum("k,kd->d", r, per_component, precision=_EXACT)
 
-    def marginal(self, sde: AbstractSDE, t: ScalarLike) -> "GaussianMixture":
-        """The exact marginal $p_t$ of this mixture pushed through `sde`."""
+    def marginal(self, sde: AbstractSDE, t: ScalarLike) -> "AbstractMixture":
+        """The exact marginal $p_t$ of this mixture pushed through `sde` (a mixture of
+        the same kind)."""
         a = sde.mean_coeff(t).astype(self.means.dtype)
         s = sde.std(t).astype(self.means.dtype)
-        stds = jnp.sqrt((a * self.stds) ** 2 + s**2)
-        return eqx.tree_at(lambda m: (m.means, m.stds), self, (a * self.means, stds))
+        return self._pushed(a, s)
 
     def score(self, sde: AbstractSDE) -> "MixtureScore":
         """The exact score $(t, x) \\mapsto \\nabla_x \\log p_t(x)$ under `sde`, usable
@@ -205,8 +163,131 @@ class GaussianMixture(eqx.Module):
         **Raises:** `ValueError` naming `operator`, `y` or `sigma_y` for shapes that
         do not match or a negative `sigma_y`.
         """
-        covs = jax.vmap(jnp.diag)(self.stds**2)
+        covs = self.component_covariances()
         return _condition(self.means, covs, self.weights, operator, y, sigma_y)
+
+    def mean(self) -> Float[Array, " D"]:
+        """Mean of the mixture."""
+        return jnp.einsum("k,kd->d", self.weights, self.means, precision=_EXACT)
+
+    def covariance(self) -> Float[Array, "D D"]:
+        """Covariance matrix of the mixture."""
+        m = self.mean()
+        second = jnp.einsum(
+            "k,kd,ke->de", self.weights, self.means, self.means, precision=_EXACT
+        )
+        covs = self.component_covariances()
+        second = second + jnp.einsum("k,kde->de", self.weights, covs, precision=_EXACT)
+        return second - jnp.outer(m, m)
+
+
+def _means_and_weights(owner: str, means, weights) -> tuple[Array, Array]:
+    """`means` `(K, D)` (floating) and `weights` `(K,)` (uniform if None) as arrays,
+    the shapes checked; a `ValueError` names `owner`."""
+    means = jnp.asarray(means)
+    if not jnp.issubdtype(means.dtype, jnp.floating):
+        means = means.astype(jnp.result_type(float))
+    if means.ndim != 2:
+        raise ValueError(f"{owner}: `means` must have shape (K, D), got {means.shape}.")
+    k = means.shape[0]
+    if weights is None:
+        weights = jnp.full((k,), 1.0 / k, dtype=means.dtype)
+    weights = jnp.asarray(weights, dtype=means.dtype)
+    if weights.shape != (k,):
+        raise ValueError(
+            f"{owner}: `weights` must have shape (K,) = ({k},) to match `means` "
+            f"{means.shape}, got {weights.shape}."
+        )
+    return means, weights
+
+
+def _check_values(owner: str, weights, **arrays) -> None:
+    """Concrete values (on the host: no compilation for a check): every array finite,
+    every weight > 0."""
+    for name, v in (*arrays.items(), ("weights", weights)):
+        if not np.all(np.isfinite(np.asarray(v))):
+            raise ValueError(f"{owner}: `{name}` must be finite.")
+    if not np.all(np.asarray(weights) > 0):
+        raise ValueError(
+            f"{owner}: `weights` must all be > 0 (they are normalised to sum to 1; "
+            "drop a component instead of giving it weight 0)."
+        )
+
+
+class GaussianMixture(AbstractMixture):
+    r"""A mixture of Gaussians with diagonal covariances: exact ground truth (an
+    [`AbstractMixture`][]),
+
+    $$p(x) = \sum_k w_k\, \mathcal{N}(x;\ \mu_k,\ \mathrm{diag}(\sigma_k^2)).$$
+
+    Its marginals under a linear SDE are again diagonal: component $k$ of $p_t$ is
+    $\mathcal{N}(a(t)\mu_k, a(t)^2 \sigma_k^2 + s(t)^2)$.
+
+    **Arguments:**
+
+    - `means`: component means, shape `(K, D)`.
+    - `stds`: component standard deviations, shape `(K,)` (isotropic) or `(K, D)`
+        (diagonal); all > 0.
+    - `weights`: mixture weights, shape `(K,)`, all > 0; normalised here. Default:
+        uniform.
+
+    **Example:**
+
+    ```python
+    mix = sd.GaussianMixture(jnp.array([[-2.0, 0.0], [2.0, 0.0]]), jnp.array([0.3, 0.5]))
+    x = mix.sample(jr.key(0), 1000)            # (1000, 2)
+    logp = jax.vmap(mix.log_prob)(x)           # (1000,)
+    score = mix.score(sd.VPSDE())              # score(t, x) of p_t, exact
+    ```
+    """
+
+    means: Float[Array, "K D"]
+    stds: Float[Array, "K D"]
+    weights: Float[Array, " K"]
+
+    def __init__(
+        self,
+        means: ArrayLike,
+        stds: ArrayLike,
+        weights: ArrayLike | None = None,
+    ):
+        means, weights = _means_and_weights("GaussianMixture", means, weights)
+        k, d = means.shape
+        stds = jnp.asarray(stds, dtype=means.dtype)
+        if stds.shape == (k,):
+            stds = jnp.broadcast_to(stds[:, None], (k, d))
+        elif stds.shape != (k, d):
+            raise ValueError(
+                "GaussianMixture: `stds` must have shape (K,) or (K, D) = "
+                f"({k},) or ({k}, {d}) to match `means` {means.shape}, got {stds.shape}."
+            )
+        if is_concrete(means, stds, weights):
+            _check_values("GaussianMixture", weights, means=means, stds=stds)
+            if not np.all(np.asarray(stds) > 0):
+                raise ValueError("GaussianMixture: `stds` must all be > 0.")
+        self.means = means
+        self.stds = stds
+        self.weights = weights / jnp.sum(weights)
+
+    def component_covariances(self) -> Float[Array, "K D D"]:
+        return jax.vmap(jnp.diag)(self.stds**2)
+
+    def _noise(self, k, z):
+        return self.stds[k] * z
+
+    def _log_normals(self, x):
+        z = (x[None, :] - self.means) / self.stds
+        log_norm = jnp.sum(jnp.log(self.stds), axis=-1) + 0.5 * self.dim * math.log(
+            2 * math.pi
+        )
+        return -0.5 * jnp.sum(z**2, axis=-1) - log_norm
+
+    def _component_scores(self, x):
+        return (self.means - x[None, :]) / self.stds**2
+
+    def _pushed(self, a, s):
+        stds = jnp.sqrt((a * self.stds) ** 2 + s**2)
+        return eqx.tree_at(lambda m: (m.means, m.stds), self, (a * self.means, stds))
 
     def condition_on_coordinates(
         self, mask: ArrayLike, x: ArrayLike
@@ -243,38 +324,27 @@ class GaussianMixture(eqx.Module):
         weights = jnp.maximum(jax.nn.softmax(log_w), jnp.finfo(log_w.dtype).tiny)
         return GaussianMixture(self.means[:, hid], self.stds[:, hid], weights)
 
-    def mean(self) -> Float[Array, " D"]:
-        """Mean of the mixture."""
-        return jnp.einsum("k,kd->d", self.weights, self.means, precision=_EXACT)
 
-    def covariance(self) -> Float[Array, "D D"]:
-        """Covariance matrix of the mixture."""
-        m = self.mean()
-        second = jnp.einsum(
-            "k,kd,ke->de", self.weights, self.means, self.means, precision=_EXACT
+def _check_sde(owner: str, sde) -> None:
+    if not isinstance(sde, AbstractSDE):
+        raise TypeError(
+            f"{owner}: `sde` must be an AbstractSDE (sd.VPSDE(), ...), got "
+            f"{type(sde).__name__}."
         )
-        second = second + jnp.diag(
-            jnp.einsum("k,kd->d", self.weights, self.stds**2, precision=_EXACT)
-        )
-        return second - jnp.outer(m, m)
 
 
 class MixtureScore(eqx.Module):
-    """Exact score of the marginals of a [`GaussianMixture`][] under an SDE.
+    """Exact score of the marginals of an [`AbstractMixture`][] under an SDE.
 
     Called as `score(t, x)` on one example `x` of shape `(D,)`. Build it with
     `mixture.score(sde)` (a [`GaussianMixture`][] or a [`FullCovarianceMixture`][]).
     """
 
-    mixture: "GaussianMixture | FullCovarianceMixture"
+    mixture: AbstractMixture
     sde: AbstractSDE
 
     def __check_init__(self):
-        if not isinstance(self.sde, AbstractSDE):
-            raise TypeError(
-                "MixtureScore: `sde` must be an AbstractSDE (sd.VPSDE(), ...), got "
-                f"{type(self.sde).__name__}."
-            )
+        _check_sde("MixtureScore", self.sde)
 
     def __call__(self, t: ScalarLike, x: Float[ArrayLike, " D"]) -> Float[Array, " D"]:
         x = jnp.asarray(x)
@@ -293,15 +363,11 @@ class MixtureClassifier(eqx.Module):
     shape `(K,)`; `num_classes` is `K`.
     """
 
-    mixture: "GaussianMixture | FullCovarianceMixture"
+    mixture: AbstractMixture
     sde: AbstractSDE
 
     def __check_init__(self):
-        if not isinstance(self.sde, AbstractSDE):
-            raise TypeError(
-                "MixtureClassifier: `sde` must be an AbstractSDE (sd.VPSDE(), ...), "
-                f"got {type(self.sde).__name__}."
-            )
+        _check_sde("MixtureClassifier", self.sde)
 
     @property
     def num_classes(self) -> int:
@@ -320,23 +386,20 @@ def _psd_sqrt(cov: Float[Array, "D D"]) -> Float[Array, "D D"]:
     return vec * jnp.sqrt(jnp.maximum(lam, 0.0))[None, :]
 
 
-@eqx.filter_jit
-def _sample_full(key, means, covs, weights, n: int):
-    ckey, nkey = jr.split(key)
-    k = jr.choice(ckey, means.shape[0], (n,), p=weights)
-    z = jr.normal(nkey, (n, means.shape[1]), dtype=means.dtype)
+@jax.jit
+def _full_noise(covs, k, z):
     roots = jax.vmap(_psd_sqrt)(covs)
-    return means[k] + jnp.einsum("nde,ne->nd", roots[k], z, precision=_EXACT), k
+    return jnp.einsum("nde,ne->nd", roots[k], z, precision=_EXACT)
 
 
-class FullCovarianceMixture(eqx.Module):
-    r"""A mixture of Gaussians with full covariance matrices:
-    $p(x) = \sum_k w_k\, \mathcal{N}(x;\ \mu_k,\ \Sigma_k)$.
+class FullCovarianceMixture(AbstractMixture):
+    r"""A mixture of Gaussians with full covariance matrices (an
+    [`AbstractMixture`][]): $p(x) = \sum_k w_k\, \mathcal{N}(x;\ \mu_k,\ \Sigma_k)$.
 
-    What an observation $y = A x + \sigma_y n$ of a [`GaussianMixture`][] leaves when
-    $A$ mixes coordinates ([`GaussianMixture.condition`][]). Like `GaussianMixture`
-    it is exact ground truth for every marginal under a linear SDE: component $k$ of
-    $p_t$ is $\mathcal{N}(a(t)\mu_k, a(t)^2\Sigma_k + s(t)^2 I)$.
+    What an observation $y = A x + \sigma_y n$ of a mixture leaves when $A$ mixes
+    coordinates ([`AbstractMixture.condition`][]). Like [`GaussianMixture`][] it is
+    exact ground truth for every marginal under a linear SDE: component $k$ of $p_t$
+    is $\mathcal{N}(a(t)\mu_k, a(t)^2\Sigma_k + s(t)^2 I)$.
 
     **Arguments:**
 
@@ -356,34 +419,16 @@ class FullCovarianceMixture(eqx.Module):
     def __init__(
         self, means: ArrayLike, covs: ArrayLike, weights: ArrayLike | None = None
     ):
-        means = jnp.asarray(means)
-        if not jnp.issubdtype(means.dtype, jnp.floating):
-            means = means.astype(jnp.result_type(float))
-        covs = jnp.asarray(covs, dtype=means.dtype)
-        if means.ndim != 2:
-            raise ValueError(
-                "FullCovarianceMixture: `means` must have shape (K, D), got "
-                f"{means.shape}."
-            )
+        means, weights = _means_and_weights("FullCovarianceMixture", means, weights)
         k, d = means.shape
+        covs = jnp.asarray(covs, dtype=means.dtype)
         if covs.shape != (k, d, d):
             raise ValueError(
                 f"FullCovarianceMixture: `covs` must have shape (K, D, D) = ({k}, {d}, "
                 f"{d}) to match `means` {means.shape}, got {covs.shape}."
             )
-        if weights is None:
-            weights = jnp.full((k,), 1.0 / k, dtype=means.dtype)
-        weights = jnp.asarray(weights, dtype=means.dtype)
-        if weights.shape != (k,):
-            raise ValueError(
-                f"FullCovarianceMixture: `weights` must have shape ({k},), got "
-                f"{weights.shape}."
-            )
-        if _is_concrete(means, covs, weights):
-            # On the host (NumPy): no compilation for a check.
-            for name, v in (("means", means), ("covs", covs), ("weights", weights)):
-                if not np.all(np.isfinite(np.asarray(v))):
-                    raise ValueError(f"FullCovarianceMixture: `{name}` must be finite.")
+        if is_concrete(means, covs, weights):
+            _check_values("FullCovarianceMixture", weights, means=means, covs=covs)
             c = np.asarray(covs, np.float64)
             scale = float(np.max(np.abs(c))) + 1e-30
             if float(np.max(np.abs(c - np.swapaxes(c, 1, 2)))) > 1e-4 * scale:
@@ -392,40 +437,17 @@ class FullCovarianceMixture(eqx.Module):
                 raise ValueError(
                     "FullCovarianceMixture: `covs` must be positive semi-definite."
                 )
-            if not np.all(np.asarray(weights) > 0):
-                raise ValueError("FullCovarianceMixture: `weights` must all be > 0.")
         self.means = means
         self.covs = 0.5 * (covs + jnp.swapaxes(covs, 1, 2))
         self.weights = weights / jnp.sum(weights)
 
-    @property
-    def num_components(self) -> int:
-        return self.means.shape[0]
+    def component_covariances(self) -> Float[Array, "K D D"]:
+        return self.covs
 
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
+    def _noise(self, k, z):
+        return _full_noise(self.covs, k, z)
 
-    def sample_with_labels(
-        self, key: PRNGKeyArray, n: int
-    ) -> tuple[Float[Array, "n D"], Int[Array, " n"]]:
-        """`n` independent samples `(n, D)` and their component indices `(n,)`."""
-        _check_n(n)
-        return _sample_full(key, self.means, self.covs, self.weights, n)
-
-    def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
-        """Draw `n` independent samples, shape `(n, D)`."""
-        return self.sample_with_labels(key, n)[0]
-
-    def component_log_probs(self, x: Float[ArrayLike, " D"]) -> Float[Array, " K"]:
-        """$\\log w_k + \\log \\mathcal{N}(x; \\mu_k, \\Sigma_k)$ for every $k$
-        (positive-definite covariances only)."""
-        x = jnp.asarray(x, dtype=self.means.dtype)
-        if x.shape != (self.dim,):
-            raise ValueError(
-                f"FullCovarianceMixture: `x` must be one point of shape ({self.dim},), "
-                f"got {x.shape}; use jax.vmap for a batch."
-            )
+    def _log_normals(self, x):
         chol = jnp.linalg.cholesky(self.covs)
 
         def one(mu, L):
@@ -433,68 +455,18 @@ class FullCovarianceMixture(eqx.Module):
             logdet = 2 * jnp.sum(jnp.log(jnp.diag(L)))
             return -0.5 * (jnp.sum(z**2) + logdet + self.dim * math.log(2 * math.pi))
 
-        return jnp.log(self.weights) + jax.vmap(one)(self.means, chol)
+        return jax.vmap(one)(self.means, chol)
 
-    def log_prob(self, x: Float[ArrayLike, " D"]) -> Scalar:
-        """Exact log-density at one point (`jax.vmap` for many)."""
-        return jax.nn.logsumexp(self.component_log_probs(x))
-
-    def responsibilities(self, x: Float[ArrayLike, " D"]) -> Float[Array, " K"]:
-        """Posterior probability of each component given one point."""
-        return jax.nn.softmax(self.component_log_probs(x))
-
-    def classify(self, x: Float[ArrayLike, " D"]) -> Int[Array, ""]:
-        """Index of the most probable component for one point."""
-        return jnp.argmax(self.component_log_probs(x))
-
-    def grad_log_prob(self, x: Float[ArrayLike, " D"]) -> Float[Array, " D"]:
-        """Exact $\\nabla_x \\log p(x)$ at one point, in closed form."""
-        x = jnp.asarray(x, dtype=self.means.dtype)
-        r = self.responsibilities(x)
+    def _component_scores(self, x):
         chol = jnp.linalg.cholesky(self.covs)
-        per_component = jax.vmap(
-            lambda mu, L: jax.scipy.linalg.cho_solve((L, True), mu - x)
-        )(self.means, chol)
-        return jnp.einsum("k,kd->d", r, per_component, precision=_EXACT)
+        return jax.vmap(lambda mu, L: jax.scipy.linalg.cho_solve((L, True), mu - x))(
+            self.means, chol
+        )
 
-    def marginal(self, sde: AbstractSDE, t: ScalarLike) -> "FullCovarianceMixture":
-        """The exact marginal $p_t$ of this mixture pushed through `sde`."""
-        a = sde.mean_coeff(t).astype(self.means.dtype)
-        s = sde.std(t).astype(self.means.dtype)
+    def _pushed(self, a, s):
         eye = jnp.eye(self.dim, dtype=self.means.dtype)
         covs = a**2 * self.covs + s**2 * eye[None]
         return eqx.tree_at(lambda m: (m.means, m.covs), self, (a * self.means, covs))
-
-    def score(self, sde: AbstractSDE) -> "MixtureScore":
-        """The exact score $(t, x) \\mapsto \\nabla_x \\log p_t(x)$ under `sde`."""
-        return MixtureScore(self, sde)
-
-    def classifier(self, sde: AbstractSDE) -> MixtureClassifier:
-        """The exact classifier $(t, x) \\mapsto \\log p_t(k \\mid x)$ under `sde`."""
-        return MixtureClassifier(self, sde)
-
-    def condition(
-        self,
-        operator: ArrayLike,
-        y: ArrayLike,
-        sigma_y: ScalarLike = 0.0,
-    ) -> "FullCovarianceMixture":
-        """The exact posterior given $y = A x + \\sigma_y n$; see
-        [`GaussianMixture.condition`][]."""
-        return _condition(self.means, self.covs, self.weights, operator, y, sigma_y)
-
-    def mean(self) -> Float[Array, " D"]:
-        """Mean of the mixture."""
-        return jnp.einsum("k,kd->d", self.weights, self.means, precision=_EXACT)
-
-    def covariance(self) -> Float[Array, "D D"]:
-        """Covariance matrix of the mixture."""
-        m = self.mean()
-        second = jnp.einsum(
-            "k,kd,ke->de", self.weights, self.means, self.means, precision=_EXACT
-        )
-        second = second + jnp.einsum("k,kde->de", self.weights, self.covs)
-        return second - jnp.outer(m, m)
 
 
 def _condition(means, covs, weights, operator, y, sigma_y) -> FullCovarianceMixture:
@@ -519,11 +491,9 @@ def _condition(means, covs, weights, operator, y, sigma_y) -> FullCovarianceMixt
             f"`y` must have shape (M,) = ({m},) to match `operator` {A.shape}, got "
             f"{y.shape}."
         )
-    sig = concrete_float(sigma_y, "sigma_y")
-    if sig is not None and not (math.isfinite(sig) and sig >= 0):
-        raise ValueError(f"`sigma_y` must be a finite number >= 0, got {sigma_y!r}.")
+    check_nonnegative("sigma_y", sigma_y)
     log_w, post_means, post_covs = _bayes(means, covs, weights, A, y, sigma_y)
-    if _is_concrete(log_w, post_means, post_covs) and not (
+    if is_concrete(log_w, post_means, post_covs) and not (
         np.all(np.isfinite(np.asarray(log_w)))
         and np.all(np.isfinite(np.asarray(post_means)))
         and np.all(np.isfinite(np.asarray(post_covs)))

@@ -41,7 +41,7 @@ class ClassifierGuidance(eqx.Module):
     with $p_t(y \mid x)$ a noise-conditional classifier and $y$ the label of each
     example. At $\gamma = 1$ this is Bayes' rule, the score of
     $p_t(x \mid y)$; with the exact classifier of a mixture
-    ([`GaussianMixture.classifier`][]) it is exact. $\gamma > 1$ sharpens: the
+    ([`AbstractMixture.classifier`][]) it is exact. $\gamma > 1$ sharpens: the
     samples concentrate where the classifier is confident in $y$ (roughly a sample of
     $p(x)\, p(y \mid x)^\gamma$): the mean probability of the label rises with
     $\gamma$, and far from other classes nothing changes. $\gamma = 0$ is the

@@ -12,7 +12,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The shared SDEs live in helpers.py (test modules import them from there).
+# The shared SDEs live in helpers.py (test modules import them from there); here they
+# parametrise the `sde` fixture below.
 from helpers import SDES  # noqa: E402
 
 

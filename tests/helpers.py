@@ -293,6 +293,23 @@ def inverse_mixture() -> sd.GaussianMixture:
 # --------------------------------------------------------------------------- the CLI
 
 
+def cli_args(command: str, **flags) -> list[str]:
+    """The argument list of `scoresde COMMAND --flag value ...`: one flag per keyword,
+    in order, its underscores made dashes (`num_samples=8` -> `--num-samples 8`);
+    `True` gives the bare flag, `False` and None leave it out; values as strings.
+
+    `cli_args("sample", checkpoint=ck, num_samples=8, denoise=True)` is
+    `["sample", "--checkpoint", str(ck), "--num-samples", "8", "--denoise"]`."""
+    argv = [command]
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + name.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
 def run_cli(argv, capsys):
     """`scoresde ARGV` in process: its exit code, stdout and stderr (what was printed
     before the call is discarded)."""

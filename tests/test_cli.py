@@ -13,139 +13,71 @@ import jax.random as jr
 import numpy as np
 import pytest
 import tomllib
-from helpers import run_cli
+from helpers import cli_args, run_cli
 
 import scoresde_diffrax as sd
 from scoresde_diffrax import cli
 
 
-TINY = ["--steps-per-call", "10", "--batch-size", "32", "--quiet"]
+TINY = dict(steps_per_call=10, batch_size=32, quiet=True)
+MOONS_MLP = dict(data="moons", sde="vp", model="mlp")
 
 
 def test_train_sample_resume_end_to_end(tmp_path, capsys):
     ck = tmp_path / "ck"
     code, out, err = run_cli(
-        [
+        cli_args(
             "train",
-            "--data",
-            "moons",
-            "--sde",
-            "vp",
-            "--model",
-            "mlp",
-            "--steps",
-            "20",
-            "--seed",
-            "1",
-            "--out",
-            str(ck),
-            "--checkpoint-every",
-            "10",
-            *TINY,
-        ],
+            **MOONS_MLP,
+            steps=20,
+            seed=1,
+            out=ck,
+            checkpoint_every=10,
+            **TINY,
+        ),
         capsys,
     )
     assert code == 0, err
     assert "20 steps" in out and (ck / "ckpt_000000020.json").exists()
     # Resume to 30 steps.
     code, out, err = run_cli(
-        [
-            "train",
-            "--data",
-            "moons",
-            "--sde",
-            "vp",
-            "--model",
-            "mlp",
-            "--steps",
-            "30",
-            "--seed",
-            "1",
-            "--out",
-            str(ck),
-            "--resume",
-            *TINY,
-        ],
+        cli_args("train", **MOONS_MLP, steps=30, seed=1, out=ck, resume=True, **TINY),
         capsys,
     )
     assert code == 0, err
     assert "10 steps" in out and (ck / "ckpt_000000030.json").exists()
     npy, png = tmp_path / "s.npy", tmp_path / "s.png"
-    code, out, err = run_cli(
-        [
-            "sample",
-            "--checkpoint",
-            str(ck),
-            "--num-samples",
-            "50",
-            "--solver",
-            "euler-maruyama",
-            "--steps",
-            "20",
-            "--seed",
-            "0",
-            "--out",
-            str(npy),
-            "--png",
-            str(png),
-        ],
-        capsys,
-    )
+    em = dict(checkpoint=ck, num_samples=50, solver="euler-maruyama", steps=20)
+    code, out, err = run_cli(cli_args("sample", **em, seed=0, out=npy, png=png), capsys)
     assert code == 0, err
     x = np.load(npy)
     assert x.shape == (50, 2) and np.all(np.isfinite(x))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Same seed, same samples; an adaptive ODE solver works too.
-    code, _, err = run_cli(
-        [
-            "sample",
-            "--checkpoint",
-            str(ck),
-            "--num-samples",
-            "50",
-            "--solver",
-            "euler-maruyama",
-            "--steps",
-            "20",
-            "--out",
-            str(tmp_path / "t.npy"),
-        ],
-        capsys,
-    )
+    code, _, err = run_cli(cli_args("sample", **em, out=tmp_path / "t.npy"), capsys)
     assert code == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), x)
     code, out, err = run_cli(
-        [
+        cli_args(
             "sample",
-            "--checkpoint",
-            str(ck),
-            "--num-samples",
-            "8",
-            "--solver",
-            "tsit5",
-            "--out",
-            str(tmp_path / "o.npy"),
-        ],
+            checkpoint=ck,
+            num_samples=8,
+            solver="tsit5",
+            out=tmp_path / "o.npy",
+        ),
         capsys,
     )
     assert code == 0, err
     # Bad input that needs a checkpoint: another architecture cannot resume.
     code, _, err = run_cli(
-        [
+        cli_args(
             "train",
-            "--data",
-            "moons",
-            "--sde",
-            "ve",
-            "--model",
-            "mlp",
-            "--steps",
-            "40",
-            "--out",
-            str(ck),
-            "--resume",
-            *TINY,
-        ],
+            **(MOONS_MLP | dict(sde="ve")),
+            steps=40,
+            out=ck,
+            resume=True,
+            **TINY,
+        ),
         capsys,
     )
     assert code == 2 and err.count("\n") == 1 and "trained with" in err
@@ -153,147 +85,55 @@ def test_train_sample_resume_end_to_end(tmp_path, capsys):
     eqx_file = ck / "ckpt_000000030.eqx"
     eqx_file.write_bytes(eqx_file.read_bytes()[:50])
     code, _, err = run_cli(
-        [
+        cli_args(
             "sample",
-            "--checkpoint",
-            str(ck),
-            "--num-samples",
-            "8",
-            "--solver",
-            "euler-maruyama",
-            "--out",
-            str(tmp_path / "u.npy"),
-        ],
+            checkpoint=ck,
+            num_samples=8,
+            solver="euler-maruyama",
+            out=tmp_path / "u.npy",
+        ),
         capsys,
     )
     assert code == 2 and "truncated or corrupt" in err and err.count("\n") == 1
+
+
+_TRAIN5 = cli_args("train", **MOONS_MLP, steps=5)
+_SAMPLE5 = dict(checkpoint="{d}", num_samples=5, solver="euler-maruyama")
 
 
 @pytest.mark.parametrize(
     "argv, needle",
     [
         (
-            [
-                "train",
-                "--data",
-                "cifar",
-                "--sde",
-                "vp",
-                "--model",
-                "mlp",
-                "--steps",
-                "5",
-                "--out",
-                "{d}",
-            ],
+            cli_args("train", **(MOONS_MLP | dict(data="cifar")), steps=5, out="{d}"),
             "argument --data: must be one of moons",
         ),
         (
-            [
-                "train",
-                "--data",
-                "moons",
-                "--sde",
-                "vp",
-                "--model",
-                "resnet",
-                "--steps",
-                "5",
-                "--out",
-                "{d}",
-            ],
+            cli_args("train", **(MOONS_MLP | dict(model="resnet")), steps=5, out="{d}"),
             "invalid choice: 'resnet'",
         ),
         (
-            [
-                "train",
-                "--data",
-                "moons",
-                "--sde",
-                "vp",
-                "--model",
-                "mlp",
-                "--steps",
-                "0",
-                "--out",
-                "{d}",
-            ],
+            cli_args("train", **MOONS_MLP, steps=0, out="{d}"),
             "--steps: must be an integer >= 1",
         ),
         (
-            [
-                "train",
-                "--data",
-                "moons",
-                "--sde",
-                "vp",
-                "--model",
-                "unet",
-                "--steps",
-                "5",
-                "--out",
-                "{d}",
-            ],
+            cli_args("train", **(MOONS_MLP | dict(model="unet")), steps=5, out="{d}"),
             "--model unet does not fit --data moons",
         ),
+        ([*_TRAIN5, "--out", "{f}/sub"], "--out"),
         (
-            [
-                "train",
-                "--data",
-                "moons",
-                "--sde",
-                "vp",
-                "--model",
-                "mlp",
-                "--steps",
-                "5",
-                "--out",
-                "{f}/sub",
-            ],
-            "--out",
-        ),
-        (
-            [
-                "sample",
-                "--checkpoint",
-                "{d}",
-                "--num-samples",
-                "5",
-                "--solver",
-                "rk99",
-                "--out",
-                "{d}/x.npy",
-            ],
+            cli_args("sample", **(_SAMPLE5 | dict(solver="rk99")), out="{d}/x.npy"),
             "--solver: unknown solver 'rk99'; choose from euler-maruyama",
         ),
         (
-            [
+            cli_args(
                 "sample",
-                "--checkpoint",
-                "{d}/nothing",
-                "--num-samples",
-                "5",
-                "--solver",
-                "euler-maruyama",
-                "--out",
-                "{d}/x.npy",
-            ],
+                **(_SAMPLE5 | dict(checkpoint="{d}/nothing")),
+                out="{d}/x.npy",
+            ),
             "does not exist",
         ),
-        (
-            [
-                "sample",
-                "--checkpoint",
-                "{d}",
-                "--num-samples",
-                "5",
-                "--solver",
-                "euler-maruyama",
-                "--out",
-                "{d}/x.txt",
-            ],
-            ".npy",
-        ),
+        (cli_args("sample", **_SAMPLE5, out="{d}/x.txt"), ".npy"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
@@ -304,9 +144,6 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err, err
-
-
-_TRAIN5 = ["train", "--data", "moons", "--sde", "vp", "--model", "mlp", "--steps", "5"]
 
 
 @pytest.mark.parametrize(
@@ -378,15 +215,13 @@ def test_console_script_declared_and_runs(tmp_path):
     bad = subprocess.run(
         [
             *cmd,
-            "sample",
-            "--checkpoint",
-            str(tmp_path),
-            "--num-samples",
-            "1",
-            "--solver",
-            "euler-maruyama",
-            "--out",
-            str(tmp_path / "x.npy"),
+            *cli_args(
+                "sample",
+                checkpoint=tmp_path,
+                num_samples=1,
+                solver="euler-maruyama",
+                out=tmp_path / "x.npy",
+            ),
         ],
         capture_output=True,
         text=True,
@@ -498,9 +333,17 @@ def _reference(ck, key, shape, **kwargs):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     ck = tmp_path_factory.mktemp("solvers") / "ck"
-    argv = ["train", "--data", "moons", "--sde", "subvp", "--model", "mlp"]
-    argv += ["--steps", "300", "--seed", "0", "--out", str(ck), "--batch-size", "32"]
-    _cli(argv + ["--quiet"])
+    _cli(
+        cli_args(
+            "train",
+            **(MOONS_MLP | dict(sde="subvp")),
+            steps=300,
+            seed=0,
+            out=ck,
+            batch_size=32,
+            quiet=True,
+        )
+    )
     return ck
 
 
@@ -584,10 +427,7 @@ def test_ve_sigma_max_from_data_with_denoise_and_eps(tmp_path):
     training examples, first 1000, to 3 digits); `--denoise` and `--eps` reach
     `sd.sample`."""
     ck, npy = tmp_path / "ck", tmp_path / "x.npy"
-    _cli(
-        ["train", "--data", "moons", "--sde", "ve", "--model", "mlp"]
-        + ["--steps", "20", "--out", str(ck), *TINY]
-    )
+    _cli(cli_args("train", **(MOONS_MLP | dict(sde="ve")), steps=20, out=ck, **TINY))
     model, meta = sd.load_checkpoint(ck)
     sde = sd.sde_from_description(meta["sde"])
     x = np.asarray(sd.data.moons(jr.key(0), 8192), np.float64)[:1000]
@@ -595,9 +435,17 @@ def test_ve_sigma_max_from_data_with_denoise_and_eps(tmp_path):
     assert isinstance(sde, sd.VESDE) and sde.sigma_min == 0.01
     assert sde.sigma_max == pytest.approx(largest, rel=5e-3) and largest > 1
     stdout = _cli(
-        ["sample", "--checkpoint", str(ck), "--num-samples", "16", "--seed", "2"]
-        + ["--solver", "euler-maruyama", "--steps", "20", "--out", str(npy)]
-        + ["--denoise", "--eps", "0.001"]
+        cli_args(
+            "sample",
+            checkpoint=ck,
+            num_samples=16,
+            seed=2,
+            solver="euler-maruyama",
+            steps=20,
+            out=npy,
+            denoise=True,
+            eps=0.001,
+        )
     )
     ref, stats = _reference(
         ck,

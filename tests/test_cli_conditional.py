@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import run_cli, write_checkpoint
+from helpers import cli_args, run_cli, write_checkpoint
 
 import scoresde_diffrax as sd
 
 
-TINY = ["--steps-per-call", "2", "--batch-size", "16", "--quiet"]
+TINY = dict(steps_per_call=2, batch_size=16, quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,15 @@ def runs(tmp_path_factory):
 
 def test_train_classifier_reports_and_resumes(tmp_path, capsys):
     out = tmp_path / "clf"
-    argv = ["train-classifier", "--data", "digits", "--sde", "vp", "--out", str(out)]
-    argv += [*TINY, "--channels", "8", "--levels", "1", "--steps-per-call", "1"]
+    argv = cli_args(
+        "train-classifier",
+        data="digits",
+        sde="vp",
+        out=out,
+        **(TINY | dict(steps_per_call=1)),
+        channels=8,
+        levels=1,
+    )
     code, text, err = run_cli(argv + ["--steps", "2"], capsys)
     assert code == 0, err
     assert "2 steps" in text and "test accuracy" in text
@@ -72,11 +79,19 @@ def test_train_classifier_reports_and_resumes(tmp_path, capsys):
 
 def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
     npy, png = tmp_path / "g.npy", tmp_path / "g.png"
+    ancestral3 = dict(solver="ancestral", steps=3)
     code, out, err = run_cli(
-        ["sample", "--checkpoint", str(runs["score"]), "--classifier"]
-        + [str(runs["clf"]), "--label", "all", "--guidance-scale", "2"]
-        + ["--num-samples", "12", "--solver", "ancestral", "--steps", "3"]
-        + ["--out", str(npy), "--png", str(png)],
+        cli_args(
+            "sample",
+            checkpoint=runs["score"],
+            classifier=runs["clf"],
+            label="all",
+            guidance_scale=2,
+            num_samples=12,
+            **ancestral3,
+            out=npy,
+            png=png,
+        ),
         capsys,
     )
     assert code == 0, err
@@ -86,18 +101,17 @@ def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
     # Inpainting: the known region is the observation, the PNG three columns.
     npy, png = tmp_path / "i.npy", tmp_path / "i.png"
     code, out, err = run_cli(
-        ["inpaint", "--checkpoint", str(runs["score"]), "--data", "digits"]
-        + ["--mask", "left-half", "--num-samples", "5", "--seed", "1"]
-        + [
-            "--solver",
-            "ancestral",
-            "--steps",
-            "3",
-            "--out",
-            str(npy),
-            "--png",
-            str(png),
-        ],
+        cli_args(
+            "inpaint",
+            checkpoint=runs["score"],
+            data="digits",
+            mask="left-half",
+            num_samples=5,
+            seed=1,
+            **ancestral3,
+            out=npy,
+            png=png,
+        ),
         capsys,
     )
     assert code == 0, err
@@ -117,9 +131,14 @@ def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
     m[:, :4] = True
     np.save(mask, m)
     code, out, err = run_cli(
-        ["inpaint", "--checkpoint", str(runs["score"]), "--observations", str(obs)]
-        + ["--mask-file", str(mask), "--solver", "ancestral", "--steps", "3"]
-        + ["--out", str(tmp_path / "own.npy")],
+        cli_args(
+            "inpaint",
+            checkpoint=runs["score"],
+            observations=obs,
+            mask_file=mask,
+            **ancestral3,
+            out=tmp_path / "own.npy",
+        ),
         capsys,
     )
     assert code == 0, err
@@ -129,17 +148,14 @@ def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
     # Colorization: the grey level of each result is the observation's.
     npy = tmp_path / "c.npy"
     code, out, err = run_cli(
-        ["colorize", "--checkpoint", str(runs["color"]), "--data", "colored-digits"]
-        + [
-            "--num-samples",
-            "4",
-            "--solver",
-            "ancestral",
-            "--steps",
-            "3",
-            "--out",
-            str(npy),
-        ],
+        cli_args(
+            "colorize",
+            checkpoint=runs["color"],
+            data="colored-digits",
+            num_samples=4,
+            **ancestral3,
+            out=npy,
+        ),
         capsys,
     )
     assert code == 0, err
@@ -152,216 +168,90 @@ def test_guided_sample_inpaint_colorize(runs, tmp_path, capsys):
     assert np.all(inside.all(1) <= (np.abs(x.mean(1) - grey) < 1e-5))
 
 
+_GUIDED = dict(checkpoint="{score}", classifier="{clf}")
+_INPAINT = dict(checkpoint="{score}", data="digits", mask="left-half", num_samples=2)
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
         # A classifier where a score model goes, and the reverse.
-        (["sample", "--checkpoint", "{clf}"], "--checkpoint: .* holds a classifier"),
+        (cli_args("sample", checkpoint="{clf}"), "--checkpoint: .* holds a classifier"),
         (
-            [
-                "sample",
-                "--checkpoint",
-                "{score}",
-                "--classifier",
-                "{score}",
-                "--label",
-                "1",
-            ],
+            cli_args("sample", **(_GUIDED | dict(classifier="{score}")), label=1),
             "--classifier: .* holds a score model",
         ),
         # A classifier trained with another SDE.
         (
-            [
-                "sample",
-                "--checkpoint",
-                "{score}",
-                "--classifier",
-                "{clf_ve}",
-                "--label",
-                "1",
-            ],
+            cli_args("sample", **(_GUIDED | dict(classifier="{clf_ve}")), label=1),
             "--classifier: trained with the SDE",
         ),
         (
-            [
-                "sample",
-                "--checkpoint",
-                "{score}",
-                "--classifier",
-                "{clf}",
-                "--label",
-                "10",
-            ],
+            cli_args("sample", **_GUIDED, label=10),
             "--label must be a class 0..9",
         ),
+        (cli_args("sample", **_GUIDED, label="x"), "--label must be a class"),
+        (cli_args("sample", **_GUIDED), "--classifier needs --label"),
         (
-            [
-                "sample",
-                "--checkpoint",
-                "{score}",
-                "--classifier",
-                "{clf}",
-                "--label",
-                "x",
-            ],
-            "--label must be a class",
-        ),
-        (
-            ["sample", "--checkpoint", "{score}", "--classifier", "{clf}"],
-            "--classifier needs --label",
-        ),
-        (
-            ["sample", "--checkpoint", "{score}", "--label", "1"],
+            cli_args("sample", checkpoint="{score}", label=1),
             "--label and --guidance-scale need --classifier",
         ),
         (
-            [
-                "sample",
-                "--checkpoint",
-                "{score}",
-                "--classifier",
-                "{clf}",
-                "--label",
-                "1",
-                "--guidance-scale",
-                "-1",
-            ],
+            cli_args("sample", **_GUIDED, label=1, guidance_scale=-1),
             "--guidance-scale",
         ),
         (
-            [
-                "inpaint",
-                "--checkpoint",
-                "{clf}",
-                "--data",
-                "digits",
-                "--mask",
-                "left-half",
-                "--num-samples",
-                "2",
-            ],
+            cli_args("inpaint", **(_INPAINT | dict(checkpoint="{clf}"))),
             "--checkpoint: .* holds a classifier",
         ),
         (
-            [
-                "inpaint",
-                "--checkpoint",
-                "{score}",
-                "--data",
-                "digits",
-                "--mask",
-                "top",
-                "--num-samples",
-                "2",
-            ],
+            cli_args("inpaint", **(_INPAINT | dict(mask="top"))),
             "--mask must be one of",
         ),
         (
-            [
-                "inpaint",
-                "--checkpoint",
-                "{score}",
-                "--data",
-                "digits",
-                "--mask",
-                "random-pixels:2",
-                "--num-samples",
-                "2",
-            ],
+            cli_args("inpaint", **(_INPAINT | dict(mask="random-pixels:2"))),
             "random-pixels:P needs 0 < P < 1",
         ),
         (
-            [
-                "inpaint",
-                "--checkpoint",
-                "{score}",
-                "--data",
-                "colored-digits",
-                "--mask",
-                "left-half",
-                "--num-samples",
-                "2",
-            ],
+            cli_args("inpaint", **(_INPAINT | dict(data="colored-digits"))),
             "--data colored-digits has examples of shape",
         ),
         (
-            [
-                "inpaint",
-                "--checkpoint",
-                "{score}",
-                "--data",
-                "moons",
-                "--mask",
-                "left-half",
-                "--num-samples",
-                "2",
-            ],
+            cli_args("inpaint", **(_INPAINT | dict(data="moons"))),
             "--data moons has no test split",
         ),
         (
-            [
+            cli_args(
                 "inpaint",
-                "--checkpoint",
-                "{score}",
-                "--observations",
-                "{obs}",
-                "--mask-file",
-                "{badmask}",
-            ],
+                checkpoint="{score}",
+                observations="{obs}",
+                mask_file="{badmask}",
+            ),
             "--mask-file: the mask must have shape",
         ),
         (
-            [
+            cli_args(
                 "inpaint",
-                "--checkpoint",
-                "{score}",
-                "--observations",
-                "{obs}",
-                "--mask-file",
-                "{nonbinary}",
-            ],
+                checkpoint="{score}",
+                observations="{obs}",
+                mask_file="{nonbinary}",
+            ),
             "--mask-file: the mask must be binary",
         ),
+        (cli_args("inpaint", **_INPAINT, solver="ode-tsit5"), "--solver"),
         (
-            [
-                "inpaint",
-                "--checkpoint",
-                "{score}",
-                "--data",
-                "digits",
-                "--mask",
-                "left-half",
-                "--num-samples",
-                "2",
-                "--solver",
-                "ode-tsit5",
-            ],
-            "--solver",
-        ),
-        (
-            [
+            cli_args(
                 "colorize",
-                "--checkpoint",
-                "{score}",
-                "--data",
-                "colored-digits",
-                "--num-samples",
-                "2",
-            ],
+                checkpoint="{score}",
+                data="colored-digits",
+                num_samples=2,
+            ),
             "colorization needs a model of colour images",
         ),
         (
-            [
-                "train-classifier",
-                "--data",
-                "moons",
-                "--sde",
-                "vp",
-                "--steps",
-                "2",
-                "--out",
-                "{tmp}/x",
-            ],
+            cli_args(
+                "train-classifier", data="moons", sde="vp", steps=2, out="{tmp}/x"
+            ),
             "--data moons has no class labels",
         ),
     ],

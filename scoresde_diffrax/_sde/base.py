@@ -1,25 +1,11 @@
 import abc
-import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._custom_types import Scalar, ScalarLike
-
-
-def check_positive_finite(name: str, value: float, owner: str) -> None:
-    """Raise a `ValueError` naming `owner.name` unless `value` is finite and > 0."""
-    try:
-        v = float(value)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return  # traced: cannot check at trace time
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(
-            f"{owner}: `{name}` must be a finite number > 0, got {value!r}."
-        )
 
 
 class AbstractSDE(eqx.Module):

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Scalar, ScalarLike
-from .base import AbstractSDE, check_positive_finite
+from .._scalars import check_positive
+from .base import AbstractSDE
 
 
 class AbstractBetaSDE(AbstractSDE):
@@ -20,14 +21,10 @@ class AbstractBetaSDE(AbstractSDE):
 
     def __check_init__(self):
         name = type(self).__name__
-        check_positive_finite("beta_min", self.beta_min, name)
-        check_positive_finite("beta_max", self.beta_max, name)
-        check_positive_finite("T", self.T, name)
-        try:
-            bad = float(self.beta_max) < float(self.beta_min)
-        except TypeError:
-            bad = False
-        if bad:
+        lo = check_positive("beta_min", self.beta_min, owner=name)
+        hi = check_positive("beta_max", self.beta_max, owner=name)
+        check_positive("T", self.T, owner=name)
+        if lo is not None and hi is not None and hi < lo:
             raise ValueError(
                 f"{name}: `beta_max` must be >= `beta_min`, got "
                 f"beta_min={self.beta_min}, beta_max={self.beta_max}."

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Scalar, ScalarLike
-from .base import AbstractSDE, check_positive_finite
+from .._scalars import check_positive
+from .base import AbstractSDE
 
 
 class VESDE(AbstractSDE):
@@ -30,14 +31,10 @@ class VESDE(AbstractSDE):
     T: float = 1.0
 
     def __check_init__(self):
-        check_positive_finite("sigma_min", self.sigma_min, "VESDE")
-        check_positive_finite("sigma_max", self.sigma_max, "VESDE")
-        check_positive_finite("T", self.T, "VESDE")
-        try:
-            ok = float(self.sigma_min) < float(self.sigma_max)
-        except TypeError:
-            ok = True
-        if not ok:
+        lo = check_positive("sigma_min", self.sigma_min, owner="VESDE")
+        hi = check_positive("sigma_max", self.sigma_max, owner="VESDE")
+        check_positive("T", self.T, owner="VESDE")
+        if lo is not None and hi is not None and not lo < hi:
             raise ValueError(
                 "VESDE: `sigma_min` must be < `sigma_max`, got "
                 f"sigma_min={self.sigma_min}, sigma_max={self.sigma_max}."

@@ -6,16 +6,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._custom_types import ScalarLike
+from .._scalars import check_int, check_positive
 from .._sde import AbstractSDE
-from .._sde.base import check_positive_finite
 from .._term import batched_score
-
-
-def _check_num_steps(num_steps, owner: str) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(
-            f"{owner}: `num_steps` must be an int >= 1, got {num_steps!r}."
-        )
 
 
 def langevin_alpha(sde: AbstractSDE, t: ScalarLike, t_next: ScalarLike):
@@ -126,7 +119,7 @@ class Langevin(AbstractCorrector):
         whole batch (through the two averages), so the first 10 of 1,000 samples are
         not 10 samples drawn alone, and sharded runs agree with one device only to
         round-off.
-    - `"example"`: per-example norms (this class's default before). **Biased**: the
+    - `"example"`: per-example norms. **Biased**: the
         step depends on the example's own $x$ and $z$, which inflates the stationary
         variance by about $((d + 2) / d)^2$ for Gaussian data in $d$ dimensions
         (1.27 in 16-D), whatever `snr`; in 2-D the step has infinite mean and samples
@@ -138,7 +131,8 @@ class Langevin(AbstractCorrector):
         0.01 for VP).
     - `num_steps`: corrector steps per predictor step, >= 1.
     - `norms`: `"noise"` (default), `"batch"` or `"example"`, as above.
-    - `batch_norm`: kept for compatibility: `batch_norm=True` is `norms="batch"`.
+    - `batch_norm`: another spelling of `norms`: `True` is `norms="batch"`, `False`
+        is `norms="noise"`; given with `norms`, the two must agree.
 
     **Reference:** Song et al., ICLR 2021, Appendix G, Algorithm 5; for the bias of
     state-dependent step sizes, the stationary density $\propto p / \epsilon(x)$ of
@@ -180,8 +174,8 @@ class Langevin(AbstractCorrector):
         self.norms = norms
 
     def __check_init__(self):
-        check_positive_finite("snr", self.snr, "Langevin")
-        _check_num_steps(self.num_steps, "Langevin")
+        check_positive("snr", self.snr, owner="Langevin")
+        check_int("num_steps", self.num_steps, owner="Langevin")
 
     @property
     def batch_norm(self) -> bool:
@@ -220,8 +214,8 @@ class AnnealedLangevin(AbstractCorrector):
     num_steps: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
-        check_positive_finite("snr", self.snr, "AnnealedLangevin")
-        _check_num_steps(self.num_steps, "AnnealedLangevin")
+        check_positive("snr", self.snr, owner="AnnealedLangevin")
+        check_int("num_steps", self.num_steps, owner="AnnealedLangevin")
 
     def step_size(self, sde, t, t_next, score, noise, batched):
         eps = 2 * langevin_alpha(sde, t, t_next) * (self.snr * sde.std(t)) ** 2

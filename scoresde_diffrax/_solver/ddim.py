@@ -16,7 +16,9 @@ from ._common import (
 
 
 def _ddim_step(p: Problem, t0, t1, y0, eta: float, name: str):
-    """One DDIM step of the problem `p` from solver time `t0` to `t1`."""
+    """One DDIM step of the problem `p` from solver time `t0` to `t1`: deterministic
+    for `eta == 0`, else with the step's Brownian noise; `name` names the solver in
+    errors."""
     t, t_next = p.time(t0), p.time(t1)
     y0 = check_decreasing(y0, t, t_next, name)
     a0, s0 = p.sde.mean_coeff(t), p.sde.std(t)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, PyTree
 
 from ._common import check_decreasing, dense_info, unpack_ode
+from .multistep import AbstractMultistepSolver
 
 
 class DPMSolverState(eqx.Module):
@@ -17,7 +18,7 @@ class DPMSolverState(eqx.Module):
     has_prev: Bool[Array, ""]
 
 
-class DPMSolverPP2M(dfx.AbstractSolver):
+class DPMSolverPP2M(AbstractMultistepSolver):
     r"""DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep solver
     of the probability-flow ODE in log-SNR time with the data prediction
     $\hat x_0 = (x + s(t)^2 s_\theta(t, x)) / a(t)$, for any linear SDE (VP, sub-VP,
@@ -33,20 +34,20 @@ class DPMSolverPP2M(dfx.AbstractSolver):
     and the first step is DPM-Solver++(1) (= DDIM). One score evaluation per step;
     the previous data prediction is carried in the solver state. Order 2; fixed steps
     only (pair it with `sd.time_grid(sde, n, kind="logsnr")` and `diffrax.StepTo`, or
-    `num_steps`). Takes the probability-flow ODE term (`method="ode"`, inferred).
+    `num_steps`), at least 2 of them (an [`AbstractMultistepSolver`][]). Takes the
+    probability-flow ODE term (`method="ode"`, inferred).
 
     **Reference:** Lu, Zhou, Bao, Chen, Li, Zhu, *DPM-Solver++: Fast Solver for Guided
     Sampling of Diffusion Probabilistic Models*, 2022 (arXiv:2211.01095).
     """
 
     term_structure: ClassVar = dfx.AbstractTerm
-    interpolation_cls: ClassVar = dfx.LocalLinearInterpolation
 
     def order(self, terms):
         return 2
 
-    def strong_order(self, terms):
-        return None
+    def multistep_order(self) -> int:
+        return 2
 
     def init(self, terms, t0, t1, y0, args):
         dtype = jnp.result_type(y0)
@@ -70,6 +71,3 @@ class DPMSolverPP2M(dfx.AbstractSolver):
         y1 = ((s1 / s0) * y0 - a1 * jnp.expm1(-h) * d).astype(y0.dtype)
         state = DPMSolverState(x0, h.astype(solver_state.h.dtype), jnp.asarray(True))
         return y1, None, dense_info(y0, y1), state, dfx.RESULTS.successful
-
-    def func(self, terms, t0, y0, args):
-        return terms.vf(t0, y0, args)

@@ -60,7 +60,9 @@ class EDMHeun(dfx.AbstractSolver):
 
     **Arguments:**
 
-    - `churn`: kept for compatibility; only `0` (the default) is accepted here.
+    - `churn`: the churn $\gamma$; this solver is the $\gamma = 0$ case, so only `0`
+        (the default) is accepted (any other value raises a `ValueError` pointing to
+        [`StochasticEDMHeun`][]).
 
     **Reference:** Karras, Aittala, Aila, Laine, *Elucidating the Design Space of
     Diffusion-Based Generative Models*, NeurIPS 2022.

@@ -5,11 +5,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._exact import GaussianMixture
-
-
-def _check_n(n: int, name: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name}: `n` must be an int >= 1, got {n!r}.")
+from .._scalars import check_int
 
 
 def moons(
@@ -19,7 +15,7 @@ def moons(
     scaled to unit-order spread, with Gaussian `noise` (in the moons' units). With
     `return_labels`, also each point's moon (0 upper, 1 lower); the points are the
     same either way."""
-    _check_n(n, "moons")
+    n = check_int("n", n, owner="moons")
     kb, ka, kn = jr.split(key, 3)
     upper = jr.bernoulli(kb, 0.5, (n,))
     a = jr.uniform(ka, (n,), maxval=math.pi)
@@ -33,7 +29,7 @@ def swiss_roll(
     key: PRNGKeyArray, n: int, *, noise: float = 0.05
 ) -> Float[Array, "n 2"]:
     """A 2-D Swiss roll (spiral), scaled to about [-1.5, 1.5]^2."""
-    _check_n(n, "swiss_roll")
+    n = check_int("n", n, owner="swiss_roll")
     ka, kn = jr.split(key)
     t = 1.5 * math.pi * (1 + 2 * jr.uniform(ka, (n,)))
     pts = jnp.stack([t * jnp.cos(t), t * jnp.sin(t)], axis=1) / 10.0
@@ -42,7 +38,7 @@ def swiss_roll(
 
 def checkerboard(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
     """Uniform on the black squares of a 4x4 checkerboard covering [-2, 2]^2."""
-    _check_n(n, "checkerboard")
+    n = check_int("n", n, owner="checkerboard")
     k1, k2, k3 = jr.split(key, 3)
     x1 = jr.uniform(k1, (n,)) * 4 - 2
     x2 = jr.uniform(k2, (n,)) - jr.randint(k3, (n,), 0, 2).astype(x1.dtype) * 2
@@ -56,7 +52,7 @@ def rings(
     """Three concentric circles of radii 0.5, 1 and 1.5 (equal mass), with noise.
     With `return_labels`, also each point's ring (0 inner to 2 outer); the points are
     the same either way."""
-    _check_n(n, "rings")
+    n = check_int("n", n, owner="rings")
     kr, ka, kn = jr.split(key, 3)
     ring = jr.randint(kr, (n,), 0, 3)
     r = 0.5 * (1 + ring).astype(jnp.result_type(float))
@@ -79,6 +75,6 @@ def gaussian_mixture(
     """`n` samples of [`toy_mixture`][] (eight Gaussians on a circle); with
     `return_labels`, also each sample's component (0-7); the points are the same
     either way."""
-    _check_n(n, "gaussian_mixture")
+    n = check_int("n", n, owner="gaussian_mixture")
     x, k = toy_mixture().sample_with_labels(key, n)
     return (x, k.astype(jnp.int32)) if return_labels else x
