@@ -195,6 +195,8 @@ def unpack_sde(terms: PyTree, solver: str) -> Problem:
             f"brownian_path)` as the second term; got {type(inner).__name__}."
         )
     path = inner.control
+    # diffrax's own negation of time (t1 < t0), not this package's clock: the terms'
+    # clock is `ScoreDrift.clock`, which diffeqsolve integrates forwards here.
     end = jnp.where(direction == 1, path.t1, -jnp.asarray(path.t0))
     return Problem(vf.sde, vf.score, vf.batched, sign, noise, end)
 
