@@ -206,12 +206,12 @@ def plan_solve(
     adaptive = isinstance(steps.controller, dfx.AbstractAdaptiveStepSizeController)
     if dt0 is None and adaptive and method == "sde":
         dt0 = (clock.to_solver(end) - clock.to_solver(start)) / 64
+    if isinstance(steps.controller, dfx.ConstantStepSize) and dt0 is None:
+        raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
 
     # What the solver needs of a fixed grid, and its score evaluations
     arg = "num_steps" if num_steps is not None else "stepsize_controller"
     _check_solver_grid(probe, steps, clock, arg)
-    if isinstance(steps.controller, dfx.ConstantStepSize) and dt0 is None:
-        raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
     counted = count_score_evals(probe, method, probe_shape)
     if adaptive and not counted.has_error_estimate:
         raise ValueError(
