@@ -7,7 +7,10 @@ run, each round pinned to one core when `taskset` exists, merged into one JSON.
 Each round runs the before tree, then the after tree (each with its own `PYTHONPATH`),
 and each run times `sd.sample` and the bare `lax.scan` interleaved; the figure to
 compare is the ratio sample/scan of each side (medians over rounds of the per-round
-paired ratios), since both sides share the machine's noise. A benchmark, not a test.
+paired ratios), since both sides share the machine's noise. First, the XLA program
+compiled for the benchmark's `sd.sample` is compared between the trees (its
+instructions, source locations stripped): identical programs run identically, whatever
+the timings' noise says. A benchmark, not a test.
 """
 
 import argparse
@@ -19,6 +22,29 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+
+# Prints a digest of the instructions of the program compiled for `sample_fn`.
+_DIGEST = """
+import hashlib, re, sys
+sys.path.insert(0, "benchmarks")
+import jax.random as jr
+import bench_overhead as b
+text = b.sample_fn.lower(jr.key(0), b.PARAMS).compile().as_text()
+text = text[text.index("\\n%"):]  # the computations, after the tables of sources
+text = re.sub(r",? ?(metadata=\\{[^}]*\\}|stack_frame_id=\\d+)", "", text)
+print(hashlib.sha256(text.encode()).hexdigest())
+"""
+
+
+def program_digest(tree: Path, cpu: str | None) -> str:
+    """The digest of the program `tree` compiles for the benchmark's `sd.sample`."""
+    cmd = [sys.executable, "-c", _DIGEST]
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", cpu, *cmd]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True)
+    return out.stdout.decode().split()[-1]
 
 
 def _run(tree: Path, reps: int, out: Path, cpu: str | None) -> dict:
@@ -45,6 +71,11 @@ def main():
     args = parser.parse_args()
     cpu = args.cpu or None
 
+    digests = {
+        side: program_digest(tree.resolve(), cpu)
+        for side, tree in (("before", args.before), ("after", args.after))
+    }
+    print(f"compiled programs identical: {digests['before'] == digests['after']}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(1, args.rounds + 1):
@@ -101,6 +132,8 @@ def main():
         note=args.note,
         platform=platform,
         versions=versions,
+        program_sha256=digests,
+        programs_identical=digests["before"] == digests["after"],
         runs=runs,
         **summary,
     )
