@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._clock import Clock
 from ._conditioning import example, has_per_example
 from ._divergence import AbstractDivergence
 from ._scalars import (
@@ -160,28 +161,25 @@ def check_mask(mask, shapes, name: str = "mask"):
 # --------------------------------------------------------------------------------------
 
 
-def check_sde_score_solver(sde, score, solver) -> None:
-    """The types of `sde`, `score` and `solver`, each error naming its argument."""
+def check_sde_score(sde, score) -> None:
+    """The types of `sde` and `score`, each error naming its argument."""
     if not isinstance(sde, AbstractSDE):
         raise TypeError(f"`sde` must be an AbstractSDE (VPSDE, ...), got {type(sde)}.")
     if not callable(score):
         raise TypeError(f"`score` must be callable as score(t, x), got {type(score)}.")
+
+
+def check_solver(solver, method: Method | None) -> Method:
+    """The type of `solver`, and the terms it integrates ([`resolve_method`][]);
+    the solve plan checks it (`method="ode"` for likelihoods, encoding, decoding)."""
     if not isinstance(solver, dfx.AbstractSolver):
         raise TypeError(f"`solver` must be a diffrax solver, got {type(solver)}.")
+    return resolve_method(solver, method)
 
 
-def check_ode_solve_args(sde, score, solver, divergence=None) -> None:
-    """`check_sde_score_solver` for a probability-flow ODE solve (likelihoods,
-    encoding, decoding): the solver must integrate ODEs; `divergence`, if given, must
-    be an `AbstractDivergence`."""
-    check_sde_score_solver(sde, score, solver)
-    if not solver_kinds(solver)[0]:
-        raise ValueError(
-            f"`solver`: {type(solver).__name__} integrates SDEs, not the "
-            "probability-flow ODE. Use an ODE solver: diffrax.Tsit5, Dopri5, Dopri8, "
-            "Heun, Bosh3, Euler, ..."
-        )
-    if divergence is not None and not isinstance(divergence, AbstractDivergence):
+def check_divergence(divergence) -> None:
+    """`divergence` must be an `AbstractDivergence`."""
+    if not isinstance(divergence, AbstractDivergence):
         raise TypeError(
             "`divergence` must be an AbstractDivergence (sd.Hutchinson(...), "
             f"sd.ExactDivergence(), or your own), got {type(divergence)}."
@@ -280,24 +278,23 @@ _REL_TOL, _ABS_TOL = 1e-5, 1e-12
 
 
 def check_time_grid(
-    name: str, ts, start: float | None, end: float | None, *, increasing: bool
+    name: str, ts, start: float | None, end: float | None, clock: Clock
 ) -> None:
     """Concrete times `ts` must run strictly monotonically from `start` to `end` (in
-    the user's clock: `T -> eps` to sample or decode, `eps -> T` to encode), each
-    endpoint within a relative 1e-5 (a traced endpoint, None, is not checked). The
-    error names the first offending pair."""
+    the user's clock: `T -> eps` to sample or decode, `eps -> T` to encode), i.e.
+    forwards on the solve's `clock`, each endpoint within a relative 1e-5 (a traced
+    endpoint, None, is not checked). The error names the first offending pair."""
     if not is_concrete(ts):
         return
     ts = np.asarray(ts, dtype=np.float64)
-    up = increasing
-    direction = "increasing" if up else "decreasing"
+    direction = "decreasing" if clock.reversed else "increasing"
     span = f"from {start} to {end}" if end is not None else f"from {start}"
     if ts.ndim != 1 or ts.size < 2:
         raise ValueError(
             f"`{name}`: times must be a 1-D array of at least 2 points {direction} "
             f"{span}, got shape {ts.shape}."
         )
-    steps = np.diff(ts) if up else -np.diff(ts)
+    steps = clock.to_solver(np.diff(ts))
     bad = np.flatnonzero(~(steps > 0))
     if bad.size:
         i = int(bad[0])

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_batch, check_eps, check_fits_score, check_ode_solve_args
+from ._checks import check_batch, check_eps, check_fits_score, check_sde_score
+from ._clock import FORWARD, REVERSED
 from ._errors import check_solve
 from ._plan import plan_solve, solve_batch, SolvePlan
 from ._sde import AbstractSDE
@@ -44,7 +45,7 @@ def _flow(
 ):
     """`encode` (eps -> T) or `decode` (T -> eps): one probability-flow ODE solve."""
     # Checks
-    check_ode_solve_args(sde, score, solver)
+    check_sde_score(sde, score)
     y = check_batch(name, y)
     check_eps(eps, sde)
     batch_sh = batch_sharding(sharding, y.shape, y)
@@ -53,11 +54,11 @@ def _flow(
     # Plan: decoding runs on the reversed clock r = -t, from -T up to -eps.
     plan = plan_solve(
         solver,
-        lambda s: probability_flow_term(sde, s, reverse_time=True),
-        ("ode",),
+        method="ode",
+        shape=y.shape,
         start=sde.T if decode else eps,
         end=eps if decode else sde.T,
-        increasing=not decode,
+        clock=REVERSED if decode else FORWARD,
         num_steps=num_steps,
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
@@ -110,7 +111,7 @@ def _solve(p: _Flow, y: Array):
     y = constrain(y, p.sharding)
     y1, _, result = solve_batch(
         p.per_example,
-        probability_flow_term(p.sde, p.score, reverse_time=p.decode),
+        probability_flow_term(p.sde, p.score, reverse_time=p.plan.clock.reversed),
         y,
         None,
         solver=p.solver,

@@ -1,8 +1,6 @@
 """Inverse problems with an unconditional score: imputation (inpainting) and
 colorization, as a diffrax solver wrapper around any fixed-step sampler."""
 
-from collections.abc import Callable
-
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -12,15 +10,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from ._checks import check_mask, is_concrete
 from ._conditioning import PerExample
-from ._solver._common import (
+from ._planned_solver import (
     AbstractPlannedSolver,
     check_grid,
-    dense_info,
-    extra_score_evals,
+    inner_solves,
+    InnerSolves,
     min_grid_steps,
-    unpack_ode,
-    unpack_sde,
 )
+from ._solver._common import dense_info, unpack_ode, unpack_sde
 
 
 class ImputeState(eqx.Module):
@@ -75,8 +72,8 @@ class AbstractStateWrapper(AbstractPlannedSolver, dfx.AbstractWrappedSolver):
     def check_grid(self, ts, start: float, end: float, arg: str) -> None:
         check_grid(self.solver, ts, start, end, arg)
 
-    def extra_score_evals(self, make_terms: Callable, probe_key) -> int:
-        return extra_score_evals(self.solver, make_terms, probe_key)
+    def inner_solves(self) -> tuple[InnerSolves, ...]:
+        return inner_solves(self.solver)
 
 
 class Impute(AbstractStateWrapper):

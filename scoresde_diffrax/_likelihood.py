@@ -7,13 +7,19 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
 from ._brownian import per_sample_keys
-from ._checks import check_batch, check_eps, check_fits_score, check_ode_solve_args
+from ._checks import (
+    check_batch,
+    check_divergence,
+    check_eps,
+    check_fits_score,
+    check_sde_score,
+)
+from ._clock import FORWARD
 from ._divergence import AbstractDivergence, Hutchinson
 from ._errors import check_solve
 from ._plan import plan_solve, solve_batch, SolvePlan
 from ._sde import AbstractSDE
 from ._sharding import batch_sharding, constrain, constrain_leading, error_if, place
-from ._term import probability_flow_term
 
 
 # Default arguments (module-level singletons; all immutable).
@@ -196,7 +202,8 @@ def log_likelihood(
       Equations*, NeurIPS 2018; Grathwohl et al., *FFJORD*, ICLR 2019.
     """
     # Checks
-    check_ode_solve_args(sde, score, solver, divergence)
+    check_sde_score(sde, score)
+    check_divergence(divergence)
     x = check_batch("x", x)
     check_eps(eps, sde)
     if prior_log_prob is None:
@@ -211,11 +218,11 @@ def log_likelihood(
     # Plan: forwards in t, from eps up to T.
     plan = plan_solve(
         solver,
-        lambda s: probability_flow_term(sde, s, reverse_time=True),
-        ("ode",),
+        method="ode",
+        shape=x.shape,
         start=eps,
         end=sde.T,
-        increasing=True,
+        clock=FORWARD,
         num_steps=num_steps,
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,

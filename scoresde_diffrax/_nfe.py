@@ -7,13 +7,16 @@ calls through a host callback. The real solve never leaves the device: its count
 """
 
 import threading
-from collections.abc import Callable
 from typing import NamedTuple
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
+
+from ._clock import REVERSED
 
 
 _cache: dict = {}
@@ -68,52 +71,81 @@ def _structural_key(solver, key):
     return (treedef, tuple(parts), key)
 
 
-def probe_solver(
-    solver: dfx.AbstractSolver,
-    make_terms: Callable,
-    key,
-    shape: tuple[int, ...] = (1, 1),
-) -> SolverProbe:
-    """Probe `solver` on the terms `make_terms(score)` builds: a one-example problem of
-    `shape` (batched; default `(1, 1)`) around the given score. `key` names the term
-    structure (and shape) for caching.
-    """
+class CountingScore(eqx.Module):
+    """A zero score that counts its calls on the host: build a probe's terms around
+    `CountingScore()`, and [`probe_solver`][] numbers it for each probe."""
+
+    probe_id: int | Array = 0
+
+    def __call__(self, t, x):
+        jax.debug.callback(_count, self.probe_id)
+        return jnp.zeros_like(x)
+
+
+def _numbered(terms, probe_id):
+    """`terms` with every `CountingScore` counting into `probe_id`."""
+    return jax.tree_util.tree_map(
+        lambda x: CountingScore(probe_id) if isinstance(x, CountingScore) else x,
+        terms,
+        is_leaf=lambda x: isinstance(x, CountingScore),
+    )
+
+
+def _cache_key(solver, key):
     try:
         cache_key = (solver, key)
         hash(cache_key)
     except TypeError:
         cache_key = _structural_key(solver, key)
+    return cache_key
+
+
+def cached_probe(solver: dfx.AbstractSolver, key) -> SolverProbe | None:
+    """What an earlier [`probe_solver`][] of `solver` on the terms named `key`
+    found, or None."""
+    cache_key = _cache_key(solver, key)
+    return None if cache_key is None else _cache.get(cache_key)
+
+
+# The probe's steps, in user time inside (eps, T) of every SDE, on the clock of the
+# sampling terms it is run on (the reversed one).
+_TIMES = tuple(REVERSED.to_solver(t) for t in (0.9, 0.8, 0.7))
+
+
+def probe_solver(
+    solver: dfx.AbstractSolver,
+    terms,
+    key,
+    shape: tuple[int, ...] = (1, 1),
+) -> SolverProbe:
+    """Probe `solver` on `terms`: the terms of a one-example sampling solve (on the
+    reversed clock) of `shape` (batched; default `(1, 1)`) built around a
+    [`CountingScore`][]. `key` names the term structure (and shape) for caching.
+    """
+    cache_key = _cache_key(solver, key)
     if cache_key is not None and cache_key in _cache:
         return _cache[cache_key]
 
     with _lock:
         probe_id = next(_next_probe)
     found = {}
-
-    def terms_counting(pid):
-        def score(t, x):
-            jax.debug.callback(_count, pid)
-            return jnp.zeros_like(x)
-
-        return make_terms(score)
-
     y0 = jnp.zeros(shape)
-    ts = (-0.9, -0.8, -0.7)  # inside [-T, -eps] of the reversed clock
+    ts = _TIMES
 
     @jax.jit
     def first(y0, pid):
-        terms = terms_counting(pid)
-        state = solver.init(terms, ts[0], ts[1], y0, None)
+        numbered = _numbered(terms, pid)
+        state = solver.init(numbered, ts[0], ts[1], y0, None)
         y1, y_err, _, state, _ = solver.step(
-            terms, ts[0], ts[1], y0, None, state, False
+            numbered, ts[0], ts[1], y0, None, state, False
         )
         found["has_error_estimate"] = y_err is not None
         return y1, state
 
     @jax.jit
     def later(y1, state, pid):
-        terms = terms_counting(pid)
-        return solver.step(terms, ts[1], ts[2], y1, None, state, False)[0]
+        numbered = _numbered(terms, pid)
+        return solver.step(numbered, ts[1], ts[2], y1, None, state, False)[0]
 
     first_id, later_id = 2 * probe_id, 2 * probe_id + 1
     try:

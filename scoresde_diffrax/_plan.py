@@ -20,12 +20,16 @@ The rules:
   different lengths padded to one length share one compiled program (the padding is
   never stepped on: the solve ends when it reaches the end).
 - `dt0`, when given, is a finite non-zero number; only its magnitude is used.
+  Default: None (diffrax chooses) except for adaptive solves of the reverse SDE:
+  a 64th of the interval.
+- Every solve runs forwards on its solver clock ([`Clock`][]): the reversed one
+  `r = -t` where the user's time decreases (sampling, decoding).
 - The score evaluations of a solve are `first + per_step * (num_steps - 1)`, with
   `first` (init and first step) and `per_step` measured once per solver (-1 where
   the count is not constant).
 """
 
-from collections.abc import Callable
+from typing import NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
@@ -39,12 +43,18 @@ from ._checks import (
     check_int,
     check_nonzero,
     check_positive,
+    check_solver,
     check_time_grid,
     is_concrete,
+    Method,
 )
-from ._nfe import probe_solver
+from ._clock import Clock, REVERSED
+from ._conditioning import check_per_example, example, has_per_example
+from ._nfe import cached_probe, CountingScore, probe_solver, SolverProbe
 from ._norm import batch_max_rms_norm
-from ._solver._common import check_grid, extra_score_evals, min_grid_steps
+from ._planned_solver import check_grid, inner_solves, min_grid_steps
+from ._sde import VPSDE
+from ._term import sampling_terms
 
 
 class PaddedStepTo(dfx.AbstractStepSizeController):
@@ -107,15 +117,16 @@ def pad_grid(ts, length: int):
 
 
 class SolvePlan(eqx.Module):
-    """How one solve steps, on its integration clock `r = sign * t` (running from
-    `r0 = sign * start` up to `r1 = sign * end`, so always forwards).
+    """How one solve steps, on its solver clock `r = clock.to_solver(t)` (running
+    from `r0` up to `r1`, so always forwards).
 
-    - `controller`: the diffrax controller on the integration clock.
+    - `method`: the terms the solver integrates, `"sde"` or `"ode"`.
+    - `clock`: the solve's [`Clock`][].
+    - `controller`: the diffrax controller on the solver clock.
     - `adaptive`: whether the controller adapts the steps.
     - `max_steps`: the bound handed to `diffrax.diffeqsolve`.
-    - `dt0`: the initial step on the integration clock (positive) or None.
-    - `r0`, `r1`: the integration interval.
-    - `sign`: +1 (forwards in `t`) or -1 (backwards: `r = -t`).
+    - `dt0`: the initial step on the solver clock (positive) or None.
+    - `r0`, `r1`: the integration interval on the solver clock.
     - `first_evals`, `evals_per_step`: score evaluations of `init` plus the first
       step, and of each later step (-1 if not constant).
     - `min_step`: the smallest step of a concrete `StepTo` grid, else None.
@@ -123,13 +134,14 @@ class SolvePlan(eqx.Module):
       segments of `Restart`).
     """
 
+    method: Method = eqx.field(static=True)
+    clock: Clock = eqx.field(static=True)
     controller: dfx.AbstractStepSizeController
     adaptive: bool = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
-    dt0: float | None
+    dt0: float | Array | None
     r0: float | Array
     r1: float | Array
-    sign: int = eqx.field(static=True)
     first_evals: int = eqx.field(static=True)
     evals_per_step: int = eqx.field(static=True)
     min_step: float | None = eqx.field(static=True)
@@ -153,29 +165,105 @@ def uniform_grid(start, end, num_steps: int, start_f, end_f):
 
 def plan_solve(
     solver: dfx.AbstractSolver,
-    make_terms: Callable,
-    probe_key,
     *,
+    method: Method | None,
+    shape: tuple[int, ...],
     start,
     end,
-    increasing: bool,
+    clock: Clock,
     num_steps: int | None,
     stepsize_controller: dfx.AbstractStepSizeController | None,
     max_steps: int | None,
     dt0: float | None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    probe_shape: tuple[int, ...] = (1, 1),
 ) -> SolvePlan:
-    """Apply the module's rules. `start`/`end` are the user-clock endpoints (either
-    may be traced), `increasing` whether time runs up from `start` to `end`;
-    `make_terms(score)` builds the solve's terms around a score (for counting
-    evaluations, on a state of `probe_shape`; `probe_key` names that structure).
-    Raises `ValueError` naming the offending argument."""
+    """Apply the module's rules to a solve of `solver` on a batch of `shape`, from
+    `start` to `end` in the user's clock (either may be traced), running forwards on
+    `clock`; `method` names the terms (None: inferred from the solver, see
+    `resolve_method`). Raises `ValueError` (or `TypeError`) naming the offending
+    argument.
+
+    Each argument is handed down once: first the solver's own checks (its type, its
+    terms, its per-example data), then the step arguments, then what the solver
+    answers about the grid (`_planned_solver`), then its score evaluations (`_nfe`)."""
+    # The solver: its type, the terms it integrates, its per-example data. A solver
+    # with per-example data (e.g. `Impute`) is probed on one example of the data's
+    # shape; others on a (1, 1) problem.
+    method = check_solver(solver, method)
+    check_per_example(solver, shape, "solver")
+    probe, probe_shape = solver, (1, 1)
+    if has_per_example(solver):
+        probe, probe_shape = example(solver, slice(0, 1)), (1, *shape[1:])
+
+    # The steps, on the solver clock
+    if dt0 is not None:
+        check_nonzero("dt0", dt0)
+        dt0 = clock.to_solver_step(dt0)
+    steps = _plan_steps(
+        clock, start, end, num_steps, stepsize_controller, max_steps, rtol, atol
+    )
+    adaptive = isinstance(steps.controller, dfx.AbstractAdaptiveStepSizeController)
+    if dt0 is None and adaptive and method == "sde":
+        dt0 = (clock.to_solver(end) - clock.to_solver(start)) / 64
+    if isinstance(steps.controller, dfx.ConstantStepSize) and dt0 is None:
+        raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
+
+    # What the solver needs of a fixed grid, and its score evaluations
+    arg = "num_steps" if num_steps is not None else "stepsize_controller"
+    _check_solver_grid(probe, steps, clock, arg)
+    counted = count_score_evals(probe, method, probe_shape)
+    if adaptive and not counted.has_error_estimate:
+        raise ValueError(
+            f"`solver`: {type(solver).__name__} does not estimate its error, so it "
+            "cannot take adaptive steps (the default when neither `num_steps` nor "
+            "`stepsize_controller` is given). Pass num_steps=..., or use an adaptive "
+            "solver: Tsit5, Dopri5, Dopri8, Bosh3, Heun (ODE); ShARK, SRA1, "
+            "ReversibleHeun, HalfSolver(EulerHeun()) (SDE)."
+        )
+    return SolvePlan(
+        method=method,
+        clock=clock,
+        controller=steps.controller,
+        adaptive=adaptive,
+        max_steps=steps.max_steps,
+        dt0=dt0,
+        r0=clock.to_solver(start),
+        r1=clock.to_solver(end),
+        first_evals=counted.first,
+        evals_per_step=counted.per_step,
+        min_step=steps.min_step,
+        extra_evals=_inner_score_evals(probe, probe_shape),
+    )
+
+
+class _Steps(NamedTuple):
+    """The step arguments of a solve as a controller on the solver clock:
+    `max_steps` for `diffrax.diffeqsolve` (a grid's length for a grid); for a
+    concrete fixed grid, `grid_len` its steps (padding not counted) and `min_step`
+    its smallest step (else None); `start`, `end` the solve's endpoints in user time
+    (None if traced)."""
+
+    controller: dfx.AbstractStepSizeController
+    max_steps: int
+    grid_len: int | None
+    min_step: float | None
+    start: float | None
+    end: float | None
+
+
+def _plan_steps(
+    clock: Clock,
+    start,
+    end,
+    num_steps,
+    stepsize_controller,
+    max_steps,
+    rtol,
+    atol,
+) -> _Steps:
     start_f = None if isinstance(start, jax.core.Tracer) else float(start)
     end_f = None if isinstance(end, jax.core.Tracer) else float(end)
-    sign = 1 if increasing else -1
-
     if num_steps is not None and stepsize_controller is not None:
         raise ValueError(
             "Give at most one of `num_steps` (fixed steps) and `stepsize_controller`; "
@@ -189,15 +277,10 @@ def plan_solve(
             "(diffrax.PIDController(rtol, atol), diffrax.StepTo(ts), ...), got "
             f"{type(stepsize_controller)}."
         )
-    if dt0 is not None:
-        check_nonzero("dt0", dt0)
-        dt0 = abs(dt0)
-
-    min_step = None
     if num_steps is not None:
         n = check_int("num_steps", num_steps)
         ts = uniform_grid(start, end, n, start_f, end_f)
-        controller = dfx.StepTo(ts=sign * ts)
+        controller = dfx.StepTo(ts=clock.to_solver(ts))
     elif isinstance(stepsize_controller, (dfx.StepTo, PaddedStepTo)):
         ts = stepsize_controller.ts
         if not isinstance(ts, (np.ndarray, jnp.ndarray)):
@@ -208,84 +291,106 @@ def plan_solve(
         else:
             valid = None if padded else ts
         if valid is not None:
-            check_time_grid(
-                "stepsize_controller", valid, start_f, end_f, increasing=increasing
-            )
-        controller = type(stepsize_controller)(ts=sign * ts)
+            check_time_grid("stepsize_controller", valid, start_f, end_f, clock)
+        controller = type(stepsize_controller)(ts=clock.to_solver(ts))
     elif stepsize_controller is None:
         check_positive("rtol", rtol)
         check_positive("atol", atol)
         controller = dfx.PIDController(rtol=rtol, atol=atol, norm=batch_max_rms_norm)
     else:
         controller = stepsize_controller
-    grid_len = None  # steps of a concrete fixed grid (padding not counted)
+    grid_len = min_step = None
     if isinstance(controller, (dfx.StepTo, PaddedStepTo)):
-        steps = len(controller.ts) - 1
+        max_steps = len(controller.ts) - 1
         if is_concrete(controller.ts):
             grid = np.asarray(controller.ts)
             grid_len = grid_steps(grid)
             min_step = float(np.min(np.abs(np.diff(grid[: grid_len + 1]))))
     else:
-        steps = check_int("max_steps", max_steps)
-    adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
-    _check_solver_grid(
-        solver, controller, steps, grid_len, num_steps, sign, start_f, end_f
-    )
-    if isinstance(controller, dfx.ConstantStepSize) and dt0 is None:
-        raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
-
-    probe = probe_solver(solver, make_terms, probe_key, probe_shape)
-    if adaptive and not probe.has_error_estimate:
-        raise ValueError(
-            f"`solver`: {type(solver).__name__} does not estimate its error, so it "
-            "cannot take adaptive steps (the default when neither `num_steps` nor "
-            "`stepsize_controller` is given). Pass num_steps=..., or use an adaptive "
-            "solver: Tsit5, Dopri5, Dopri8, Bosh3, Heun (ODE); ShARK, SRA1, "
-            "ReversibleHeun, HalfSolver(EulerHeun()) (SDE)."
-        )
-    return SolvePlan(
-        controller=controller,
-        adaptive=adaptive,
-        max_steps=steps,
-        dt0=dt0,
-        r0=sign * start,
-        r1=sign * end,
-        sign=sign,
-        first_evals=probe.first,
-        evals_per_step=probe.per_step,
-        min_step=min_step,
-        extra_evals=extra_score_evals(solver, make_terms, probe_key),
-    )
+        max_steps = check_int("max_steps", max_steps)
+    return _Steps(controller, max_steps, grid_len, min_step, start_f, end_f)
 
 
 def _check_solver_grid(
-    solver, controller, steps, grid_len, num_steps, sign, start, end
-):
+    solver: dfx.AbstractSolver, steps: _Steps, clock: Clock, arg: str
+) -> None:
     """What a solver needs of a fixed grid, asked of the solver itself: at least
     `min_grid_steps()` steps (a multistep solver: as many as it stores predictions,
     else it never reaches its order), and whatever its `check_grid` checks (e.g.
-    `Restart`'s `t_min` on the grid). Wrappers answer for the solver they wrap."""
+    `Restart`'s `t_min` on the grid). Wrappers answer for the solver they wrap.
+    `arg` names the argument the grid came from."""
+    controller = steps.controller
     if not isinstance(controller, (dfx.StepTo, PaddedStepTo)):
         return
-    if grid_len is not None:
-        steps = grid_len
+    n = steps.max_steps
+    if steps.grid_len is not None:
+        n = steps.grid_len
     elif isinstance(controller, PaddedStepTo):
         return  # a traced padded grid: its number of steps is not known here
-    arg = "num_steps" if num_steps is not None else "stepsize_controller"
     need = min_grid_steps(solver)
-    if steps < need:
+    if n < need:
         raise ValueError(
             f"`{arg}`: {type(solver).__name__} interpolates its last {need} score "
             f"evaluations (it or the solver it wraps), so a grid needs at least "
-            f"{need} steps to reach its order; got {steps}. Use more steps or a "
+            f"{need} steps to reach its order; got {n}. Use more steps or a "
             "lower `order`."
         )
-    if start is not None and end is not None:
+    if steps.start is not None and steps.end is not None:
         ts = controller.ts
-        ts = None if isinstance(ts, jax.core.Tracer) else sign * np.asarray(ts)
+        ts = None if isinstance(ts, jax.core.Tracer) else clock.to_user(np.asarray(ts))
         if ts is not None:
-            ts = ts[: steps + 1]
-        check_grid(solver, ts, start, end, arg)
+            ts = ts[: n + 1]
+        check_grid(solver, ts, steps.start, steps.end, arg)
+
+
+# --------------------------------------------------------------------------------------
+# Counting score evaluations
+# --------------------------------------------------------------------------------------
+
+
+def _probe_terms(method: Method, shape: tuple[int, ...]):
+    """The terms of a one-example sampling solve of `shape` around a counting score,
+    on which a solver's score evaluations per step are counted (they depend on
+    neither the SDE nor the clock)."""
+    sde = VPSDE()
+    return sampling_terms(
+        sde,
+        CountingScore(),
+        method,
+        shape,
+        jax.random.key(0),
+        REVERSED.to_solver(float(sde.T)),
+        REVERSED.to_solver(1e-3),
+        "fast",
+    )
+
+
+def count_score_evals(
+    solver: dfx.AbstractSolver, method: Method, shape: tuple[int, ...] = (1, 1)
+) -> SolverProbe:
+    """The score evaluations of `solver` on `method`'s terms: by its first step and
+    by each later one, measured once per solver, `method` and `shape` (cached), and
+    whether it estimates its error. What `sample` counts, and what budgets are
+    reckoned in (`sd.bench`, learned grids)."""
+    key = (method, shape)
+    found = cached_probe(solver, key)
+    if found is None:
+        found = probe_solver(solver, _probe_terms(method, shape), key, shape)
+    return found
+
+
+def _inner_score_evals(solver: dfx.AbstractSolver, shape: tuple[int, ...]) -> int:
+    """The score evaluations of the solves `solver` runs once per solve besides its
+    steps (`inner_solves`, e.g. `Restart`'s segments); -1 if not constant."""
+    total = 0
+    for inner in inner_solves(solver):
+        counted = count_score_evals(inner.solver, "ode", shape)
+        if counted.first < 0:
+            return -1
+        total += inner.count * (
+            counted.first + counted.per_step * (inner.num_steps - 1)
+        )
+    return total
 
 
 # --------------------------------------------------------------------------------------

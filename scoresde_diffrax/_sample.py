@@ -7,24 +7,19 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from ._brownian import per_sample_keys, PerSampleBrownianPath
+from ._brownian import per_sample_keys
 from ._checks import (
     check_eps,
     check_positive,
     check_saveat,
     check_score_shape,
-    check_sde_score_solver,
+    check_sde_score,
     check_shape,
     is_concrete,
     Method,
-    resolve_method,
 )
-from ._conditioning import (
-    check_per_example,
-    constrain_per_example,
-    example,
-    has_per_example,
-)
+from ._clock import REVERSED
+from ._conditioning import check_per_example, constrain_per_example
 from ._errors import check_solve, OutOfMemoryError
 from ._memory import (
     compiled_bytes,
@@ -33,11 +28,12 @@ from ._memory import (
     largest_batch,
     round_down,
 )
-from ._nfe import probe_solver, SolverProbe
 from ._plan import plan_solve, SolvePlan
-from ._sde import AbstractSDE, VPSDE
+from ._sde import AbstractSDE
 from ._sharding import batch_sharding, constrain, constrain_leading
-from ._term import batched_score, probability_flow_term, reverse_sde_terms
+
+# `_terms` is the name the solver tests build a sampling solve's terms by.
+from ._term import batched_score, sampling_terms as _terms
 
 
 _NOT_FINITE = "the solve produced non-finite samples (NaN or inf)"
@@ -191,9 +187,8 @@ def sample(
     Generative Modeling through Stochastic Differential Equations*, ICLR 2021.
     """
     # Checks
-    check_sde_score_solver(sde, score, solver)
+    check_sde_score(sde, score)
     shape = check_shape(shape)
-    method = resolve_method(solver, method)
     T = float(sde.T)
     eps = sde.default_eps if eps is None else eps
     eps_f = check_eps(eps, sde)
@@ -202,33 +197,25 @@ def sample(
     if saveat is not None:
         check_saveat(saveat, T, eps_f)
     check_per_example(score, shape, "score")
-    check_per_example(solver, shape, "solver")
     batch_sh = batch_sharding(sharding, shape)
 
-    # Plan: the solve runs forwards on the reversed clock r = -t, from -T up to -eps.
-    # A solver with per-example data (e.g. `Impute`) is probed on one example of the
-    # data's shape; others on a (1, 1) problem.
-    probe, probe_shape = solver, (1, 1)
-    if has_per_example(solver):
-        probe, probe_shape = example(solver, slice(0, 1)), (1, *shape[1:])
+    # Plan: the solver, its terms and its steps, checked once; the solve runs
+    # forwards on the reversed clock r = -t, from -T up to -eps.
     plan = plan_solve(
-        probe,
-        _probe_terms(sde, method, probe_shape),
-        (method, probe_shape),
-        probe_shape=probe_shape,
+        solver,
+        method=method,
+        shape=shape,
         start=T,
         end=eps,
-        increasing=False,
+        clock=REVERSED,
         num_steps=num_steps,
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
         dt0=dt0,
     )
     adjoint, brownian, brownian_tol = _noise_and_adjoint(
-        plan, method, adjoint, brownian_tol, T - eps
+        plan, adjoint, brownian_tol, T - eps
     )
-    if plan.dt0 is None and plan.adaptive and method == "sde":
-        plan = dataclasses.replace(plan, dt0=(T - eps) / 64)
     # Only the Brownian tree's tolerance depends on the grid's values: with the
     # fast path or the ODE, grids of one length (or one padded length) share one
     # compiled program.
@@ -242,7 +229,6 @@ def sample(
         score=score,
         shape=shape,
         solver=solver,
-        method=method,
         plan=plan,
         eps=eps,
         denoise=bool(denoise),
@@ -282,30 +268,15 @@ def sample(
     )
 
 
-def _probe_terms(sde: AbstractSDE, method: Method, shape: tuple[int, ...]):
-    """The terms of a one-example solve of `shape` around a score, on which a
-    solver's score evaluations per step are counted (they do not depend on the SDE;
-    the count is cached per solver, `method` and `shape`)."""
-    T = float(sde.T)
-    return lambda s: _terms(sde, s, method, shape, jax.random.key(0), -T, -1e-3, "fast")
-
-
-def sampling_probe(solver: dfx.AbstractSolver, method: Method) -> SolverProbe:
-    """The score evaluations of `solver` per step of `sample` with `method` (the
-    count `sample` reports, from the same cached probe)."""
-    shape = (1, 1)
-    return probe_solver(solver, _probe_terms(VPSDE(), method, shape), (method, shape))
-
-
-def _noise_and_adjoint(plan: SolvePlan, method, adjoint, brownian_tol, span):
+def _noise_and_adjoint(plan: SolvePlan, adjoint, brownian_tol, span):
     """The adjoint (default: reverse mode, except the fast forward-mode path of
     fixed-step SDE solves), the Brownian path that goes with it ("none" for the ODE,
     "fast" = UnsafeBrownianPath, "tree" = VirtualBrownianTree) and the tree's
     tolerance (default: `span * 2**-12`, at most a sixteenth of a fixed grid's step)."""
     if adjoint is None:
-        fast = method == "sde" and not plan.adaptive
+        fast = plan.method == "sde" and not plan.adaptive
         adjoint = dfx.ForwardMode() if fast else dfx.RecursiveCheckpointAdjoint()
-    if method == "ode":
+    if plan.method == "ode":
         brownian = "none"
     elif plan.adaptive or not isinstance(adjoint, dfx.ForwardMode):
         brownian = "tree"
@@ -356,7 +327,6 @@ class _Sampling(eqx.Module):
     score: Callable
     shape: tuple[int, ...] = eqx.field(static=True)
     solver: dfx.AbstractSolver
-    method: Method = eqx.field(static=True)
     plan: SolvePlan
     eps: float | Array
     denoise: bool = eqx.field(static=True)
@@ -366,39 +336,6 @@ class _Sampling(eqx.Module):
     brownian_tol: float | Array
     progress_meter: dfx.AbstractProgressMeter
     sharding: jax.sharding.NamedSharding | None = eqx.field(static=True)
-
-
-def _terms(sde, score, method, shape, key, r0, r1, brownian, tol=None, sharding=None):
-    """The terms on the reversed clock r = -t, integrated from r0 = -T up to r1."""
-    if method == "ode":
-        return probability_flow_term(sde, score, reverse_time=True)
-    keys = constrain_leading(per_sample_keys(key, shape[0]), sharding)
-    one = jax.ShapeDtypeStruct(shape[1:], jnp.result_type(float))
-    if brownian == "tree":
-        template = dfx.VirtualBrownianTree(
-            r0, r1, tol=tol, shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
-        )
-    else:
-        template = dfx.UnsafeBrownianPath(
-            shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
-        )
-    # The path reports the solve's interval, so samplers can recognise the last step.
-    path = PerSampleBrownianPath(template, keys, r0, r1)
-    return reverse_sde_terms(sde, score, path)
-
-
-def _to_reversed_clock(subs: PyTree) -> PyTree:
-    """Map the user's SubSaveAt (times t, decreasing) to the reversed clock r = -t."""
-
-    def one(sub):
-        if sub.ts is not None:
-            sub = eqx.tree_at(lambda x: x.ts, sub, -jnp.asarray(sub.ts))
-        fn = sub.fn
-        return eqx.tree_at(lambda x: x.fn, sub, lambda r, y, args: fn(-r, y, args))
-
-    return jax.tree_util.tree_map(
-        one, subs, is_leaf=lambda x: isinstance(x, dfx.SubSaveAt)
-    )
 
 
 @eqx.filter_jit
@@ -415,25 +352,25 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
     terms = _terms(
         p.sde,
         score,
-        p.method,
+        p.plan.method,
         p.shape,
         jax.random.fold_in(key, 1),
         p.plan.r0,
-        -p.eps,
+        p.plan.r1,
         p.brownian,
         p.brownian_tol,
         p.sharding,
     )
     subs = [dfx.SubSaveAt(t1=True)]
     if p.saveat is not None:
-        subs.append(_to_reversed_clock(p.saveat.subs))
+        subs.append(p.plan.clock.to_solver_saveat(p.saveat.subs))
 
     # Main loop
     sol = dfx.diffeqsolve(
         terms,
         solver,
         t0=p.plan.r0,
-        t1=-p.eps,
+        t1=p.plan.r1,
         dt0=p.plan.dt0,
         y0=y0,
         saveat=dfx.SaveAt(subs=subs),
@@ -452,7 +389,7 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
         samples = (samples + p.sde.std(t) ** 2 * s) / p.sde.mean_coeff(t)
         samples = samples.astype(dtype)
     samples = constrain(samples, p.sharding)
-    ts = -sol.ts[1] if p.saveat is not None else None
+    ts = p.plan.clock.to_user(sol.ts[1]) if p.saveat is not None else None
     trajectory = sol.ys[1] if p.saveat is not None else None
     stats = {
         k: sol.stats[k]

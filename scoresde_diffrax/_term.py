@@ -2,13 +2,17 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from ._brownian import per_sample_keys, PerSampleBrownianPath
+from ._clock import Clock
 from ._conditioning import batched_call
 from ._custom_types import ScalarLike
 from ._sde import AbstractSDE
+from ._sharding import constrain_leading
 
 
 def batched_score(
@@ -17,10 +21,6 @@ def batched_score(
     """Apply a per-example score to a batch (the one place the batch is vmapped; a
     score's [`PerExample`][] data is vmapped alongside the state)."""
     return batched_call(score, t, y)
-
-
-def _time(r: ScalarLike, reverse_time: bool) -> ScalarLike:
-    return -r if reverse_time else r
 
 
 class ScoreDrift(eqx.Module):
@@ -47,13 +47,18 @@ class ScoreDrift(eqx.Module):
     batched: bool = eqx.field(static=True, default=True)
     reverse_time: bool = eqx.field(static=True, default=False)
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the vector field is called on."""
+        return Clock.running(not self.reverse_time)
+
     def __call__(self, r: ScalarLike, y: Array, args: PyTree = None) -> Array:
         del args
-        t = _time(r, self.reverse_time)
+        t = self.clock.to_user(r)
         s = batched_score(self.score, t, y) if self.batched else self.score(t, y)
         g = self.sde.diffusion(t)
         out = self.sde.drift_coeff(t) * y - self.score_weight * g**2 * s
-        return (-out if self.reverse_time else out).astype(y.dtype)
+        return self.clock.to_solver_rate(out).astype(y.dtype)
 
 
 class ForwardDrift(eqx.Module):
@@ -74,12 +79,17 @@ class Diffusion(eqx.Module):
     sde: AbstractSDE
     reverse_time: bool = eqx.field(static=True, default=False)
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the diffusion is called on."""
+        return Clock.running(not self.reverse_time)
+
     def __call__(
         self, r: ScalarLike, y: Float[ArrayLike, "..."], args: PyTree = None
     ) -> lx.DiagonalLinearOperator:
         del args
         y = jnp.asarray(y)
-        g = self.sde.diffusion(_time(r, self.reverse_time))
+        g = self.sde.diffusion(self.clock.to_user(r))
         return lx.DiagonalLinearOperator((g * jnp.ones_like(y)).astype(y.dtype))
 
 
@@ -148,3 +158,38 @@ def forward_sde_terms(
     return dfx.MultiTerm(
         dfx.ODETerm(ForwardDrift(sde)), dfx.ControlTerm(Diffusion(sde), brownian)
     )
+
+
+def sampling_terms(
+    sde: AbstractSDE,
+    score: Callable,
+    method: str,
+    shape: tuple[int, ...],
+    key: PRNGKeyArray,
+    r0,
+    r1,
+    brownian: str,
+    tol=None,
+    sharding=None,
+):
+    """The terms of a sampling solve of a batch of `shape`, on the reversed clock
+    (integrated from `r0 = -T` up to `r1 = -eps`): the probability-flow ODE term
+    (`method="ode"`), or the reverse-SDE terms (`"sde"`) whose noise is a
+    `PerSampleBrownianPath` on the keys `per_sample_keys(key, batch)`, from a
+    `diffrax.VirtualBrownianTree` of tolerance `tol` (`brownian="tree"`) or a
+    `diffrax.UnsafeBrownianPath` (`"fast"`)."""
+    if method == "ode":
+        return probability_flow_term(sde, score, reverse_time=True)
+    keys = constrain_leading(per_sample_keys(key, shape[0]), sharding)
+    one = jax.ShapeDtypeStruct(shape[1:], jnp.result_type(float))
+    if brownian == "tree":
+        template = dfx.VirtualBrownianTree(
+            r0, r1, tol=tol, shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
+        )
+    else:
+        template = dfx.UnsafeBrownianPath(
+            shape=one, key=keys[0], levy_area=dfx.SpaceTimeLevyArea
+        )
+    # The path reports the solve's interval, so samplers can recognise the last step.
+    path = PerSampleBrownianPath(template, keys, r0, r1)
+    return reverse_sde_terms(sde, score, path)

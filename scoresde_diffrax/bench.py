@@ -43,8 +43,8 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._exact import GaussianMixture
 from ._grid import learn_time_grid
-from ._plan import pad_grid, PaddedStepTo, uniform_grid
-from ._sample import sample, sampling_probe
+from ._plan import count_score_evals, pad_grid, PaddedStepTo, uniform_grid
+from ._sample import sample
 from ._sde import AbstractSDE
 from ._solver import time_grid
 from .metrics import fd_digits_with_se, mixture_report
@@ -319,7 +319,7 @@ class Sampler:
         given (checked against the count)."""
         # A plan's budget counts steps of its inner (ODE) solver.
         method = "ode" if self.plan is not None else self.method
-        counted = sampling_probe(self.solver, method).per_step
+        counted = count_score_evals(self.solver, method).per_step
         if counted < 1:
             if self.evals_per_step is None:
                 raise BenchArgumentError(

@@ -5,8 +5,9 @@ notes describe), and no function is over 100 lines of code.
 Layers, bottom up (a module may import its own layer and those below):
 
 0. leaves: types, errors, scalar argument rules, Brownian paths, memory and
-   evaluation probes, norms, pictures, progress, sharding; the networks' configuration
-   and convolution helpers, the data set container, the sliced distance;
+   evaluation probes, norms, pictures, progress, sharding, the integration clock, what
+   a solve plan asks a solver; the networks' configuration and convolution helpers, the
+   data set container, the sliced distance;
 1. the SDEs, divergence estimators, the conditioning container;
 2. argument checks, diffrax terms, score parameterisations, losses, exact mixtures;
 3. solvers, optimiser, bits/dim, data sets, networks, metrics, operators;
@@ -31,10 +32,12 @@ LAYERS = {
     "_custom_types": 0,
     "_errors": 0,
     "_brownian": 0,
+    "_clock": 0,
     "_memory": 0,
     "_nfe": 0,
     "_norm": 0,
     "_pictures": 0,
+    "_planned_solver": 0,
     "_progress": 0,
     "_scalars": 0,
     "_sharding": 0,

@@ -15,6 +15,7 @@ from helpers import (
 )
 
 import scoresde_diffrax as sd
+from scoresde_diffrax._clock import Clock, FORWARD, REVERSED
 
 
 PID = dfx.PIDController(rtol=1e-5, atol=1e-5)
@@ -237,6 +238,29 @@ def test_reversed_clock_terms_sign():
         lambda y: score(t, y)
     )(x)
     np.testing.assert_allclose(natural, manual, rtol=1e-5, atol=1e-6)
+
+
+def test_clock_round_trip_and_grids():
+    """The one clock: user time <-> solver time exactly, grids kept in NumPy (their
+    bits key the fast Brownian path), rates and steps with the solver's sign."""
+    rev, fwd = Clock.running(increasing=False), Clock.running(increasing=True)
+    assert (rev, fwd) == (REVERSED, FORWARD) and rev.reversed and not fwd.reversed
+    ts = sd.time_grid(sd.VPSDE(), 7, "logsnr")  # decreasing from T to eps
+    for clock in (rev, fwd):
+        for t in (0.37, np.float32(1e-3), np.asarray(ts), jnp.asarray(ts)):
+            r = clock.to_solver(t)
+            assert type(r) is type(t)
+            np.testing.assert_array_equal(clock.to_user(r), t)  # bitwise
+    r = rev.to_solver(np.asarray(ts))
+    assert r.dtype == ts.dtype and np.all(np.diff(r) > 0)  # forwards on the solver
+    assert rev.to_solver(1.0) == -1.0 and fwd.to_solver(1.0) == 1.0
+    assert rev.to_solver_rate(2.0) == -2.0 and fwd.to_solver_rate(2.0) == 2.0
+    assert rev.to_solver_step(-0.1) == fwd.to_solver_step(0.1) == 0.1
+    subs = rev.to_solver_saveat(dfx.SubSaveAt(ts=[1.0, 0.5], fn=lambda t, y, a: t))
+    np.testing.assert_array_equal(subs.ts, [-1.0, -0.5])
+    assert subs.fn(-0.25, None, None) == 0.25  # `fn` still sees user time
+    with pytest.raises(ValueError, match="sign"):
+        Clock(0)
 
 
 def test_saveat_trajectory_times_in_t():

@@ -27,10 +27,11 @@ from .._checks import (
     resolve_method,
 )
 from .._norm import batch_max_rms_norm
-from .._sample import sample, sampling_probe
+from .._plan import count_score_evals
+from .._planned_solver import min_grid_steps
+from .._sample import sample
 from .._sde import AbstractSDE
 from .._solver import time_grid
-from .._solver._common import min_grid_steps
 from .result import LearnedGrid
 
 
@@ -137,7 +138,7 @@ def _steps_for(solver, num_evals: int, denoise: bool) -> tuple[int, int]:
     """The most steps of `solver` on the probability-flow ODE within `num_evals`
     score evaluations (counted as `sample` counts them: the first step, then the
     later ones, plus one for `denoise`), and the evaluations they take."""
-    probe = sampling_probe(solver, "ode")
+    probe = count_score_evals(solver, "ode")
     name = type(solver).__name__
     if probe.first < 1 or probe.per_step < 1:
         raise ValueError(

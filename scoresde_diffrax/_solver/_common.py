@@ -9,7 +9,6 @@ marginals instead of only calling the vector field.
 """
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import diffrax as dfx
@@ -18,6 +17,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
+# What a solve plan asks a solver lives below the solvers (`_planned_solver`); the
+# multistep solvers subclass it from here.
+from .._planned_solver import AbstractPlannedSolver as AbstractPlannedSolver
 from .._sde import AbstractSDE
 from .._term import batched_score, Diffusion, ScoreDrift
 
@@ -74,7 +76,8 @@ class Problem(eqx.Module):
     """The sampling problem behind a solver's terms.
 
     - `sde`, `score`, `batched`: from the [`ScoreDrift`][].
-    - `sign`: physical time is `t = sign * t_solver`.
+    - `sign`: physical time is `t = sign * t_solver`: diffrax's direction (-1 where
+      it negated time) times the sign of the terms' clock (`ScoreDrift.clock`).
     - `noise`: the (possibly wrapped) diffusion term, or None for an ODE term.
     - `path_end`: where the Brownian path ends, on the solver's clock (inf if unknown).
     """
@@ -155,7 +158,7 @@ def _score_drift(term, solver: str, what: str, weight: float):
             f"`terms`: {solver} integrates the {kind} (score weight {weight}), but the "
             f"ScoreDrift it was handed has score_weight={w}."
         )
-    sign = _direction(term) * (-1 if vf.reverse_time else 1)
+    sign = _direction(term) * vf.clock.sign
     return vf, sign
 
 
@@ -192,6 +195,8 @@ def unpack_sde(terms: PyTree, solver: str) -> Problem:
             f"brownian_path)` as the second term; got {type(inner).__name__}."
         )
     path = inner.control
+    # diffrax's own negation of time (t1 < t0), not this package's clock: the terms'
+    # clock is `ScoreDrift.clock`, which diffeqsolve integrates forwards here.
     end = jnp.where(direction == 1, path.t1, -jnp.asarray(path.t0))
     return Problem(vf.sde, vf.score, vf.batched, sign, noise, end)
 
@@ -214,59 +219,3 @@ def per_example(c: Array, y: Array) -> Array:
 
 def dense_info(y0, y1) -> dict:
     return dict(y0=y0, y1=y1)
-
-
-# --------------------------------------------------------------------------------------
-# What a solve plan asks a solver
-# --------------------------------------------------------------------------------------
-
-
-class AbstractPlannedSolver(dfx.AbstractSolver):
-    """A solver of this package (or a wrapper of one) that answers for itself what a
-    solve plan needs to know of a fixed grid, as diffrax's `order` answers for the
-    solver's accuracy. Defaults: any grid of at least one step. Wrappers delegate to
-    the solver they wrap (through [`min_grid_steps`][] and [`check_grid`][], so a
-    plain diffrax solver inside gets the defaults)."""
-
-    def min_grid_steps(self) -> int:
-        """The fewest steps of a fixed grid this solver can take (a multistep solver:
-        the number of stored evaluations a full-order step interpolates)."""
-        return 1
-
-    def check_grid(self, ts, start: float, end: float, arg: str) -> None:
-        """Raise `ValueError` naming `arg` for a fixed grid it cannot take: `ts` in
-        the user's clock (None if traced) from `start` to `end`. Default: nothing
-        beyond [`min_grid_steps`][], which the plan checks."""
-        del ts, start, end, arg
-
-    def extra_score_evals(self, make_terms: Callable, probe_key) -> int:
-        """Score evaluations once per solve beyond its steps' (which the plan counts
-        by running one step): e.g. `Restart`'s segments. `make_terms(score)` builds
-        the solve's terms around a score, `probe_key` names them (for caching counts).
-        Default 0; -1 if not constant."""
-        del make_terms, probe_key
-        return 0
-
-
-def min_grid_steps(solver: dfx.AbstractSolver) -> int:
-    """`solver.min_grid_steps()` for this package's solvers, 1 for others."""
-    if isinstance(solver, AbstractPlannedSolver):
-        return solver.min_grid_steps()
-    return 1
-
-
-def check_grid(
-    solver: dfx.AbstractSolver, ts, start: float, end: float, arg: str
-) -> None:
-    """`solver.check_grid(...)` for this package's solvers; others take any grid."""
-    if isinstance(solver, AbstractPlannedSolver):
-        solver.check_grid(ts, start, end, arg)
-
-
-def extra_score_evals(
-    solver: dfx.AbstractSolver, make_terms: Callable, probe_key
-) -> int:
-    """`solver.extra_score_evals(...)` for this package's solvers, 0 for others."""
-    if isinstance(solver, AbstractPlannedSolver):
-        return solver.extra_score_evals(make_terms, probe_key)
-    return 0

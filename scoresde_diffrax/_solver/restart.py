@@ -7,17 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._nfe import probe_solver
+from .._planned_solver import AbstractPlannedSolver, InnerSolves, min_grid_steps
 from .._sde import AbstractSDE
 from .._term import ScoreDrift
-from ._common import (
-    AbstractPlannedSolver,
-    check_decreasing,
-    dense_info,
-    min_grid_steps,
-    SDETerms,
-    unpack_sde,
-)
+from ._common import check_decreasing, dense_info, SDETerms, unpack_sde
 
 
 def _check_time(name: str, value) -> float:
@@ -144,19 +137,10 @@ class Restart(AbstractPlannedSolver, dfx.AbstractItoSolver):
                 "the grid with t_min in it (e.g. two sd.time_grid pieces joined)."
             )
 
-    def extra_score_evals(self, make_terms, probe_key) -> int:
-        """The ODE segments' score evaluations, once per solve (the main grid's
-        steps are counted by the plan): `num_restarts` segments of `num_steps` steps
-        of `solver`, counted by running it on the inner term."""
-        probe = probe_solver(
-            self.solver,
-            lambda s: self.inner_term(make_terms(s)),
-            tuple(probe_key) + ("restart",),
-        )
-        if probe.first < 0:
-            return -1
-        per_segment = probe.first + probe.per_step * (self.num_steps - 1)
-        return self.num_restarts * per_segment
+    def inner_solves(self) -> tuple[InnerSolves, ...]:
+        """The ODE segments, once per solve (the main grid's steps are counted by
+        the plan): `num_restarts` solves of `num_steps` steps of `solver`."""
+        return (InnerSolves(self.solver, self.num_restarts, self.num_steps),)
 
     def inner_term(self, terms) -> dfx.ODETerm:
         """The probability-flow ODE term (on the reversed clock $r = -t$) of the
@@ -168,7 +152,9 @@ class Restart(AbstractPlannedSolver, dfx.AbstractItoSolver):
     def init(self, terms, t0, t1, y0, args):
         p = unpack_sde(terms, "Restart")
         ode = self.inner_term(terms)
-        return self.solver.init(ode, -p.time(t0), -p.time(t1), y0, args)
+        clock = ode.vector_field.clock
+        r0, r1 = clock.to_solver(p.time(t0)), clock.to_solver(p.time(t1))
+        return self.solver.init(ode, r0, r1, y0, args)
 
     def _segment(self, ode, y, args):
         """One ODE solve from t_max down to t_min (reversed clock), fresh state."""
@@ -178,7 +164,7 @@ class Restart(AbstractPlannedSolver, dfx.AbstractItoSolver):
         )
         ts = sde.t_from_log_snr(lam).astype(y.dtype)
         ts = ts.at[0].set(self.t_max).at[-1].set(self.t_min)
-        rs = -ts
+        rs = ode.vector_field.clock.to_solver(ts)
         state = self.solver.init(ode, rs[0], rs[1], y, args)
 
         def body(i, carry):
@@ -195,8 +181,15 @@ class Restart(AbstractPlannedSolver, dfx.AbstractItoSolver):
         t, t_next = p.time(t0), p.time(t1)
         y0 = check_decreasing(y0, t, t_next, "Restart")
         ode = self.inner_term(terms)
+        clock = ode.vector_field.clock
         y1, _, _, state, result = self.solver.step(
-            ode, -t, -t_next, y0, args, solver_state, made_jump
+            ode,
+            clock.to_solver(t),
+            clock.to_solver(t_next),
+            y0,
+            args,
+            solver_state,
+            made_jump,
         )
         r, v = p.sde.transition(self.t_min, self.t_max)
 
