@@ -552,15 +552,7 @@ class NCSNpp(eqx.Module):
         act = _ACTIVATIONS[cfg.nonlinearity]
         fir_kernel = tuple(float(k) for k in cfg.fir_kernel)
         label = jnp.asarray(t, x.dtype)
-        if self.fourier is not None:
-            temb = self.fourier(jnp.log(label))
-        else:
-            temb = timestep_embedding(label, cfg.nf)
-        if cfg.conditional:
-            dense0, dense1 = self.temb
-            temb = dense1(act(dense0(temb.astype(x.dtype))))
-        else:
-            temb = None
+        temb = self._time_embedding(label, act)
         keys = iter(jr.split(key, 512) if key is not None else [None] * 512)
 
         if not cfg.centered:
@@ -643,6 +635,20 @@ class NCSNpp(eqx.Module):
         if cfg.scale_by_sigma:
             h = h / label
         return h
+
+    def _time_embedding(self, label, act):
+        """The official time embedding of the network's input `label` (Gaussian Fourier
+        features of its log, or the positional embedding), through the two dense
+        layers; None for a network that is not `conditional` on time."""
+        cfg = self.config
+        if self.fourier is not None:
+            temb = self.fourier(jnp.log(label))
+        else:
+            temb = timestep_embedding(label, cfg.nf)
+        if not cfg.conditional:
+            return None
+        dense0, dense1 = self.temb
+        return dense1(act(dense0(temb.astype(label.dtype))))
 
     # ----------------------------------------------------------------- official names
 
