@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import scoresde_diffrax as sd
-from scoresde_diffrax._checkpoint import describe_model, describe_sde
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -49,8 +48,8 @@ def _checkpoint(directory: pathlib.Path, digits: bool) -> None:
         model=model, ema=model, opt_state=None, step=jnp.asarray(1), key=jr.key(0)
     )
     meta = {
-        "model": describe_model(model),
-        "sde": describe_sde(vp),
+        "model": sd.describe_model(model),
+        "sde": sd.describe_sde(vp),
         "data": data.metadata(),
     }
     sd.save_checkpoint(directory, state, meta)

@@ -65,7 +65,6 @@ import jax.random as jr
 import numpy as np
 
 import scoresde_diffrax as sd
-from scoresde_diffrax._brownian import per_sample_keys
 
 
 BATCH = 256
@@ -198,7 +197,8 @@ def standin(sde_name, dim, est_name, batch, repeats):
     if est_name == "exact":
         probes = jnp.broadcast_to(jnp.eye(dim, dtype=x.dtype), (batch, dim, dim))
     else:
-        keys = per_sample_keys(jr.key(1), batch)
+        # example i's probes come from fold_in(key, i), as in sd.log_likelihood
+        keys = jax.vmap(lambda i: jr.fold_in(jr.key(1), i))(jnp.arange(batch))
         probes = jax.vmap(ESTIMATORS[est_name].init)(keys, x)
 
     @jax.jit
@@ -262,12 +262,10 @@ def standin(sde_name, dim, est_name, batch, repeats):
 def digits(num_examples, repeats):
     """Bits/dim of the digits checkpoint on the first test examples, as `scoresde
     likelihood` computes them (one batched solve, Rademacher, rtol = atol = 1e-5)."""
-    from scoresde_diffrax.cli._common import load_for_sampling
-    from scoresde_diffrax.cli._controllable import TEST_SPLITS
-
-    model, sde, meta = load_for_sampling(str(RESULTS.parent / "digits_checkpoint"))
-    ds = TEST_SPLITS["digits"]()
-    scale, shift = meta["scale"], meta["shift"]
+    model, meta = sd.load_checkpoint(RESULTS.parent / "digits_checkpoint")
+    model, sde = sd.nn.loop_friendly(model), sd.sde_from_description(meta["sde"])
+    ds = sd.data.digits("test")
+    scale, shift = meta["data"]["scale"], meta["data"]["shift"]
     lo, hi = sorted((shift, scale + shift))
     k = np.round(np.asarray(ds.x[:num_examples], np.float64) * (ds.levels - 1))
     key_deq, key_probe = jr.split(jr.key(0))

@@ -14,6 +14,8 @@ from . import (
 from ._bits import bits_per_dim as bits_per_dim, dequantize as dequantize
 from ._brownian import PerSampleBrownianPath as PerSampleBrownianPath
 from ._checkpoint import (
+    describe_model as describe_model,
+    describe_sde as describe_sde,
     load_checkpoint as load_checkpoint,
     read_metadata as read_metadata,
     save_checkpoint as save_checkpoint,

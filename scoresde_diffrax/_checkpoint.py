@@ -324,7 +324,8 @@ def save_checkpoint(
     - `directory`: where to write (created if needed).
     - `state`: a [`TrainState`][].
     - `metadata`: JSON-able entries for the `.json` file (for [`load_checkpoint`][]:
-        `model` from `describe_model`, `sde` from `describe_sde`).
+        `model` from [`describe_model`][], `sde` from [`describe_sde`][], and
+        optionally `data` from `sd.data.Dataset.metadata()`).
     - `keep`: how many of the newest checkpoints to keep (<= 0: all).
 
     **Returns:** the path of the JSON file.
