@@ -118,8 +118,7 @@ def _apply_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
     the `ShiftConv2d` that `loop_friendly` puts in its place) on one channels-last
     image."""
     if not isinstance(conv, eqx.nn.Conv2d):
-        out = conv(einops.rearrange(x, "h w c -> c h w"))
-        return einops.rearrange(out, "c h w -> h w c")
+        return _shifted_conv(conv, x)
     out = jax.lax.conv_general_dilated(
         x[None],
         conv.weight,
@@ -129,6 +128,23 @@ def _apply_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
         feature_group_count=conv.groups,
         dimension_numbers=("NHWC", "OIHW", "NHWC"),
     )[0]
+    return out if conv.bias is None else out + conv.bias.reshape(1, 1, -1)
+
+
+def _shifted_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
+    """A `ShiftConv2d` (shifted slices and one `einsum`; `loop_friendly`) on one
+    channels-last image: the same sum as its own call, without transposes."""
+    (plo_h, phi_h), (plo_w, phi_w) = conv.padding
+    xp = jnp.pad(x, ((plo_h, phi_h), (plo_w, phi_w), (0, 0)))
+    kh, kw = conv.weight.shape[2:]
+    ho, wo = xp.shape[0] - kh + 1, xp.shape[1] - kw + 1
+    sh, sw = conv.stride
+    cols = jnp.concatenate(
+        [xp[i : i + ho : sh, j : j + wo : sw] for i in range(kh) for j in range(kw)],
+        axis=-1,
+    )
+    w = einops.rearrange(conv.weight, "o c kh kw -> (kh kw c) o")
+    out = cols @ w
     return out if conv.bias is None else out + conv.bias.reshape(1, 1, -1)
 
 
