@@ -211,7 +211,7 @@ def _check_conditional_and_inverse(ns: dict, printed: str) -> None:
 
 def _check_paper_networks(ns: dict, printed: str) -> None:
     # The official checkpoint's score equals the official code's to float32 round-off.
-    ((rel,),) = _printed(r"^score vs the official code: .* = (\S+)$", printed)
+    (rel,) = _printed(r"^score vs the official code: .* = (\S+)$", printed)
     assert float(rel) < 1e-5, rel
     # Three solvers, each spending the evaluations its plan says (the final denoising
     # step is one more), with finite samples of the network's image shape.
