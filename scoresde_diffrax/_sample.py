@@ -31,9 +31,7 @@ from ._memory import (
 from ._plan import plan_solve, SolvePlan
 from ._sde import AbstractSDE
 from ._sharding import batch_sharding, constrain, constrain_leading
-
-# `_terms` is the name the solver tests build a sampling solve's terms by.
-from ._term import batched_score, sampling_terms as _terms
+from ._term import batched_score, sampling_terms
 
 
 _NOT_FINITE = "the solve produced non-finite samples (NaN or inf)"
@@ -349,7 +347,7 @@ def _solve(p: _Sampling, key: PRNGKeyArray):
     prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     y0 = jax.vmap(lambda k: p.sde.prior_sample(k, p.shape[1:]))(prior_keys)
     y0 = constrain(y0.astype(dtype), p.sharding)
-    terms = _terms(
+    terms = sampling_terms(
         p.sde,
         score,
         p.plan.method,

@@ -26,8 +26,8 @@ import pytest
 from helpers import GAUSS_MEAN, GAUSS_STD, SDES
 
 import scoresde_diffrax as sd
-from scoresde_diffrax._sample import _terms
 from scoresde_diffrax._solver._common import unpack_sde
+from scoresde_diffrax._term import sampling_terms as _terms
 
 
 B, D = 256, 3  # examples and dimension of the one-step checks

@@ -16,7 +16,7 @@ from helpers import (
 )
 
 import scoresde_diffrax as sd
-from scoresde_diffrax._sample import _terms
+from scoresde_diffrax._term import sampling_terms as _terms
 
 
 def _langevin_chain(corrector, sde, mix, t, n, iters, key):
