@@ -55,8 +55,14 @@ class AbstractMixture(eqx.Module):
         row."""
 
     @abc.abstractmethod
-    def _log_normals(self, x: Float[Array, " D"]) -> Float[Array, " K"]:
-        """$\\log \\mathcal{N}(x; \\mu_k, \\Sigma_k)$ for every $k$."""
+    def _log_normal_terms(
+        self, x: Float[Array, " D"]
+    ) -> tuple[Float[Array, " K"], Float[Array, " K"]]:
+        """The two terms of $-\\log \\mathcal{N}(x; \\mu_k, \\Sigma_k)$ for every $k$:
+        half the squared Mahalanobis distance, and the log-normaliser
+        $\\tfrac12 \\log\\det(2\\pi\\Sigma_k)$, subtracted from $\\log w_k$ in this
+        order (grouped otherwise, the score rounded differently under batch sharding:
+        tests/test_sharding.py)."""
 
     @abc.abstractmethod
     def _component_scores(self, x: Float[Array, " D"]) -> Float[Array, "K D"]:
@@ -100,7 +106,8 @@ class AbstractMixture(eqx.Module):
                 f"{type(self).__name__}: `x` must be one point of shape ({self.dim},), "
                 f"got {x.shape}; use jax.vmap for a batch."
             )
-        return jnp.log(self.weights) + self._log_normals(x)
+        half_sq, log_norm = self._log_normal_terms(x)
+        return jnp.log(self.weights) - half_sq - log_norm
 
     def log_prob(self, x: Float[ArrayLike, " D"]) -> Scalar:
         """Exact log-density at one point (`jax.vmap` for many)."""
@@ -275,12 +282,12 @@ class GaussianMixture(AbstractMixture):
     def _noise(self, k, z):
         return self.stds[k] * z
 
-    def _log_normals(self, x):
+    def _log_normal_terms(self, x):
         z = (x[None, :] - self.means) / self.stds
         log_norm = jnp.sum(jnp.log(self.stds), axis=-1) + 0.5 * self.dim * math.log(
             2 * math.pi
         )
-        return -0.5 * jnp.sum(z**2, axis=-1) - log_norm
+        return 0.5 * jnp.sum(z**2, axis=-1), log_norm
 
     def _component_scores(self, x):
         return (self.means - x[None, :]) / self.stds**2
@@ -447,13 +454,15 @@ class FullCovarianceMixture(AbstractMixture):
     def _noise(self, k, z):
         return _full_noise(self.covs, k, z)
 
-    def _log_normals(self, x):
+    def _log_normal_terms(self, x):
         chol = jnp.linalg.cholesky(self.covs)
 
         def one(mu, L):
             z = jax.scipy.linalg.solve_triangular(L, x - mu, lower=True)
             logdet = 2 * jnp.sum(jnp.log(jnp.diag(L)))
-            return -0.5 * (jnp.sum(z**2) + logdet + self.dim * math.log(2 * math.pi))
+            return 0.5 * jnp.sum(z**2), 0.5 * (
+                logdet + self.dim * math.log(2 * math.pi)
+            )
 
         return jax.vmap(one)(self.means, chol)
 
