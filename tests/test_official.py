@@ -80,9 +80,9 @@ def test_fixture_outputs(name):
 
 
 def test_loop_friendly_network_matches_the_official_outputs():
-    # `sd.nn.loop_friendly` swaps the convolutions (NCHW shifted slices inside a
-    # network that runs channels-last): the same outputs, on the config with the most
-    # kinds of layer (FIR, BigGAN blocks, input and output skips).
+    # `sd.nn.loop_friendly` swaps the convolutions for shifted slices and one matrix
+    # product each (channels-last, like the network): the same outputs, on the config
+    # with the most kinds of layer (FIR, BigGAN blocks, input and output skips).
     name = "ve_ncsnpp_outputskip"
     io_ = np.load(DATA / name / "io.npz")
     config = json.loads((DATA / name / "config.json").read_text())

@@ -132,8 +132,8 @@ def _apply_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
 
 
 def _shifted_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
-    """A `ShiftConv2d` (shifted slices and one `einsum`; `loop_friendly`) on one
-    channels-last image: the same sum as its own call, without transposes."""
+    """A `ShiftConv2d` (`loop_friendly`) on one channels-last image, as shifted slices
+    and one matrix product: the same sum as its own call, without transposes."""
     (plo_h, phi_h), (plo_w, phi_w) = conv.padding
     xp = jnp.pad(x, ((plo_h, phi_h), (plo_w, phi_w), (0, 0)))
     kh, kw = conv.weight.shape[2:]
