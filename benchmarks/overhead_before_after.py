@@ -37,23 +37,25 @@ print(hashlib.sha256(text.encode()).hexdigest())
 """
 
 
-def program_digest(tree: Path, cpu: str | None) -> str:
-    """The digest of the program `tree` compiles for the benchmark's `sd.sample`."""
-    cmd = [sys.executable, "-c", _DIGEST]
+def _in_tree(tree: Path, cpu: str | None, args: list, **kw):
+    """Run this interpreter with `args` in `tree` (importing the package from it),
+    pinned to core `cpu` when `taskset` exists."""
+    cmd = [sys.executable, *args]
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", cpu, *cmd]
     env = dict(os.environ, PYTHONPATH=str(tree))
-    out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True)
+    return subprocess.run(cmd, cwd=tree, env=env, check=True, **kw)
+
+
+def program_digest(tree: Path, cpu: str | None) -> str:
+    """The digest of the program `tree` compiles for the benchmark's `sd.sample`."""
+    out = _in_tree(tree, cpu, ["-c", _DIGEST], capture_output=True)
     return out.stdout.decode().split()[-1]
 
 
 def _run(tree: Path, reps: int, out: Path, cpu: str | None) -> dict:
-    cmd = [sys.executable, "benchmarks/bench_overhead.py", "--reps", str(reps)]
-    cmd += ["--out", str(out)]
-    if cpu is not None and shutil.which("taskset"):
-        cmd = ["taskset", "-c", cpu, *cmd]
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    subprocess.run(cmd, cwd=tree, env=env, check=True)
+    args = ["benchmarks/bench_overhead.py", "--reps", str(reps), "--out", str(out)]
+    _in_tree(tree, cpu, args)
     return json.loads(out.read_text())
 
 
@@ -69,6 +71,8 @@ def main():
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.rounds < 1 or args.reps < 1:
+        parser.error("--rounds and --reps must be at least 1")
     cpu = args.cpu or None
 
     digests = {
