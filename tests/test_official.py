@@ -98,6 +98,32 @@ def test_loop_friendly_network_matches_the_official_outputs():
     _close(out, io_["score_ema"])
 
 
+def test_convolutions_padded_otherwise_than_with_zeros_are_refused():
+    # The network pads with zeros (the paper's); a convolution swapped in with another
+    # padding mode is named, not run as if it padded with zeros.
+    name = "ve_ncsnpp_continuous"
+    io_ = np.load(DATA / name / "io.npz")
+    config = json.loads((DATA / name / "config.json").read_text())
+    net = sd.nn.load_official(DATA / name / "checkpoint.pth", config)
+
+    def is_conv(m):
+        return isinstance(m, eqx.nn.Conv2d)
+
+    def first_conv(n):
+        convs = jax.tree_util.tree_leaves(n, is_leaf=is_conv)
+        return next(m for m in convs if is_conv(m))
+
+    c = first_conv(net)
+    reflect = eqx.nn.Conv2d(
+        c.in_channels, c.out_channels, c.kernel_size, stride=c.stride,
+        padding=c.padding, padding_mode="REFLECT", key=jr.key(0),
+    )  # fmt: skip
+    swapped = eqx.tree_at(first_conv, net, reflect)
+    t, x = jnp.asarray(io_["t"])[0], jnp.asarray(io_["x"])[0]
+    with pytest.raises(ValueError, match="padding_mode='REFLECT'"):
+        jax.eval_shape(swapped, t, x)
+
+
 def test_small_parameter_counts():
     for name, entry in MODELS["small"].items():
         config = json.loads((DATA / name / "config.json").read_text())

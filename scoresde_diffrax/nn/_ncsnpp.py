@@ -117,6 +117,13 @@ def _apply_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
     """The convolution `conv` (an `eqx.nn.Conv2d` with its `(O, I, kh, kw)` weight, or
     the `ShiftConv2d` that `loop_friendly` puts in its place) on one channels-last
     image."""
+    if getattr(conv, "padding_mode", "ZEROS") != "ZEROS":
+        # The paper's networks pad with zeros only; a swapped-in convolution with
+        # another mode would otherwise be run with zeros without a word.
+        raise ValueError(
+            f"NCSNpp: convolutions must pad with zeros (the paper's), got "
+            f"padding_mode={conv.padding_mode!r}."
+        )
     if not isinstance(conv, eqx.nn.Conv2d):
         return _shifted_conv(conv, x)
     out = jax.lax.conv_general_dilated(
