@@ -19,7 +19,10 @@ One CPU core: the script sets XLA's CPU flags for one thread before importing JA
   compare solve for solve) and the same tolerances, in one process; the speed-up is the
   ratio of the medians;
 - `digits`: the digits checkpoint's bits/dim over `--digits-examples` test examples
-  (default Rademacher, forward vs reverse mode).
+  (default Rademacher, forward vs reverse mode);
+- `official`: the paper's own `likelihood.py` (yang-song/score_sde_pytorch, run by
+  `--torch-python` from `--official-repo`) against ours, D = 64, VP and VE, Rademacher
+  and exact trace, `--official-batches`; see `official` below.
 
 For every configuration: batch points drawn from the exact p_eps (eps = 1e-5) of a
 mixture (2-D: three modes; 64-D: four modes with diagonal stds), one compile call, then
@@ -46,7 +49,9 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -259,6 +264,290 @@ def standin(sde_name, dim, est_name, batch, repeats):
     )
 
 
+# The official side: the paper's `likelihood.py` run by a torch interpreter in a child
+# process, on a torch module that returns the exact mixture score in the official
+# conventions (VP: the network gets 999 t and returns -std(t) * score; VE: it gets
+# sigma(t) and returns the score). The probes are ours: `torch.randint_like`, which
+# `likelihood_fn` calls once for its Rademacher probes, returns them during the call.
+# For the exact trace the official `get_div_fn` is summed over the D basis vectors
+# (one forward and one backward pass of the model each): the official code has no
+# exact trace, and this is how its divergence gives one. It computes the first
+# solve's latent and integrated divergence, says "ready", then runs one timed
+# likelihood per "run" line on stdin until "quit".
+_OFFICIAL_CHILD = r"""
+import json, math, sys, time
+import numpy as np
+import torch
+repo, data_path, estimator, out_path = sys.argv[1:5]
+torch.set_num_threads(1)
+sys.path.insert(0, repo)
+import likelihood
+import sde_lib
+d = np.load(data_path)
+kind = str(d["kind"])
+x = torch.from_numpy(d["x"].astype(np.float32))
+batch, dim = x.shape[0], x[0].numel()
+if kind == "ve":
+    sde = sde_lib.VESDE(sigma_min=float(d["sigma_min"]), sigma_max=float(d["sigma_max"]))
+else:
+    sde = sde_lib.VPSDE(beta_min=float(d["beta_min"]), beta_max=float(d["beta_max"]))
+class ExactMixture(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.means = torch.from_numpy(d["means"].astype(np.float32))
+        self.var0 = torch.from_numpy((d["stds"] ** 2).astype(np.float32))
+        self.logw = torch.from_numpy(np.log(d["weights"]).astype(np.float32))
+    def forward(self, x, labels):
+        flat = x.reshape(x.shape[0], -1)
+        if kind == "ve":
+            a = torch.ones_like(labels)
+            std = torch.sqrt(labels ** 2 - sde.sigma_min ** 2)
+        else:
+            t = labels / 999
+            lmc = -0.25 * t ** 2 * (sde.beta_1 - sde.beta_0) - 0.5 * t * sde.beta_0
+            a, std = torch.exp(lmc), torch.sqrt(1.0 - torch.exp(2.0 * lmc))
+        var = a[:, None, None] ** 2 * self.var0 + std[:, None, None] ** 2
+        diff = flat[:, None, :] - a[:, None, None] * self.means
+        logp = self.logw - 0.5 * torch.sum(diff ** 2 / var + torch.log(2 * math.pi * var), -1)
+        score = torch.sum(torch.softmax(logp, -1)[..., None] * (-diff / var), 1)
+        out = score if kind == "ve" else -std[:, None] * score
+        return out.reshape(x.shape)
+model = ExactMixture().eval()
+fn = likelihood.get_likelihood_fn(
+    sde, lambda v: v, rtol=float(d["rtol"]), atol=float(d["atol"]), eps=float(d["eps"]))
+if estimator == "exact":
+    one_probe = likelihood.get_div_fn
+    def exact_div_fn(f):
+        div = one_probe(f)
+        def total(xx, tt, eps):
+            out = 0.0
+            for i in range(dim):
+                e = torch.zeros(dim)
+                e[i] = 1.0
+                out = out + div(xx, tt, e.reshape(xx.shape[1:]).expand_as(xx))
+            return out
+        return total
+    likelihood.get_div_fn = exact_div_fn
+bits = torch.from_numpy(((d["probes"] + 1) / 2).astype(np.float32))
+randint_like = torch.randint_like
+def call():
+    torch.randint_like = lambda data, low, high: bits.clone()
+    try:
+        return fn(model, x)
+    finally:
+        torch.randint_like = randint_like
+t0 = time.perf_counter()
+bpd, z, nfe = call()
+# bpd = -(prior + delta) / (D log 2) + 8 with the identity inverse scaler
+delta = -(bpd.double() - 8.0) * dim * math.log(2) - sde.prior_logp(z).double()
+np.savez(out_path, z=z.numpy().reshape(batch, -1), delta=delta.numpy())
+print(json.dumps({"ready": True, "first_s": time.perf_counter() - t0, "nfe": int(nfe),
+                  "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+for line in sys.stdin:
+    if line.strip() != "run":
+        break
+    c0, t0 = time.process_time(), time.perf_counter()
+    _, _, nfe = call()
+    t1, c1 = time.perf_counter(), time.process_time()
+    print(json.dumps({"wall_s": t1 - t0, "cpu_s": c1 - c0, "nfe": int(nfe)}), flush=True)
+"""
+
+
+class OfficialLikelihood:
+    """The official likelihood code in a child process, one likelihood per `run()`."""
+
+    def __init__(self, args, data_path: Path, estimator: str, out_path: Path):
+        self.proc = subprocess.Popen(
+            [args.torch_python, "-c", _OFFICIAL_CHILD, args.official_repo,
+             str(data_path), estimator, str(out_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+        )  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip().splitlines()
+            raise RuntimeError(err[-1] if err else "the torch child exited")
+        return json.loads(line)
+
+    def run(self) -> dict:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def x64_reference(data_path: Path, out_path: Path):
+    """The same-probe Hutchinson log-likelihoods to float64 precision (run in a child
+    with `JAX_ENABLE_X64`): Dopri8 at rtol = atol = 1e-11 on the probability-flow ODE
+    with the probes of `data_path` fixed per example. The Rademacher rows' solve error
+    is measured against these (the estimator's own noise, the same on both sides,
+    taken out)."""
+    d = np.load(data_path)
+    sde = SDES[str(d["kind"])]
+    f64 = {k: jnp.asarray(np.asarray(d[k], np.float64)) for k in d.files if k != "kind"}
+    mix = sd.GaussianMixture(f64["means"], f64["stds"], f64["weights"])
+    x = f64["x"].reshape(d["x"].shape[0], -1)
+    probes = f64["probes"].reshape(x.shape)
+    score = mix.score(sde)
+
+    def field(t, y, args):
+        def one(xi, v):
+            s, jv = jax.jvp(lambda z: score(t, z), (xi,), (v,))
+            return s, jnp.sum(jv * v)
+
+        s, div = jax.vmap(one)(y[0], probes)
+        f, g2 = sde.drift_coeff(t), sde.diffusion(t) ** 2
+        return f * y[0] - 0.5 * g2 * s, f * x.shape[1] - 0.5 * g2 * div
+
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(field), dfx.Dopri8(), EPS, sde.T, None,
+        (x, jnp.zeros(x.shape[0], x.dtype)),
+        stepsize_controller=dfx.PIDController(
+            rtol=1e-11, atol=1e-11, norm=sd.batch_max_rms_norm
+        ),
+        max_steps=100_000,
+    )  # fmt: skip
+    log_pT = jax.vmap(mix.marginal(sde, sde.T).log_prob)(sol.ys[0][-1])
+    np.save(out_path, np.asarray(log_pT + sol.ys[1][-1], np.float64))
+
+
+# Ours at other tolerances and controllers, for the equal-error comparison: the first
+# (fewest score evaluations) whose mean and largest solve errors are both no larger
+# than the official code's is timed beside it.
+MATCHED = [
+    (f"{name} rtol=atol={tol:g}", tol, coeffs)
+    for tol in (3e-4, 1e-4, 3e-5, 1e-5)
+    for name, coeffs in (("I", {}), ("PI 0.3/0.4", dict(pcoeff=0.3, icoeff=0.4)))
+]
+
+
+def official(args, sde_name, est_name, batch, work: Path):
+    """The paper's likelihood code against ours on the same points and probes, one
+    core, the two taking turns call by call. Errors: for the exact trace against the
+    exact log-density; for Rademacher, the solve error against the same-probe float64
+    reference (`x64_reference`) and the total against the exact log-density. Ours at
+    the default settings and at the cheapest `MATCHED` setting with no larger mean
+    and largest solve errors than the official code's."""
+    sde, mix, x, exact, log_pT = points(sde_name, 64, batch)
+    keys = jax.vmap(lambda i: jr.fold_in(jr.key(1), i))(jnp.arange(batch))
+    probes = np.asarray(jax.vmap(ESTIMATORS["rademacher"].init)(keys, x))[:, 0]
+    sde_fields = (
+        dict(sigma_min=sde.sigma_min, sigma_max=sde.sigma_max)
+        if sde_name == "ve"
+        else dict(beta_min=sde.beta_min, beta_max=sde.beta_max)
+    )
+    data = work / f"{sde_name}_{est_name}_{batch}.npz"
+    np.savez(
+        data, kind=sde_name, x=np.asarray(x).reshape(batch, 1, 1, 64),
+        probes=probes.reshape(batch, 1, 1, 64), means=np.asarray(mix.means),
+        stds=np.asarray(mix.stds), weights=np.asarray(mix.weights), eps=EPS,
+        **PID, **sde_fields,
+    )  # fmt: skip
+    if est_name == "exact":
+        truth = exact
+    else:
+        ref_path = data.with_suffix(".ref.npy")
+        subprocess.run(
+            [sys.executable, __file__, "--x64-reference", str(data), str(ref_path)],
+            env=dict(os.environ, JAX_ENABLE_X64="1"), check=True,
+        )  # fmt: skip
+        truth = np.load(ref_path)
+
+    child = OfficialLikelihood(args, data, est_name, data.with_suffix(".out.npz"))
+    try:
+        out = np.load(data.with_suffix(".out.npz"))
+        z = jnp.asarray(out["z"], jnp.float32)
+        off_lp = np.asarray(jax.vmap(log_pT)(z), np.float64) + out["delta"]
+        off_err = off_lp - truth
+        off_mae, off_max = (
+            float(np.mean(np.abs(off_err))),
+            float(np.max(np.abs(off_err))),
+        )
+
+        score, div = mix.score(sde), ESTIMATORS[est_name]
+
+        def ours(controller=None, tol=None):
+            kw = {} if tol is None else dict(rtol=tol, atol=tol)
+            if controller is not None:
+                kw = dict(stepsize_controller=controller)
+            return lambda: sd.log_likelihood(
+                jr.key(1), sde, score, x, divergence=div, prior_log_prob=log_pT, **kw
+            )
+
+        def errors(fn):
+            res = jax.block_until_ready(fn())
+            e = np.asarray(res.log_prob, np.float64) - truth
+            nfe = int(res.stats["num_score_evals"])
+            tot = np.asarray(res.log_prob, np.float64) - exact
+            return nfe, float(np.mean(np.abs(e))), float(np.max(np.abs(e))), tot
+
+        candidates = []
+        for name, tol, coeffs in MATCHED:
+            ctrl = dfx.PIDController(
+                rtol=tol, atol=tol, norm=sd.batch_max_rms_norm, **coeffs
+            )
+            nfe, mae, mx, _ = errors(ours(ctrl))
+            candidates.append(dict(setting=name, nfe=nfe, solve_mae=mae, solve_max=mx))
+            candidates[-1]["fn"] = ours(ctrl)
+        ok = [
+            c
+            for c in candidates
+            if c["solve_mae"] <= off_mae and c["solve_max"] <= off_max
+        ]
+        matched = min(ok, key=lambda c: c["nfe"]) if ok else None
+        sides = {"default (rtol=atol=1e-5)": ours()}
+        if matched is not None and matched["setting"] != "I rtol=atol=1e-05":
+            sides[f"equal error ({matched['setting']})"] = matched["fn"]
+        info = {name: errors(fn) for name, fn in sides.items()}
+
+        # Timed: the sides take turns; who goes first rotates.
+        times = {"official": [], **{name: [] for name in sides}}
+        order = ["official", *sides]
+        for r in range(args.repeats):
+            for name in order[r % len(order) :] + order[: r % len(order)]:
+                if name == "official":
+                    times[name].append(child.run()["wall_s"])
+                else:
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(sides[name]())
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        child.close()
+
+    off_t = statistics.median(times["official"])
+    row = dict(
+        sde=sde_name, dim=64, batch=batch, divergence=est_name,
+        error_against="exact log-density" if est_name == "exact"
+        else "same-probe float64 solve",
+        official=dict(
+            nfe=child.info["nfe"], median_s=off_t, times_s=times["official"],
+            solve_mae=off_mae, solve_max=off_max,
+            total_mae=float(np.mean(np.abs(off_lp - exact))),
+            torch=child.info["torch"], threads=child.info["threads"],
+        ),
+        ours={},
+        candidates=[{k: v for k, v in c.items() if k != "fn"} for c in candidates],
+    )  # fmt: skip
+    for name in sides:
+        nfe, mae, mx, tot = info[name]
+        t = statistics.median(times[name])
+        row["ours"][name] = dict(
+            nfe=nfe, median_s=t, times_s=times[name], solve_mae=mae, solve_max=mx,
+            total_mae=float(np.mean(np.abs(tot))), speedup=off_t / t,
+            speedup_per_pair=[a / b for a, b in zip(times["official"], times[name], strict=True)],
+        )  # fmt: skip
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def digits(num_examples, repeats):
     """Bits/dim of the digits checkpoint on the first test examples, as `scoresde
     likelihood` computes them (one batched solve, Rademacher, rtol = atol = 1e-5)."""
@@ -324,15 +613,26 @@ def main():
     parser.add_argument("--digits-examples", type=int, default=64)
     parser.add_argument("--threads", choices=("one", "all"), default="one")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--official-repo", help="a checkout of yang-song/score_sde_pytorch (`official`)"
+    )
+    parser.add_argument("--torch-python", help="an interpreter with torch and scipy")
+    parser.add_argument("--official-batches", default="1,256")
+    parser.add_argument("--x64-reference", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.x64_reference:
+        return x64_reference(*args.x64_reference)
     sections = args.sections.split(",")
-    unknown = set(sections) - {"grid", "solvers", "norms", "standin", "digits"}
+    if "official" in sections and not (args.official_repo and args.torch_python):
+        parser.error("--sections official needs --official-repo and --torch-python")
+    known = {"grid", "solvers", "norms", "standin", "digits", "official"}
+    unknown = set(sections) - known
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}")
     batches = [int(b) for b in args.batches.split(",")]
     dims = [int(d) for d in args.dims.split(",")]
 
-    rows, speedups, digit_rows = [], [], []
+    rows, speedups, digit_rows, official_rows = [], [], [], []
     print(HEADER, flush=True)
 
     def add(r):
@@ -392,6 +692,14 @@ def main():
                     add(run_case("vp", dim, est, solver, args.repeats))
     if "digits" in sections:
         digit_rows = digits(args.digits_examples, max(1, args.repeats // 2))
+    if "official" in sections:
+        with tempfile.TemporaryDirectory() as work:
+            for batch in (int(b) for b in args.official_batches.split(",")):
+                for sde_name in ("vp", "ve"):
+                    for est in ("rademacher", "exact"):
+                        official_rows.append(
+                            official(args, sde_name, est, batch, Path(work))
+                        )
 
     result = dict(
         command=" ".join(
@@ -416,6 +724,7 @@ def main():
         speedups=speedups,
         rows=rows,
         digits=digit_rows,
+        official=official_rows,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
