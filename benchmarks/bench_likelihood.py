@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from bench_official_nets import command_line
 
 import scoresde_diffrax as sd
 
@@ -702,12 +703,7 @@ def main():
                         )
 
     result = dict(
-        command=" ".join(
-            [
-                "PYTHONPATH=. taskset -c 0 python benchmarks/bench_likelihood.py",
-                *sys.argv[1:],
-            ]
-        ),
+        command="PYTHONPATH=. taskset -c 0 " + command_line(),
         eps=EPS,
         tolerances=PID,
         conditions=dict(
@@ -718,8 +714,8 @@ def main():
             xla_flags=os.environ.get("XLA_FLAGS", ""),
             affinity=sorted(os.sched_getaffinity(0)),
             load_average_at_end=os.getloadavg(),
-            note="2 shared vCPUs, other engineers running tests at the same time; "
-            "absolute times are noisy, compare within this run.",
+            note="2 shared vCPUs; absolute times are noisy (see the load average), "
+            "compare within this run.",
         ),
         speedups=speedups,
         rows=rows,

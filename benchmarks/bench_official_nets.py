@@ -248,7 +248,7 @@ def ffhq_step_memory() -> dict:
     }
 
 
-def _command(args) -> str:
+def command_line() -> str:
     """The command line, with the machine's paths of the official side left out."""
     argv, out = list(sys.argv), []
     names = {
@@ -286,7 +286,7 @@ def main():
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {
-        "command": _command(args),
+        "command": command_line(),
         "threads": 1,
         "interleaved": True,
         "platform": platform.platform(),
