@@ -475,10 +475,8 @@ def official(args, sde_name, est_name, batch, work: Path):
 
         score, div = mix.score(sde), ESTIMATORS[est_name]
 
-        def ours(controller=None, tol=None):
-            kw = {} if tol is None else dict(rtol=tol, atol=tol)
-            if controller is not None:
-                kw = dict(stepsize_controller=controller)
+        def ours(controller=None):
+            kw = {} if controller is None else dict(stepsize_controller=controller)
             return lambda: sd.log_likelihood(
                 jr.key(1), sde, score, x, divergence=div, prior_log_prob=log_pT, **kw
             )
@@ -549,9 +547,11 @@ def official(args, sde_name, est_name, batch, work: Path):
     return row
 
 
-def digits(num_examples, repeats):
+def digits(num_examples, repeats, rtols=()):
     """Bits/dim of the digits checkpoint on the first test examples, as `scoresde
-    likelihood` computes them (one batched solve, Rademacher, rtol = atol = 1e-5)."""
+    likelihood` computes them (one batched solve, Rademacher, rtol = atol = 1e-5), in
+    forward and reverse mode, and in forward mode at each of `rtols` (rtol = atol)
+    with the per-example difference from the default's bits/dim."""
     model, meta = sd.load_checkpoint(RESULTS.parent / "digits_checkpoint")
     model, sde = sd.nn.loop_friendly(model), sd.sde_from_description(meta["sde"])
     ds = sd.data.digits("test")
@@ -560,11 +560,15 @@ def digits(num_examples, repeats):
     k = np.round(np.asarray(ds.x[:num_examples], np.float64) * (ds.levels - 1))
     key_deq, key_probe = jr.split(jr.key(0))
     y = sd.dequantize(key_deq, k, num_levels=ds.levels, data_range=(lo, hi))
-    rows = []
-    for name in ("rademacher", "rademacher-vjp"):
+    rows, default_bpd = [], None
+    settings = [(name, 1e-5) for name in ("rademacher", "rademacher-vjp")]
+    settings += [("rademacher", r) for r in rtols if r != 1e-5]
+    for name, rtol in settings:
 
-        def call(div=ESTIMATORS[name]):
-            return sd.log_likelihood(key_probe, sde, model, y, divergence=div)
+        def call(div=ESTIMATORS[name], tol=rtol):
+            return sd.log_likelihood(
+                key_probe, sde, model, y, divergence=div, rtol=tol, atol=tol
+            )
 
         out, first, times = timed(call, repeats)
         bpd = np.asarray(
@@ -580,9 +584,17 @@ def digits(num_examples, repeats):
                 num_steps=int(out.stats["num_steps"]),
                 first_call_s=first,
                 median_s=statistics.median(times),
+                rtol_atol=rtol,
                 bits_per_dim=float(bpd.mean()),
                 bits_per_dim_se=float(bpd.std(ddof=1) / math.sqrt(bpd.size)),
             )
+        )
+        if default_bpd is None:
+            default_bpd = bpd
+        diff = bpd - default_bpd
+        rows[-1].update(
+            diff_from_default_mean=float(diff.mean()),
+            diff_from_default_max_abs=float(np.abs(diff).max()),
         )
         print(rows[-1], flush=True)
     return rows
@@ -612,6 +624,9 @@ def main():
     parser.add_argument("--batches", default="1,256", help="batch sizes of `grid`")
     parser.add_argument("--dims", default="2,16,64", help="dimensions of `grid`")
     parser.add_argument("--digits-examples", type=int, default=64)
+    parser.add_argument(
+        "--digits-rtols", default="1e-5,1e-4", help="tolerances of `digits`"
+    )
     parser.add_argument("--threads", choices=("one", "all"), default="one")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -692,7 +707,8 @@ def main():
                 for est in ("rademacher", "gaussian", "exact"):
                     add(run_case("vp", dim, est, solver, args.repeats))
     if "digits" in sections:
-        digit_rows = digits(args.digits_examples, max(1, args.repeats // 2))
+        rtols = [float(r) for r in args.digits_rtols.split(",")]
+        digit_rows = digits(args.digits_examples, max(1, args.repeats // 2), rtols)
     if "official" in sections:
         with tempfile.TemporaryDirectory() as work:
             for batch in (int(b) for b in args.official_batches.split(",")):
