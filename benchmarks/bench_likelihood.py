@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from bench_official_nets import command_line
+from bench_official_nets import command_line, TorchChild
 
 import scoresde_diffrax as sd
 
@@ -354,37 +354,6 @@ for line in sys.stdin:
 """
 
 
-class OfficialLikelihood:
-    """The official likelihood code in a child process, one likelihood per `run()`."""
-
-    def __init__(self, args, data_path: Path, estimator: str, out_path: Path):
-        self.proc = subprocess.Popen(
-            [args.torch_python, "-c", _OFFICIAL_CHILD, args.official_repo,
-             str(data_path), estimator, str(out_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
-        )  # fmt: skip
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read().strip().splitlines()
-            raise RuntimeError(err[-1] if err else "the torch child exited")
-        return json.loads(line)
-
-    def run(self) -> dict:
-        self.proc.stdin.write("run\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-
-
 def x64_reference(data_path: Path, out_path: Path):
     """The same-probe Hutchinson log-likelihoods to float64 precision (run in a child
     with `JAX_ENABLE_X64`): Dopri8 at rtol = atol = 1e-11 on the probability-flow ODE
@@ -462,7 +431,11 @@ def official(args, sde_name, est_name, batch, work: Path):
         )  # fmt: skip
         truth = np.load(ref_path)
 
-    child = OfficialLikelihood(args, data, est_name, data.with_suffix(".out.npz"))
+    child = TorchChild(
+        args.torch_python,
+        _OFFICIAL_CHILD,
+        [args.official_repo, str(data), est_name, str(data.with_suffix(".out.npz"))],
+    )
     try:
         out = np.load(data.with_suffix(".out.npz"))
         z = jnp.asarray(out["z"], jnp.float32)
@@ -615,17 +588,35 @@ HEADER = (
 )
 
 
+def _positive_list(kind):
+    """An argparse type: a comma-separated list of positive `kind` (int or float)."""
+
+    def parse(text):
+        try:
+            values = [kind(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) <= 0:
+            raise argparse.ArgumentTypeError(
+                f"expected positive {kind.__name__}s separated by commas, got {text!r}"
+            )
+        return values
+
+    return parse
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--sections", default="grid,solvers,norms,standin,digits", help="see above"
     )
-    parser.add_argument("--batches", default="1,256", help="batch sizes of `grid`")
-    parser.add_argument("--dims", default="2,16,64", help="dimensions of `grid`")
+    ints, floats = _positive_list(int), _positive_list(float)
+    parser.add_argument("--batches", type=ints, default="1,256", help="of `grid`")
+    parser.add_argument("--dims", type=ints, default="2,16,64", help="of `grid`")
     parser.add_argument("--digits-examples", type=int, default=64)
     parser.add_argument(
-        "--digits-rtols", default="1e-5,1e-4", help="tolerances of `digits`"
+        "--digits-rtols", type=floats, default="1e-5,1e-4", help="of `digits`"
     )
     parser.add_argument("--threads", choices=("one", "all"), default="one")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -633,7 +624,7 @@ def main():
         "--official-repo", help="a checkout of yang-song/score_sde_pytorch (`official`)"
     )
     parser.add_argument("--torch-python", help="an interpreter with torch and scipy")
-    parser.add_argument("--official-batches", default="1,256")
+    parser.add_argument("--official-batches", type=ints, default="1,256")
     parser.add_argument("--x64-reference", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.x64_reference:
@@ -641,12 +632,19 @@ def main():
     sections = args.sections.split(",")
     if "official" in sections and not (args.official_repo and args.torch_python):
         parser.error("--sections official needs --official-repo and --torch-python")
+    if "official" in sections:
+        if not (Path(args.official_repo) / "likelihood.py").is_file():
+            parser.error(
+                f"--official-repo: no likelihood.py in {args.official_repo}; give a "
+                "checkout of yang-song/score_sde_pytorch"
+            )
+        if not os.access(args.torch_python, os.X_OK):
+            parser.error(f"--torch-python: {args.torch_python} is not an executable")
     known = {"grid", "solvers", "norms", "standin", "digits", "official"}
     unknown = set(sections) - known
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}")
-    batches = [int(b) for b in args.batches.split(",")]
-    dims = [int(d) for d in args.dims.split(",")]
+    batches, dims = args.batches, args.dims
 
     rows, speedups, digit_rows, official_rows = [], [], [], []
     print(HEADER, flush=True)
@@ -707,11 +705,12 @@ def main():
                 for est in ("rademacher", "gaussian", "exact"):
                     add(run_case("vp", dim, est, solver, args.repeats))
     if "digits" in sections:
-        rtols = [float(r) for r in args.digits_rtols.split(",")]
-        digit_rows = digits(args.digits_examples, max(1, args.repeats // 2), rtols)
+        digit_rows = digits(
+            args.digits_examples, max(1, args.repeats // 2), args.digits_rtols
+        )
     if "official" in sections:
         with tempfile.TemporaryDirectory() as work:
-            for batch in (int(b) for b in args.official_batches.split(",")):
+            for batch in args.official_batches:
                 for sde_name in ("vp", "ve"):
                     for est in ("rademacher", "exact"):
                         official_rows.append(

@@ -91,13 +91,14 @@ with torch.no_grad():
 """
 
 
-class TorchSide:
-    """The official model in a child process, one forward pass per `run()`."""
+class TorchChild:
+    """Python `code` run by `torch_python` with `argv` in a child process, one
+    torch thread: it prints one JSON line when ready (`info`), then one JSON line per
+    "run" sent on its stdin (`run()`), until "quit" (`close()`)."""
 
-    def __init__(self, args, name: str):
+    def __init__(self, torch_python: str, code: str, argv: list[str]):
         self.proc = subprocess.Popen(
-            [args.torch_python, "-c", _TORCH_CHILD, args.official_repo, name,
-             str(args.batch), OFFICIAL_MODELS],
+            [torch_python, "-c", code, *argv],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
         )  # fmt: skip
@@ -165,7 +166,12 @@ def time_net(args, key: str) -> dict:
     torch_side = None
     if args.official_repo and args.torch_python:
         try:
-            torch_side = TorchSide(args, config.replace("/", "."))
+            torch_side = TorchChild(
+                args.torch_python,
+                _TORCH_CHILD,
+                [args.official_repo, config.replace("/", "."), str(args.batch),
+                 OFFICIAL_MODELS],
+            )  # fmt: skip
             row["torch"] = dict(torch_side.info)
             del row["torch"]["ready"]
         except RuntimeError as e:

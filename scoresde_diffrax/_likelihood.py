@@ -70,13 +70,13 @@ def _log_unit_variance(sde: AbstractSDE, t):
     return jnp.log(sde.mean_coeff(t) ** 2 + sde.std(t) ** 2)
 
 
-def _unit_gaussian_change(sde: AbstractSDE, eps, dim: int, dtype):
+def _unit_gaussian_change(sde: AbstractSDE, plan: SolvePlan, dim: int, dtype):
     r"""$\tfrac D2 (\log v(T) - \log v(\epsilon))$: the log-density change of
-    standard normal data along its probability flow from `eps` to `T`, the part
-    `_AugmentedFlow` leaves out of its integrand."""
+    standard normal data along its probability flow over the plan's interval, the
+    part `_AugmentedFlow` leaves out of its integrand."""
     dt = jnp.result_type(float)
-    log_v0 = _log_unit_variance(sde, jnp.asarray(eps, dt))
-    log_v1 = _log_unit_variance(sde, jnp.asarray(sde.T, dt))
+    log_v0 = _log_unit_variance(sde, jnp.asarray(plan.clock.to_user(plan.r0), dt))
+    log_v1 = _log_unit_variance(sde, jnp.asarray(plan.clock.to_user(plan.r1), dt))
     return (0.5 * dim * (log_v1 - log_v0)).astype(dtype)
 
 
@@ -273,7 +273,6 @@ def log_likelihood(
         divergence=divergence,
         solver=solver,
         plan=plan,
-        eps=float(eps),
         adjoint=adjoint,
         per_example=bool(per_example),
         prior_log_prob=prior_log_prob,
@@ -312,7 +311,6 @@ class _Likelihood(eqx.Module):
     divergence: AbstractDivergence
     solver: dfx.AbstractSolver
     plan: SolvePlan
-    eps: float = eqx.field(static=True)
     adjoint: dfx.AbstractAdjoint
     per_example: bool = eqx.field(static=True)
     prior_log_prob: Callable
@@ -348,7 +346,7 @@ def _solve(p: _Likelihood, key: PRNGKeyArray, x: Array):
     # Finish up
     prior = jax.vmap(p.prior_log_prob)(latent).astype(x.dtype)
     dim = x[0].size
-    log_prob = prior + (delta + _unit_gaussian_change(p.sde, p.eps, dim, x.dtype))
+    log_prob = prior + (delta + _unit_gaussian_change(p.sde, p.plan, dim, x.dtype))
     latent = constrain(latent, p.sharding)
     prior, log_prob = constrain_leading((prior, log_prob), p.sharding)
     return latent, log_prob, prior, stats, result
