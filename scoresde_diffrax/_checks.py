@@ -9,7 +9,6 @@ time. This module sits below every driver (`sample`, `log_likelihood`, `encode`,
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import diffrax as dfx
 import equinox as eqx
@@ -19,7 +18,9 @@ import numpy as np
 
 from ._clock import Clock
 from ._conditioning import example, has_per_example
+from ._custom_types import Method
 from ._divergence import AbstractDivergence
+from ._planned_solver import grid_steps
 from ._scalars import (
     check_int as check_int,
     check_nonnegative as check_nonnegative,
@@ -30,9 +31,6 @@ from ._scalars import (
     is_concrete as is_concrete,
 )
 from ._sde import AbstractSDE
-
-
-Method = Literal["sde", "ode"]
 
 
 # --------------------------------------------------------------------------------------
@@ -278,15 +276,24 @@ _REL_TOL, _ABS_TOL = 1e-5, 1e-12
 
 
 def check_time_grid(
-    name: str, ts, start: float | None, end: float | None, clock: Clock
+    name: str,
+    ts,
+    start: float | None,
+    end: float | None,
+    clock: Clock,
+    padded: bool = False,
 ) -> None:
     """Concrete times `ts` must run strictly monotonically from `start` to `end` (in
     the user's clock: `T -> eps` to sample or decode, `eps -> T` to encode), i.e.
     forwards on the solve's `clock`, each endpoint within a relative 1e-5 (a traced
-    endpoint, None, is not checked). The error names the first offending pair."""
-    if not is_concrete(ts):
+    endpoint, None, is not checked). The error names the first offending pair.
+    `padded`: the end time may repeat after its first occurrence (a `PaddedStepTo`
+    grid); the times up to it are checked."""
+    if isinstance(ts, jax.core.Tracer):  # traced: checked by the solve itself
         return
     ts = np.asarray(ts, dtype=np.float64)
+    if padded and ts.ndim == 1 and ts.size:
+        ts = ts[: grid_steps(ts) + 1]
     direction = "decreasing" if clock.reversed else "increasing"
     span = f"from {start} to {end}" if end is not None else f"from {start}"
     if ts.ndim != 1 or ts.size < 2:

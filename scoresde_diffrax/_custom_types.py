@@ -1,7 +1,7 @@
 """Type aliases shared across the package (jaxtyping)."""
 
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
@@ -15,10 +15,14 @@ Batch: TypeAlias = Float[Array, " batch *shape"]
 # data's shape; it returns an array of `x`'s shape (the gradient of log p_t at `x`).
 ScoreFn: TypeAlias = Callable[[ScalarLike, Data], Data]
 
+# The terms a solve integrates: the reverse-time SDE or the probability-flow ODE.
+Method: TypeAlias = Literal["sde", "ode"]
+
 __all__ = [
     "Array",
     "Batch",
     "Data",
+    "Method",
     "PRNGKeyArray",
     "Scalar",
     "ScalarLike",

@@ -12,9 +12,10 @@ from jaxtyping import Array, ArrayLike, Float
 from ._checks import check_batch, check_eps, check_fits_score, check_sde_score
 from ._clock import FORWARD, REVERSED
 from ._errors import check_solve
-from ._plan import plan_solve, solve_batch, SolvePlan
+from ._plan import plan_solve, solve_batch
 from ._sde import AbstractSDE
 from ._sharding import batch_sharding, constrain, place
+from ._solve_plan import SolvePlan
 from ._term import probability_flow_term
 
 

@@ -17,9 +17,10 @@ from ._checks import (
 from ._clock import FORWARD
 from ._divergence import AbstractDivergence, Hutchinson
 from ._errors import check_solve
-from ._plan import plan_solve, solve_batch, SolvePlan
+from ._plan import plan_solve, solve_batch
 from ._sde import AbstractSDE
 from ._sharding import batch_sharding, constrain, constrain_leading, error_if, place
+from ._solve_plan import SolvePlan
 
 
 # Default arguments (module-level singletons; all immutable).

@@ -29,6 +29,7 @@ The rules:
   the count is not constant).
 """
 
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import diffrax as dfx
@@ -37,7 +38,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from ._checks import (
     check_int,
@@ -46,14 +47,21 @@ from ._checks import (
     check_solver,
     check_time_grid,
     is_concrete,
-    Method,
 )
 from ._clock import Clock, REVERSED
 from ._conditioning import check_per_example, example, has_per_example
-from ._nfe import cached_probe, CountingScore, probe_solver, SolverProbe
+from ._custom_types import Method
 from ._norm import batch_max_rms_norm
-from ._planned_solver import check_grid, inner_solves, min_grid_steps
+from ._planned_solver import (
+    ask_solver,
+    count_evals,
+    CountingScore,
+    FixedGrid,
+    grid_steps,
+    SolverProbe,
+)
 from ._sde import VPSDE
+from ._solve_plan import SolvePlan
 from ._term import sampling_terms
 
 
@@ -101,58 +109,12 @@ class PaddedStepTo(dfx.AbstractStepSizeController):
         return True, t1, next_t, False, controller_state + 1, dfx.RESULTS.successful
 
 
-def grid_steps(ts) -> int:
-    """The number of steps of a concrete grid, its padding (the end time repeated)
-    not counted."""
-    ts = np.asarray(ts)
-    return int(np.flatnonzero(ts == ts[-1])[0])
-
-
 def pad_grid(ts, length: int):
     """`ts` padded with its end time to `length` entries (a `PaddedStepTo` grid)."""
     ts = np.asarray(ts)
     if length < len(ts):
         raise ValueError(f"cannot pad a grid of {len(ts)} times to {length}.")
     return np.concatenate([ts, np.full(length - len(ts), ts[-1], ts.dtype)])
-
-
-class SolvePlan(eqx.Module):
-    """How one solve steps, on its solver clock `r = clock.to_solver(t)` (running
-    from `r0` up to `r1`, so always forwards).
-
-    - `method`: the terms the solver integrates, `"sde"` or `"ode"`.
-    - `clock`: the solve's [`Clock`][].
-    - `controller`: the diffrax controller on the solver clock.
-    - `adaptive`: whether the controller adapts the steps.
-    - `max_steps`: the bound handed to `diffrax.diffeqsolve`.
-    - `dt0`: the initial step on the solver clock (positive) or None.
-    - `r0`, `r1`: the integration interval on the solver clock.
-    - `first_evals`, `evals_per_step`: score evaluations of `init` plus the first
-      step, and of each later step (-1 if not constant).
-    - `min_step`: the smallest step of a concrete `StepTo` grid, else None.
-    - `extra_evals`: score evaluations once per solve beyond the steps' (the
-      segments of `Restart`).
-    """
-
-    method: Method = eqx.field(static=True)
-    clock: Clock = eqx.field(static=True)
-    controller: dfx.AbstractStepSizeController
-    adaptive: bool = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    dt0: float | Array | None
-    r0: float | Array
-    r1: float | Array
-    first_evals: int = eqx.field(static=True)
-    evals_per_step: int = eqx.field(static=True)
-    min_step: float | None = eqx.field(static=True)
-    extra_evals: int = eqx.field(static=True, default=0)
-
-    def num_score_evals(self, num_steps: Int[Array, "*batch"]) -> Int[Array, "*batch"]:
-        """Score evaluations per example of a solve that took `num_steps` steps."""
-        if self.first_evals < 0 or self.extra_evals < 0:
-            return jnp.full_like(num_steps, -1)
-        steps = self.evals_per_step * jnp.maximum(num_steps - 1, 0)
-        return self.first_evals + steps + self.extra_evals
 
 
 def uniform_grid(start, end, num_steps: int, start_f, end_f):
@@ -184,36 +146,31 @@ def plan_solve(
     `resolve_method`). Raises `ValueError` (or `TypeError`) naming the offending
     argument.
 
-    Each argument is handed down once: first the solver's own checks (its type, its
-    terms, its per-example data), then the step arguments, then what the solver
-    answers about the grid (`_planned_solver`), then its score evaluations (`_nfe`)."""
-    # The solver: its type, the terms it integrates, its per-example data. A solver
-    # with per-example data (e.g. `Impute`) is probed on one example of the data's
-    # shape; others on a (1, 1) problem.
+    Each argument is handed down the layers once: the step arguments (`_checks`
+    for a user's grid), then the solver's type and terms (`_checks`), its
+    per-example data (`_conditioning`), and what it answers about the grid and its
+    score evaluations (`_planned_solver.ask_solver`); `dt0` last, on the clock."""
+    # The solver's type and the terms it integrates
     method = check_solver(solver, method)
+
+    # The steps, on the solver clock
+    arg = "num_steps" if num_steps is not None else "stepsize_controller"
+    steps = _plan_steps(
+        clock, start, end, num_steps, stepsize_controller, max_steps, rtol, atol, arg
+    )
+    adaptive = isinstance(steps.controller, dfx.AbstractAdaptiveStepSizeController)
+
+    # What the solver answers, asked of one example: a solver with per-example data
+    # (e.g. `Impute`) is probed on one example of the data's shape; others on a
+    # (1, 1) problem.
     check_per_example(solver, shape, "solver")
     probe, probe_shape = solver, (1, 1)
     if has_per_example(solver):
         probe, probe_shape = example(solver, slice(0, 1)), (1, *shape[1:])
-
-    # The steps, on the solver clock
-    if dt0 is not None:
-        check_nonzero("dt0", dt0)
-        dt0 = clock.to_solver_step(dt0)
-    steps = _plan_steps(
-        clock, start, end, num_steps, stepsize_controller, max_steps, rtol, atol
+    answers = ask_solver(
+        probe, method, _ProbeTerms(probe_shape), probe_shape, steps.grid
     )
-    adaptive = isinstance(steps.controller, dfx.AbstractAdaptiveStepSizeController)
-    if dt0 is None and adaptive and method == "sde":
-        dt0 = (clock.to_solver(end) - clock.to_solver(start)) / 64
-    if isinstance(steps.controller, dfx.ConstantStepSize) and dt0 is None:
-        raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
-
-    # What the solver needs of a fixed grid, and its score evaluations
-    arg = "num_steps" if num_steps is not None else "stepsize_controller"
-    _check_solver_grid(probe, steps, clock, arg)
-    counted = count_score_evals(probe, method, probe_shape)
-    if adaptive and not counted.has_error_estimate:
+    if adaptive and not answers.has_error_estimate:
         raise ValueError(
             f"`solver`: {type(solver).__name__} does not estimate its error, so it "
             "cannot take adaptive steps (the default when neither `num_steps` nor "
@@ -221,6 +178,15 @@ def plan_solve(
             "solver: Tsit5, Dopri5, Dopri8, Bosh3, Heun (ODE); ShARK, SRA1, "
             "ReversibleHeun, HalfSolver(EulerHeun()) (SDE)."
         )
+
+    # The first step, on the solver clock
+    if dt0 is not None:
+        check_nonzero("dt0", dt0)
+        dt0 = clock.to_solver_step(dt0)
+    elif adaptive and method == "sde":
+        dt0 = (clock.to_solver(end) - clock.to_solver(start)) / 64
+    if isinstance(steps.controller, dfx.ConstantStepSize) and dt0 is None:
+        raise ValueError("`dt0` is required with diffrax.ConstantStepSize().")
     return SolvePlan(
         method=method,
         clock=clock,
@@ -230,26 +196,23 @@ def plan_solve(
         dt0=dt0,
         r0=clock.to_solver(start),
         r1=clock.to_solver(end),
-        first_evals=counted.first,
-        evals_per_step=counted.per_step,
+        first_evals=answers.first,
+        evals_per_step=answers.per_step,
         min_step=steps.min_step,
-        extra_evals=_inner_score_evals(probe, probe_shape),
+        extra_evals=answers.extra,
     )
 
 
 class _Steps(NamedTuple):
     """The step arguments of a solve as a controller on the solver clock:
-    `max_steps` for `diffrax.diffeqsolve` (a grid's length for a grid); for a
-    concrete fixed grid, `grid_len` its steps (padding not counted) and `min_step`
-    its smallest step (else None); `start`, `end` the solve's endpoints in user time
-    (None if traced)."""
+    `max_steps` for `diffrax.diffeqsolve` (a grid's length for a grid); for a fixed
+    grid whose steps are known here, `grid` what the solver is asked of it (else
+    None); for a concrete one, `min_step` its smallest step (else None)."""
 
     controller: dfx.AbstractStepSizeController
     max_steps: int
-    grid_len: int | None
+    grid: FixedGrid | None
     min_step: float | None
-    start: float | None
-    end: float | None
 
 
 def _plan_steps(
@@ -261,6 +224,7 @@ def _plan_steps(
     max_steps,
     rtol,
     atol,
+    arg: str,
 ) -> _Steps:
     start_f = None if isinstance(start, jax.core.Tracer) else float(start)
     end_f = None if isinstance(end, jax.core.Tracer) else float(end)
@@ -286,12 +250,7 @@ def _plan_steps(
         if not isinstance(ts, (np.ndarray, jnp.ndarray)):
             ts = np.asarray(ts)
         padded = isinstance(stepsize_controller, PaddedStepTo)
-        if padded and is_concrete(ts):
-            valid = ts[: grid_steps(ts) + 1]
-        else:
-            valid = None if padded else ts
-        if valid is not None:
-            check_time_grid("stepsize_controller", valid, start_f, end_f, clock)
+        check_time_grid("stepsize_controller", ts, start_f, end_f, clock, padded)
         controller = type(stepsize_controller)(ts=clock.to_solver(ts))
     elif stepsize_controller is None:
         check_positive("rtol", rtol)
@@ -299,48 +258,22 @@ def _plan_steps(
         controller = dfx.PIDController(rtol=rtol, atol=atol, norm=batch_max_rms_norm)
     else:
         controller = stepsize_controller
-    grid_len = min_step = None
+    grid = min_step = None
     if isinstance(controller, (dfx.StepTo, PaddedStepTo)):
         max_steps = len(controller.ts) - 1
+        n = max_steps  # a traced padded grid's steps are not known here
+        ts = None
         if is_concrete(controller.ts):
-            grid = np.asarray(controller.ts)
-            grid_len = grid_steps(grid)
-            min_step = float(np.min(np.abs(np.diff(grid[: grid_len + 1]))))
+            ts = np.asarray(controller.ts)
+            n = grid_steps(ts)
+            ts = ts[: n + 1]
+            min_step = float(np.min(np.abs(np.diff(ts))))
+            ts = clock.to_user(ts)
+        if ts is not None or not isinstance(controller, PaddedStepTo):
+            grid = FixedGrid(n, ts, start_f, end_f, arg)
     else:
         max_steps = check_int("max_steps", max_steps)
-    return _Steps(controller, max_steps, grid_len, min_step, start_f, end_f)
-
-
-def _check_solver_grid(
-    solver: dfx.AbstractSolver, steps: _Steps, clock: Clock, arg: str
-) -> None:
-    """What a solver needs of a fixed grid, asked of the solver itself: at least
-    `min_grid_steps()` steps (a multistep solver: as many as it stores predictions,
-    else it never reaches its order), and whatever its `check_grid` checks (e.g.
-    `Restart`'s `t_min` on the grid). Wrappers answer for the solver they wrap.
-    `arg` names the argument the grid came from."""
-    controller = steps.controller
-    if not isinstance(controller, (dfx.StepTo, PaddedStepTo)):
-        return
-    n = steps.max_steps
-    if steps.grid_len is not None:
-        n = steps.grid_len
-    elif isinstance(controller, PaddedStepTo):
-        return  # a traced padded grid: its number of steps is not known here
-    need = min_grid_steps(solver)
-    if n < need:
-        raise ValueError(
-            f"`{arg}`: {type(solver).__name__} interpolates its last {need} score "
-            f"evaluations (it or the solver it wraps), so a grid needs at least "
-            f"{need} steps to reach its order; got {n}. Use more steps or a "
-            "lower `order`."
-        )
-    if steps.start is not None and steps.end is not None:
-        ts = controller.ts
-        ts = None if isinstance(ts, jax.core.Tracer) else clock.to_user(np.asarray(ts))
-        if ts is not None:
-            ts = ts[: n + 1]
-        check_grid(solver, ts, steps.start, steps.end, arg)
+    return _Steps(controller, max_steps, grid, min_step)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,6 +298,28 @@ def _probe_terms(method: Method, shape: tuple[int, ...]):
     )
 
 
+class _ProbeTerms(Mapping):
+    """The probe's terms of each method for `shape`, built when first asked for (a
+    solver counted before is not probed again)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self._shape = shape
+        self._built: dict = {}
+
+    def __getitem__(self, method: Method):
+        if method not in ("ode", "sde"):
+            raise KeyError(method)
+        if method not in self._built:
+            self._built[method] = _probe_terms(method, self._shape)
+        return self._built[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("ode", "sde"))
+
+    def __len__(self) -> int:
+        return 2
+
+
 def count_score_evals(
     solver: dfx.AbstractSolver, method: Method, shape: tuple[int, ...] = (1, 1)
 ) -> SolverProbe:
@@ -372,25 +327,7 @@ def count_score_evals(
     by each later one, measured once per solver, `method` and `shape` (cached), and
     whether it estimates its error. What `sample` counts, and what budgets are
     reckoned in (`sd.bench`, learned grids)."""
-    key = (method, shape)
-    found = cached_probe(solver, key)
-    if found is None:
-        found = probe_solver(solver, _probe_terms(method, shape), key, shape)
-    return found
-
-
-def _inner_score_evals(solver: dfx.AbstractSolver, shape: tuple[int, ...]) -> int:
-    """The score evaluations of the solves `solver` runs once per solve besides its
-    steps (`inner_solves`, e.g. `Restart`'s segments); -1 if not constant."""
-    total = 0
-    for inner in inner_solves(solver):
-        counted = count_score_evals(inner.solver, "ode", shape)
-        if counted.first < 0:
-            return -1
-        total += inner.count * (
-            counted.first + counted.per_step * (inner.num_steps - 1)
-        )
-    return total
+    return count_evals(solver, _ProbeTerms(shape), method, shape)
 
 
 # --------------------------------------------------------------------------------------

@@ -15,11 +15,10 @@ from ._checks import (
     check_score_shape,
     check_sde_score,
     check_shape,
-    is_concrete,
-    Method,
 )
 from ._clock import REVERSED
 from ._conditioning import check_per_example, constrain_per_example
+from ._custom_types import Method
 from ._errors import check_solve, OutOfMemoryError
 from ._memory import (
     compiled_bytes,
@@ -28,9 +27,10 @@ from ._memory import (
     largest_batch,
     round_down,
 )
-from ._plan import plan_solve, SolvePlan
+from ._plan import plan_solve
 from ._sde import AbstractSDE
 from ._sharding import batch_sharding, constrain, constrain_leading
+from ._solve_plan import SolvePlan
 from ._term import batched_score, sampling_terms
 
 
@@ -211,8 +211,8 @@ def sample(
         max_steps=max_steps,
         dt0=dt0,
     )
-    adjoint, brownian, brownian_tol = _noise_and_adjoint(
-        plan, adjoint, brownian_tol, T - eps
+    adjoint, brownian, brownian_tol = plan.sampling_noise(
+        adjoint, brownian_tol, T - eps
     )
     # Only the Brownian tree's tolerance depends on the grid's values: with the
     # fast path or the ODE, grids of one length (or one padded length) share one
@@ -264,29 +264,6 @@ def sample(
     return SampleResult(
         samples=samples, stats=stats, ts=ts, trajectory=trajectory, result=result
     )
-
-
-def _noise_and_adjoint(plan: SolvePlan, adjoint, brownian_tol, span):
-    """The adjoint (default: reverse mode, except the fast forward-mode path of
-    fixed-step SDE solves), the Brownian path that goes with it ("none" for the ODE,
-    "fast" = UnsafeBrownianPath, "tree" = VirtualBrownianTree) and the tree's
-    tolerance (default: `span * 2**-12`, at most a sixteenth of a fixed grid's step)."""
-    if adjoint is None:
-        fast = plan.method == "sde" and not plan.adaptive
-        adjoint = dfx.ForwardMode() if fast else dfx.RecursiveCheckpointAdjoint()
-    if plan.method == "ode":
-        brownian = "none"
-    elif plan.adaptive or not isinstance(adjoint, dfx.ForwardMode):
-        brownian = "tree"
-    else:
-        brownian = "fast"
-    if brownian_tol is None:
-        brownian_tol = span * 2.0**-12
-        if plan.min_step is not None:  # `span` is traced with a traced eps
-            brownian_tol = jnp.minimum(brownian_tol, plan.min_step / 16)
-            if is_concrete(span):
-                brownian_tol = float(brownian_tol)
-    return adjoint, brownian, brownian_tol
 
 
 def _out_of_memory(problem: "_Sampling", key: PRNGKeyArray) -> tuple[str, int | None]:
