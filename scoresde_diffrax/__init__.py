@@ -61,6 +61,7 @@ from ._likelihood import (
     log_likelihood as log_likelihood,
 )
 from ._loss import (
+    AbstractLabelledLoss as AbstractLabelledLoss,
     AbstractLoss as AbstractLoss,
     ClassifierLoss as ClassifierLoss,
     ConditionalDSMLoss as ConditionalDSMLoss,

@@ -8,6 +8,7 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._custom_types import Scalar
+from ._score import EpsScore, X0Score
 from ._sde import AbstractSDE, VESDE, VPSDE
 
 
@@ -21,9 +22,14 @@ def _check_eps(eps, owner) -> None:
 
 
 class AbstractLoss(eqx.Module):
-    """A denoising score-matching loss: `per_example(score, sde, x0, key)` on one
+    """A training loss for [`train`][]: `per_example(score, sde, x0, key)` on one
     example; `loss(score, sde, x0_batch, key)` averages it over a batch (one key per
-    example, from `jax.random.split`)."""
+    example, from `jax.random.split`).
+
+    What `train` asks of every loss: `loss(model, sde, batch, key)`, the batch it
+    trains on (`draw_batch`) and whether the model and data fit it (`check_model`).
+    Subclass it with `per_example` for a score-matching loss on unlabelled data, or
+    [`AbstractLabelledLoss`][] for one on labelled examples."""
 
     @abc.abstractmethod
     def per_example(
@@ -54,6 +60,79 @@ class AbstractLoss(eqx.Module):
         """What one training step feeds the loss: `data.batch(key, batch_size)`, the
         examples in model units."""
         return data.batch(key, batch_size)
+
+    def check_model(self, model: Callable, sde: AbstractSDE, data) -> None:
+        """Raise `ValueError` naming `model` or `data` if they do not fit this loss
+        (called by [`train`][] before compiling, nothing computed). Default: `model`
+        maps one example of the data to the data's shape, and an `EpsScore` or
+        `X0Score` adapter uses `sde`."""
+        shape, dtype = data.data_shape, data.x.dtype
+        x = jax.ShapeDtypeStruct(shape, dtype)
+        t = jax.ShapeDtypeStruct((), dtype)
+        try:
+            out = eqx.filter_eval_shape(model, t, x)
+        except Exception as e:  # noqa: BLE001
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"`model` does not fit the data: examples of shape {shape} ({msg})."
+            ) from e
+        if getattr(out, "shape", None) != tuple(shape):
+            raise ValueError(
+                f"`model` returned shape {getattr(out, 'shape', type(out))} for an "
+                f"example of shape {shape}; a score model must return its input's "
+                "shape."
+            )
+        if isinstance(model, (EpsScore, X0Score)) and model.sde != sde:
+            raise ValueError(
+                f"`model`: its {type(model).__name__} adapter uses {model.sde}, but "
+                f"`sde` is {sde}; they must be the same SDE."
+            )
+
+
+class AbstractLabelledLoss(AbstractLoss):
+    """A training loss on labelled examples: `per_example(model, sde, x0, label,
+    key)` on one example and its label (or condition); `loss(model, sde, (x0,
+    labels), key)` averages it over a batch. [`train`][] draws labelled batches
+    (`data.labelled_batch`) and refuses data without labels."""
+
+    @abc.abstractmethod
+    def per_example(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        model: Callable,
+        sde: AbstractSDE,
+        x0: Float[Array, "*shape"],
+        label: Array,
+        key: PRNGKeyArray,
+    ) -> Scalar:
+        """The loss on one clean example `x0` with its label."""
+
+    def __call__(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        model: Callable,
+        sde: AbstractSDE,
+        batch: tuple[Float[ArrayLike, " batch *shape"], ArrayLike],
+        key: PRNGKeyArray,
+    ) -> Scalar:
+        """Mean of `per_example` over a batch `(x0, labels)`."""
+        x0, labels = jnp.asarray(batch[0]), jnp.asarray(batch[1])
+        keys = jr.split(key, x0.shape[0])
+        per = jax.vmap(self.per_example, in_axes=(None, None, 0, 0, 0))(
+            model, sde, x0, labels, keys
+        )
+        return jnp.mean(per)
+
+    def draw_batch(self, data, key: PRNGKeyArray, batch_size: int):
+        """Examples (model units) and their labels: `data.labelled_batch`."""
+        return data.labelled_batch(key, batch_size)
+
+    def check_model(self, model: Callable, sde: AbstractSDE, data) -> None:
+        """`data` must have labels; subclasses add what they need of the model."""
+        del model, sde
+        if data.labels is None:
+            raise ValueError(
+                f"`data`: training with {type(self).__name__} needs labels (a "
+                "Dataset with `labels`, e.g. sd.data.digits())."
+            )
 
 
 class DSMLoss(AbstractLoss):
@@ -221,7 +300,7 @@ class DDPMLoss(AbstractLoss):
         return _reduce(std * s + z, self.reduce_mean)
 
 
-class ClassifierLoss(eqx.Module):
+class ClassifierLoss(AbstractLabelledLoss):
     r"""The training loss of a noise-conditional classifier $p_t(y \mid x_t)$ (for
     [`ClassifierGuidance`][]): cross-entropy on noised data,
 
@@ -262,32 +341,9 @@ class ClassifierLoss(eqx.Module):
         logits = jnp.asarray(classifier(t, mean + std * jr.normal(kz, x0.shape)))
         return -jax.nn.log_softmax(logits)[label]
 
-    def __call__(
-        self,
-        classifier: Callable,
-        sde: AbstractSDE,
-        batch: tuple[Float[ArrayLike, " batch *shape"], ArrayLike],
-        key: PRNGKeyArray,
-    ) -> Scalar:
-        """Mean of `per_example` over a batch `(x0, labels)`."""
-        x0, labels = jnp.asarray(batch[0]), jnp.asarray(batch[1])
-        keys = jr.split(key, x0.shape[0])
-        per = jax.vmap(self.per_example, in_axes=(None, None, 0, 0, 0))(
-            classifier, sde, x0, labels, keys
-        )
-        return jnp.mean(per)
-
-    def draw_batch(self, data, key: PRNGKeyArray, batch_size: int):
-        """Examples (model units) and their labels: `data.labelled_batch`."""
-        return data.labelled_batch(key, batch_size)
-
-    def check_model(self, model: Callable, data) -> None:
+    def check_model(self, model: Callable, sde: AbstractSDE, data) -> None:
         """`data` has labels and `model(t, x)` gives one logit per class."""
-        if data.labels is None:
-            raise ValueError(
-                "`data`: training a classifier needs labels (a Dataset with "
-                "`labels`, e.g. sd.data.digits())."
-            )
+        super().check_model(model, sde, data)
         x = jax.ShapeDtypeStruct(data.data_shape, data.x.dtype)
         t = jax.ShapeDtypeStruct((), data.x.dtype)
         try:
@@ -306,7 +362,7 @@ class ClassifierLoss(eqx.Module):
             )
 
 
-class ConditionalDSMLoss(eqx.Module):
+class ConditionalDSMLoss(AbstractLabelledLoss):
     r"""Denoising score matching for a conditional score model, with condition
     dropping (classifier-free guidance training, Ho & Salimans 2021): [`DSMLoss`][]'s
     loss with $s_\theta(t, x_t, c)$, where each example's condition $c$ is replaced
@@ -380,33 +436,10 @@ class ConditionalDSMLoss(eqx.Module):
             err = sde.diffusion(t) ** 2 / std**2 * err
         return err
 
-    def __call__(
-        self,
-        model: Callable,
-        sde: AbstractSDE,
-        batch: tuple[Float[ArrayLike, " batch *shape"], ArrayLike],
-        key: PRNGKeyArray,
-    ) -> Scalar:
-        """Mean of `per_example` over a batch `(x0, conditions)`."""
-        x0, cond = jnp.asarray(batch[0]), jnp.asarray(batch[1])
-        keys = jr.split(key, x0.shape[0])
-        per = jax.vmap(self.per_example, in_axes=(None, None, 0, 0, 0))(
-            model, sde, x0, cond, keys
-        )
-        return jnp.mean(per)
-
-    def draw_batch(self, data, key: PRNGKeyArray, batch_size: int):
-        """Examples (model units) and their labels: `data.labelled_batch`."""
-        return data.labelled_batch(key, batch_size)
-
-    def check_model(self, model: Callable, data) -> None:
+    def check_model(self, model: Callable, sde: AbstractSDE, data) -> None:
         """`data` has labels, `model(t, x, label, drop=...)` returns the example's
         shape, and the labels fit the network's classes."""
-        if data.labels is None:
-            raise ValueError(
-                "`data`: training a conditional model needs labels (a Dataset with "
-                "`labels`, e.g. sd.data.digits())."
-            )
+        super().check_model(model, sde, data)
         num = int(jnp.max(data.labels)) + 1
         for owner in (model, getattr(model, "model", None)):
             k = getattr(getattr(owner, "config", None), "num_classes", None)

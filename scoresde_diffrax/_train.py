@@ -31,7 +31,7 @@ from ._checkpoint import (
 )
 from ._checks import check_floating, check_int, check_isinstance, check_unit_interval
 from ._errors import OutOfMemoryError
-from ._loss import AbstractLoss, ClassifierLoss, ConditionalDSMLoss, DSMLoss
+from ._loss import AbstractLoss, DSMLoss
 from ._memory import (
     compiled_bytes,
     gib,
@@ -41,7 +41,6 @@ from ._memory import (
 )
 from ._optim import adam_with_warmup, ema_decay_at, ema_update
 from ._progress import Progress
-from ._score import EpsScore, X0Score
 from ._sde import AbstractSDE
 from .data import Dataset, dataset_from_array
 
@@ -106,7 +105,7 @@ class _ChunkConfig(eqx.Module):
     static: PyTree
     sde: AbstractSDE
     data: Dataset
-    loss: AbstractLoss | ClassifierLoss | ConditionalDSMLoss
+    loss: AbstractLoss
     optimizer: optax.GradientTransformation
     batch_size: int
     ema_decay: float
@@ -127,7 +126,7 @@ def train(
     *,
     num_steps: int,
     batch_size: int = 128,
-    loss: AbstractLoss | ClassifierLoss | ConditionalDSMLoss | None = None,
+    loss: AbstractLoss | None = None,
     learning_rate: float = 2e-4,
     warmup_steps: int = 5000,
     grad_clip: float | None = 1.0,
@@ -330,16 +329,13 @@ def _checked_args(model, sde, data, loss, *, unroll, steps_per_call, **numbers):
     check_isinstance(
         "loss",
         loss,
-        (AbstractLoss, ClassifierLoss, ConditionalDSMLoss),
-        "an AbstractLoss (e.g. sd.DSMLoss()), sd.ClassifierLoss() or "
-        "sd.ConditionalDSMLoss()",
+        AbstractLoss,
+        "an AbstractLoss (e.g. sd.DSMLoss(), sd.ClassifierLoss() or "
+        "sd.ConditionalDSMLoss())",
     )
     check_floating("data", data.x if isinstance(data, Dataset) else data)
     data = data if isinstance(data, Dataset) else dataset_from_array(data)
-    if isinstance(loss, (ClassifierLoss, ConditionalDSMLoss)):  # labelled data
-        loss.check_model(model, data)
-    else:
-        _check_model(model, sde, data)
+    loss.check_model(model, sde, data)
     return loss, data, unroll, steps_per_call
 
 
@@ -366,31 +362,6 @@ def _data_parallel_shardings(
         sharding, (int(batch_size),), batch_name="batch_size"
     )
     return batch, _sharding.replicated(batch.mesh)
-
-
-def _check_model(model, sde: AbstractSDE, data: Dataset) -> None:
-    """`model` maps one example of the data to the data's shape, and an `EpsScore` or
-    `X0Score` adapter uses `sde`."""
-    shape, dtype = data.data_shape, data.x.dtype
-    x = jax.ShapeDtypeStruct(shape, dtype)
-    t = jax.ShapeDtypeStruct((), dtype)
-    try:
-        out = eqx.filter_eval_shape(model, t, x)
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"`model` does not fit the data: examples of shape {shape} ({msg})."
-        ) from e
-    if getattr(out, "shape", None) != tuple(shape):
-        raise ValueError(
-            f"`model` returned shape {getattr(out, 'shape', type(out))} for an example "
-            f"of shape {shape}; a score model must return its input's shape."
-        )
-    if isinstance(model, (EpsScore, X0Score)) and model.sde != sde:
-        raise ValueError(
-            f"`model`: its {type(model).__name__} adapter uses {model.sde}, but "
-            f"`sde` is {sde}; they must be the same SDE."
-        )
 
 
 def _check_same_start_on_every_process(step: Int[Array, ""]) -> None:
@@ -447,7 +418,7 @@ def _checkpoint_metadata(
     model: PyTree,
     sde: AbstractSDE,
     data: Dataset,
-    loss: AbstractLoss | ClassifierLoss | ConditionalDSMLoss,
+    loss: AbstractLoss,
     optimizer_desc: dict,
     *,
     ema_decay: float,

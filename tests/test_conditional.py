@@ -329,3 +329,31 @@ def test_bad_conditional_input_names_the_argument():
             num_steps=1,
             progress=False,
         )
+
+
+class _LabelWeightedDSM(sd.AbstractLabelledLoss):
+    """A labelled loss of one's own: `DSMLoss` weighted by 1 + label."""
+
+    def per_example(self, model, sde, x0, label, key):
+        return (1.0 + label) * sd.DSMLoss().per_example(model, sde, x0, key)
+
+
+def test_a_labelled_loss_of_ones_own_trains():
+    """`sd.train` asks every loss the same things (its batch, its check, its value),
+    so a labelled loss of one's own needs only `per_example`: each example gets its
+    own label (all 0: the unlabelled loss on the same keys; all 1: twice it), it
+    trains, and data without labels is refused naming `data`."""
+    sde = sd.VPSDE()
+    net = sd.nn.MLPScore((2,), key=jr.key(0))
+    x = jr.normal(jr.key(1), (16, 2))
+    loss, plain = _LabelWeightedDSM(), sd.DSMLoss()
+    ref = plain(net, sde, x, jr.key(2))
+    zeros, ones = jnp.zeros(16, jnp.int32), jnp.ones(16, jnp.int32)
+    np.testing.assert_allclose(loss(net, sde, (x, zeros), jr.key(2)), ref, rtol=1e-6)
+    np.testing.assert_allclose(loss(net, sde, (x, ones), jr.key(2)), 2 * ref, rtol=1e-6)
+    data = sd.data.Dataset(x, jnp.arange(16) % 2)
+    kw = dict(loss=loss, num_steps=2, batch_size=8, progress=False)
+    res = sd.train(jr.key(0), net, sde, data, **kw)
+    assert res.losses.shape == (2,) and np.all(np.isfinite(res.losses))
+    with pytest.raises(ValueError, match="`data`: training with _LabelWeightedDSM"):
+        sd.train(jr.key(0), net, sde, x, **kw)

@@ -159,11 +159,19 @@ def _apply_norm(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]):
     """`eqx.nn.GroupNorm` (its groups, eps and affine weights) on one channels-last
     image."""
     h, w, c = x.shape
-    y = x.reshape(h, w, norm.groups, c // norm.groups)
-    mean = jnp.mean(y, axis=(0, 1, 3), keepdims=True)
-    var = jnp.maximum(jnp.var(y, axis=(0, 1, 3), keepdims=True), 0.0)
-    out = ((y - mean) * jax.lax.rsqrt(var + norm.eps)).reshape(x.shape)
-    return out * norm.weight[None, None, :] + norm.bias[None, None, :]
+    g = norm.groups
+    n = h * w * (c // g)
+    # Sums over the pixels first, channel by channel (reductions along the leading
+    # axis, which XLA:CPU vectorises along the channels), then over each group's
+    # channels: two passes, the variance of the centred values (as `jnp.var`), a
+    # twentieth of a DDPM++ pass faster than reducing the (h, w, groups, c / groups)
+    # view at once.
+    xs = x.reshape(h * w, c)
+    mean = jnp.repeat(jnp.sum(xs, axis=0).reshape(g, c // g).sum(axis=1) / n, c // g)
+    d = xs - mean[None, :]
+    var = jnp.sum(d * d, axis=0).reshape(g, c // g).sum(axis=1) / n
+    scale = jnp.repeat(jax.lax.rsqrt(var + norm.eps), c // g) * norm.weight
+    return (d * scale[None, :] + norm.bias[None, :]).reshape(h, w, c)
 
 
 class NIN(eqx.Module):
