@@ -285,7 +285,15 @@ def main():
     p.add_argument("--nets", default=",".join(NETS), help="ncsnpp_ve,ddpmpp_vp")
     p.add_argument("--no-ffhq", action="store_true", help="skip the FFHQ memory")
     p.add_argument("--out", default="benchmarks/results/official_nets.json")
+    p.add_argument(
+        "--cpu", default="0", help="the one core both sides run on ('' for no pinning)"
+    )
     args = p.parse_args()
+    if args.cpu != "" and hasattr(os, "sched_setaffinity"):
+        # One core for both sides (they take turns): XLA:CPU may run independent
+        # operations on a thread pool whatever its flags say; the torch child
+        # inherits the affinity. Set before JAX starts its backend.
+        os.sched_setaffinity(0, {int(args.cpu)})
     rows = []
     for key in args.nets.split(","):
         row = time_net(args, key)
@@ -294,6 +302,9 @@ def main():
     result = {
         "command": command_line(),
         "threads": 1,
+        "affinity": sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
         "interleaved": True,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
