@@ -9,6 +9,7 @@ outer `jit`/`vmap`/`grad` (traced outputs), inside the program with
 `eqx.branched_error_if` and the same messages.
 """
 
+import functools
 from typing import Literal
 
 import diffrax as dfx
@@ -125,6 +126,13 @@ def _all_finite(tree: PyTree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+@functools.partial(jax.jit, static_argnames="throw")
+def _failure_index_now(result: dfx.RESULTS, outputs: PyTree, throw: bool):
+    """`failure_index` of concrete outputs as one compiled call (the host check of
+    every solve: eager, its dozen small operations cost about a millisecond)."""
+    return failure_index(result, _all_finite(outputs), throw=throw)
+
+
 def _is_traced(tree: PyTree) -> bool:
     leaves = jax.tree_util.tree_leaves(tree)
     return any(isinstance(a, jax.core.Tracer) for a in leaves)
@@ -162,7 +170,7 @@ def check_solve(
         return eqx.branched_error_if(
             outputs, index > 0, jnp.maximum(index - 1, 0), msgs
         )
-    index = np.asarray(failure_index(result, _all_finite(outputs), throw=throw))
+    index = np.asarray(_failure_index_now(result, outputs, throw=throw))
     if index.max() > 0:
         kind = _KINDS[int(index.max()) - 1]
         message = None
