@@ -98,6 +98,11 @@ def check_floating(name: str, x) -> None:
         )
 
 
+@jax.jit
+def _count_not_finite(x) -> jax.Array:
+    return jnp.sum(~jnp.isfinite(x))
+
+
 def check_batch(name: str, x) -> jax.Array:
     """`x` as a finite floating array of shape `(batch, *data_shape)`.
 
@@ -113,7 +118,7 @@ def check_batch(name: str, x) -> jax.Array:
     if is_concrete(x):
         # Eager even under an outer `jax.jit` that closes over a concrete `x`.
         with jax.ensure_compile_time_eval():
-            bad = int(jnp.sum(~jnp.isfinite(x)))
+            bad = int(_count_not_finite(x))
         if bad:
             raise ValueError(
                 f"`{name}` must be finite; it has {bad} NaN or inf entries (shape "
