@@ -146,10 +146,11 @@ def plan_solve(
     `resolve_method`). Raises `ValueError` (or `TypeError`) naming the offending
     argument.
 
-    Each argument is handed down the layers once: the step arguments (`_checks`
-    for a user's grid), then the solver's type and terms (`_checks`), its
-    per-example data (`_conditioning`), and what it answers about the grid and its
-    score evaluations (`_planned_solver.ask_solver`); `dt0` last, on the clock."""
+    Each argument is handed down the layers once and never comes back up: the
+    solver's type and terms (`_checks`), the step arguments (`_checks` for a user's
+    grid), the solver's per-example data (`_conditioning`), then what the solver
+    answers about the grid and its score evaluations, in one call
+    (`_planned_solver.ask_solver`); `dt0` last, on the clock."""
     # The solver's type and the terms it integrates
     method = check_solver(solver, method)
 

@@ -33,6 +33,8 @@ from ._clock import REVERSED
 # --------------------------------------------------------------------------------------
 # The protocol
 # --------------------------------------------------------------------------------------
+
+
 class InnerSolves(NamedTuple):
     """Solves that a solver runs once per solve besides its steps (e.g. the ODE
     segments of `Restart`): `count` solves of `num_steps` steps each, of `solver` on
