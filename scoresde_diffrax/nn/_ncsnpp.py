@@ -163,9 +163,9 @@ def _apply_norm(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]):
     n = h * w * (c // g)
     # Sums over the pixels first, channel by channel (reductions along the leading
     # axis, which XLA:CPU vectorises along the channels), then over each group's
-    # channels: two passes, the variance of the centred values (as `jnp.var`), a
-    # twentieth of a DDPM++ pass faster than reducing the (h, w, groups, c / groups)
-    # view at once.
+    # channels: two passes, the variance of the centred values (as `jnp.var`); about
+    # 3 % of a DDPM++ pass faster than reducing the (h, w, groups, c / groups) view at
+    # once (one core, batch 8).
     xs = x.reshape(h * w, c)
     mean = jnp.repeat(jnp.sum(xs, axis=0).reshape(g, c // g).sum(axis=1) / n, c // g)
     d = xs - mean[None, :]
