@@ -53,6 +53,9 @@ _ADDED_FIELDS = {
     },
     "UNet": {"num_classes": 0, "context_dim": 0},
 }
+# How NCSNpp checkpoints store their convolution weights (`sd.nn.ChannelsLastConv2d`);
+# those converted before this key was written hold them (out, in, kh, kw).
+_NCSNPP_CONV_LAYOUT = "kh kw in out"
 # What a checkpoint's training state is of (metadata `kind`; absent: a score model).
 SCORE_MODEL = "score_model"
 
@@ -87,6 +90,8 @@ def describe_model(model) -> dict:
         "config": _nn._config.config_dict(net.config),
         "parameterization": param,
     }
+    if name == "NCSNpp":
+        desc["conv_weight_layout"] = _NCSNPP_CONV_LAYOUT
     return json.loads(json.dumps(desc))  # as it reads back from JSON
 
 
@@ -144,6 +149,12 @@ def model_from_description(desc: dict, sde: AbstractSDE, *, abstract: bool = Fal
         raise ValueError(
             f"checkpoint: unknown network {desc.get('class')!r}; known: "
             f"{', '.join(_NETWORKS)}."
+        )
+    if cls is _nn.NCSNpp and desc.get("conv_weight_layout") != _NCSNPP_CONV_LAYOUT:
+        raise ValueError(
+            "checkpoint: its NCSNpp was converted by an earlier development version, "
+            "which stored the convolution weights (out, in, kh, kw); convert the "
+            "official checkpoint again (scoresde convert)."
         )
     config = {
         k: _nn._config.freeze(v) for k, v in _with_added_fields(desc)["config"].items()

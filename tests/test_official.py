@@ -80,48 +80,38 @@ def test_fixture_outputs(name):
 
 
 def test_loop_friendly_network_matches_the_official_outputs():
-    # `sd.nn.loop_friendly` swaps the convolutions for shifted slices and one matrix
-    # product each (channels-last, like the network): the same outputs, on the config
-    # with the most kinds of layer (FIR, BigGAN blocks, input and output skips).
+    # `sd.nn.loop_friendly` computes every convolution as shifted slices and one matrix
+    # product (channels-last, like the network): the same outputs, on the config with
+    # the most kinds of layer (FIR, BigGAN blocks, input and output skips).
     name = "ve_ncsnpp_outputskip"
     io_ = np.load(DATA / name / "io.npz")
     config = json.loads((DATA / name / "config.json").read_text())
     score = sd.nn.load_official_score(DATA / name / "checkpoint.pth", config)
     friendly = sd.nn.loop_friendly(score)
-    assert not any(
-        isinstance(m, eqx.nn.Conv2d)
-        for m in jax.tree_util.tree_leaves(
-            friendly, is_leaf=lambda m: isinstance(m, eqx.nn.Conv2d)
-        )
-    )
+
+    def convs(tree):
+        is_conv = lambda m: isinstance(m, sd.nn.ChannelsLastConv2d)  # noqa: E731
+        leaves = jax.tree_util.tree_leaves(tree, is_leaf=is_conv)
+        return [m for m in leaves if is_conv(m)]
+
+    assert len(convs(friendly)) == len(convs(score)) > 0
+    assert all(m.shifted for m in convs(friendly))
+    assert not any(m.shifted for m in convs(score))
     out = _scores(friendly, jnp.asarray(io_["t"]), jnp.asarray(io_["x"]))
     _close(out, io_["score_ema"])
 
 
-def test_convolutions_padded_otherwise_than_with_zeros_are_refused():
-    # The network pads with zeros (the paper's); a convolution swapped in with another
-    # padding mode is named, not run as if it padded with zeros.
-    name = "ve_ncsnpp_continuous"
-    io_ = np.load(DATA / name / "io.npz")
-    config = json.loads((DATA / name / "config.json").read_text())
-    net = sd.nn.load_official(DATA / name / "checkpoint.pth", config)
-
-    def is_conv(m):
-        return isinstance(m, eqx.nn.Conv2d)
-
-    def first_conv(n):
-        convs = jax.tree_util.tree_leaves(n, is_leaf=is_conv)
-        return next(m for m in convs if is_conv(m))
-
-    c = first_conv(net)
-    reflect = eqx.nn.Conv2d(
-        c.in_channels, c.out_channels, c.kernel_size, stride=c.stride,
-        padding=c.padding, padding_mode="REFLECT", key=jr.key(0),
-    )  # fmt: skip
-    swapped = eqx.tree_at(first_conv, net, reflect)
-    t, x = jnp.asarray(io_["t"])[0], jnp.asarray(io_["x"])[0]
-    with pytest.raises(ValueError, match="padding_mode='REFLECT'"):
-        jax.eval_shape(swapped, t, x)
+def test_official_parameters_are_the_checkpoints_tensors():
+    # The network stores its convolution weights (kh, kw, in, out); the official names
+    # hand them back in the official (out, in, kh, kw) layout, equal to the file's.
+    path = DATA / "ve_ncsnpp_continuous" / "checkpoint.pth"
+    config = json.loads((DATA / "ve_ncsnpp_continuous" / "config.json").read_text())
+    net = sd.nn.load_official(path, config, ema=False)
+    state = sd.nn.read_torch_checkpoint(path)["model"]
+    named = sd.nn.official_parameters(net)
+    assert any(a.ndim == 4 for _, a in named)
+    for name, array in named:
+        np.testing.assert_array_equal(np.asarray(array), state["module." + name])
 
 
 def test_small_parameter_counts():
@@ -372,6 +362,15 @@ def test_convert_then_sample(tmp_path, capsys):
     x = np.load(samples)
     assert x.shape == (2, 3, 16, 16) and np.isfinite(x).all()
     assert 0.0 <= x.min() and x.max() <= 1.0
+
+    # A checkpoint converted before the convolution weights were stored (kh, kw, in,
+    # out) lacks the layout key: refused with what to do, not a shape error.
+    meta_path = next(out.glob("ckpt_*.json"))
+    meta = json.loads(meta_path.read_text())
+    assert meta["model"].pop("conv_weight_layout") == "kh kw in out"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="convert the official checkpoint again"):
+        sd.load_checkpoint(out)
 
 
 def test_convert_flag_errors(tmp_path, capsys):

@@ -4,7 +4,11 @@ from ._classifier import (
     ClassifierConfig as ClassifierConfig,
     NoiseConditionalClassifier as NoiseConditionalClassifier,
 )
-from ._conv import loop_friendly as loop_friendly, ShiftConv2d as ShiftConv2d
+from ._conv import (
+    ChannelsLastConv2d as ChannelsLastConv2d,
+    loop_friendly as loop_friendly,
+    ShiftConv2d as ShiftConv2d,
+)
 from ._embedding import (
     ConditionEmbedding as ConditionEmbedding,
     GaussianFourierEmbedding as GaussianFourierEmbedding,

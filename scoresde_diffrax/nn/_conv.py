@@ -1,8 +1,10 @@
+import dataclasses
+
 import einops
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 
 class ShiftConv2d(eqx.Module):
@@ -34,7 +36,78 @@ class ShiftConv2d(eqx.Module):
         return out if self.bias is None else out + self.bias
 
 
+class ChannelsLastConv2d(eqx.Module):
+    """A 2-D convolution with zero padding of one channels-last image `(H, W, C)`, its
+    weight stored `(kh, kw, in, out)`: the layout XLA's CPU convolution reads, so a
+    call copies no weight (an `(out, in, kh, kw)` weight, Equinox's and PyTorch's, is
+    transposed on every call: about a tenth of a DDPM++ forward pass on one core).
+    [`NCSNpp`][] is built of these.
+
+    **Arguments:** `weight` `(kh, kw, in, out)`; `bias` `(out,)` or None; `stride`
+    `(sh, sw)`; `padding` `((top, bottom), (left, right))`, zeros; `shifted`: compute
+    it as shifted slices and one matrix product instead of `lax.conv` (what
+    [`loop_friendly`][] sets: faster inside a diffrax loop on XLA:CPU). Build one
+    from `eqx.nn.Conv2d` arguments with [`ChannelsLastConv2d.init`][].
+    """
+
+    weight: Float[Array, "kh kw c o"]
+    bias: Float[Array, " o"] | None
+    stride: tuple[int, int] = eqx.field(static=True)
+    padding: tuple[tuple[int, int], tuple[int, int]] = eqx.field(static=True)
+    shifted: bool = eqx.field(static=True, default=False)
+
+    @classmethod
+    def init(
+        cls, in_channels: int, out_channels: int, kernel_size: int, *,
+        stride: int = 1, padding=None, key: PRNGKeyArray,
+    ) -> "ChannelsLastConv2d":  # fmt: skip
+        """A convolution initialised as `eqx.nn.Conv2d` with the same arguments (the
+        same random weights, transposed); `padding` an int or per-axis pairs, by
+        default `kernel_size // 2` (the size-preserving padding of odd kernels)."""
+        pad = kernel_size // 2 if padding is None else padding
+        conv = eqx.nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=pad, key=key
+        )
+        return cls(
+            jnp.transpose(conv.weight, (2, 3, 1, 0)),
+            conv.bias.reshape(-1),
+            tuple(int(s) for s in conv.stride),
+            tuple(tuple(int(v) for v in p) for p in conv.padding),
+        )
+
+    def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
+        if self.shifted:
+            out = self._shifted(x)
+        else:
+            out = jax.lax.conv_general_dilated(
+                x[None],
+                self.weight,
+                window_strides=self.stride,
+                padding=self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )[0]
+        return out if self.bias is None else out + self.bias[None, None, :]
+
+    def _shifted(self, x):
+        (plo_h, phi_h), (plo_w, phi_w) = self.padding
+        xp = jnp.pad(x, ((plo_h, phi_h), (plo_w, phi_w), (0, 0)))
+        kh, kw, c, o = self.weight.shape
+        ho, wo = xp.shape[0] - kh + 1, xp.shape[1] - kw + 1
+        sh, sw = self.stride
+        cols = jnp.concatenate(
+            [
+                xp[i : i + ho : sh, j : j + wo : sw]
+                for i in range(kh)
+                for j in range(kw)
+            ],
+            axis=-1,
+        )
+        return cols @ self.weight.reshape(kh * kw * c, o)
+
+
 def _convert(m):
+    if isinstance(m, ChannelsLastConv2d):
+        return dataclasses.replace(m, shifted=True)
     if isinstance(m, eqx.nn.Conv2d):
         if m.groups != 1 or tuple(m.dilation) != (1, 1):
             return m
@@ -46,8 +119,9 @@ def _convert(m):
 
 def loop_friendly(model: PyTree) -> PyTree:
     """`model` with every `eqx.nn.Conv2d` replaced by an equivalent [`ShiftConv2d`][]
-    (same weights, same outputs up to float rounding). Sampling runs the score inside
+    and every [`ChannelsLastConv2d`][] computed as shifted slices (same weights, same
+    outputs up to float rounding). Sampling runs the score inside
     a diffrax loop, where this is about 5x faster on CPU; keep the original for
     training (unrolled steps, where `lax.conv` is faster)."""
-    is_conv = lambda x: isinstance(x, eqx.nn.Conv2d)  # noqa: E731
+    is_conv = lambda x: isinstance(x, (eqx.nn.Conv2d, ChannelsLastConv2d))  # noqa: E731
     return jax.tree_util.tree_map(_convert, model, is_leaf=is_conv)

@@ -5,7 +5,9 @@ uses) that keeps its parameter shapes and order, on one example `(C, H, W)`.
 Inside, the network runs channels-last, `(H, W, C)`: the layout XLA's convolutions use, so
 the activations are transposed once on the way in and once on the way out instead of
 around every convolution (about a fifth of a CPU forward pass in the channels-first
-form). The weights keep the official (and Equinox) layouts."""
+form). The convolutions ([`ChannelsLastConv2d`][]) store their weights `(kh, kw, in,
+out)`, the layout those convolutions read; the other weights keep the official
+layouts, and the loader transposes the official `(out, in, kh, kw)`."""
 
 import dataclasses
 import math
@@ -21,6 +23,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._custom_types import ScalarLike
 from ._config import freeze
+from ._conv import ChannelsLastConv2d
 
 
 _SQRT2 = math.sqrt(2.0)
@@ -109,50 +112,9 @@ def _group_norm(channels: int) -> eqx.nn.GroupNorm:
 
 
 def _conv(cin, cout, kernel, *, key, stride=1, padding=None):
-    pad = kernel // 2 if padding is None else padding
-    return eqx.nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, key=key)
-
-
-def _apply_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
-    """The convolution `conv` (an `eqx.nn.Conv2d` with its `(O, I, kh, kw)` weight, or
-    the `ShiftConv2d` that `loop_friendly` puts in its place) on one channels-last
-    image."""
-    if getattr(conv, "padding_mode", "ZEROS") != "ZEROS":
-        # The paper's networks pad with zeros only; a swapped-in convolution with
-        # another mode would otherwise be run with zeros without a word.
-        raise ValueError(
-            f"NCSNpp: convolutions must pad with zeros (the paper's), got "
-            f"padding_mode={conv.padding_mode!r}."
-        )
-    if not isinstance(conv, eqx.nn.Conv2d):
-        return _shifted_conv(conv, x)
-    out = jax.lax.conv_general_dilated(
-        x[None],
-        conv.weight,
-        window_strides=conv.stride,
-        padding=conv.padding,
-        rhs_dilation=conv.dilation,
-        feature_group_count=conv.groups,
-        dimension_numbers=("NHWC", "OIHW", "NHWC"),
-    )[0]
-    return out if conv.bias is None else out + conv.bias.reshape(1, 1, -1)
-
-
-def _shifted_conv(conv, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
-    """A `ShiftConv2d` (`loop_friendly`) on one channels-last image, as shifted slices
-    and one matrix product: the same sum as its own call, without transposes."""
-    (plo_h, phi_h), (plo_w, phi_w) = conv.padding
-    xp = jnp.pad(x, ((plo_h, phi_h), (plo_w, phi_w), (0, 0)))
-    kh, kw = conv.weight.shape[2:]
-    ho, wo = xp.shape[0] - kh + 1, xp.shape[1] - kw + 1
-    sh, sw = conv.stride
-    cols = jnp.concatenate(
-        [xp[i : i + ho : sh, j : j + wo : sw] for i in range(kh) for j in range(kw)],
-        axis=-1,
+    return ChannelsLastConv2d.init(
+        cin, cout, kernel, stride=stride, padding=padding, key=key
     )
-    w = einops.rearrange(conv.weight, "o c kh kw -> (kh kw c) o")
-    out = cols @ w
-    return out if conv.bias is None else out + conv.bias.reshape(1, 1, -1)
 
 
 def _apply_norm(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]):
@@ -203,11 +165,11 @@ class ResBlock(eqx.Module):
     FIR filtering or nearest/average pooling)."""
 
     norm0: eqx.nn.GroupNorm
-    conv0: eqx.nn.Conv2d
+    conv0: ChannelsLastConv2d
     dense0: eqx.nn.Linear
     norm1: eqx.nn.GroupNorm
-    conv1: eqx.nn.Conv2d
-    skip: NIN | eqx.nn.Conv2d | None
+    conv1: ChannelsLastConv2d
+    skip: NIN | ChannelsLastConv2d | None
     kind: str = eqx.field(static=True)
     resample: str = eqx.field(static=True)  # "none", "up", "down"
     fir_kernel: tuple[float, ...] | None = eqx.field(static=True)
@@ -247,15 +209,13 @@ class ResBlock(eqx.Module):
     def __call__(self, x, temb, key=None):
         h = self.act(_apply_norm(self.norm0, x))
         h, x = self._resample(h), self._resample(x)
-        h = _apply_conv(self.conv0, h)
+        h = self.conv0(h)
         if temb is not None:
             h = h + self.dense0(self.act(temb))[None, None, :]
         h = self.act(_apply_norm(self.norm1, h))
-        h = _apply_conv(self.conv1, _dropout(h, self.dropout, key))
-        if isinstance(self.skip, NIN):
+        h = self.conv1(_dropout(h, self.dropout, key))
+        if self.skip is not None:  # a NIN (DDPM) or a 1x1 convolution (BigGAN)
             x = self.skip(x)
-        elif self.skip is not None:
-            x = _apply_conv(self.skip, x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
     def official(self) -> tuple[tuple[str, object], ...]:
@@ -315,7 +275,7 @@ class Resample(eqx.Module):
     when `conv` is given), or nearest/average-pool resampling with an optional 3x3
     conv."""
 
-    conv: eqx.nn.Conv2d | None
+    conv: ChannelsLastConv2d | None
     up: bool = eqx.field(static=True)
     fir_kernel: tuple[float, ...] | None = eqx.field(static=True)
 
@@ -336,19 +296,19 @@ class Resample(eqx.Module):
         if k is None:
             if self.up:
                 x = _naive_upsample(x)
-                return x if self.conv is None else _apply_conv(self.conv, x)
+                return x if self.conv is None else self.conv(x)
             if self.conv is None:
                 return _naive_downsample(x)
-            return _apply_conv(self.conv, x)
+            return self.conv(x)
         if self.conv is None:
             return upsample_2d(x, k) if self.up else downsample_2d(x, k)
         p = len(k) - 2
         if self.up:  # transposed conv (zero insertion, full padding), then the filter
             x = jnp.pad(_zero_insert(x, False), ((2, 2), (2, 2), (0, 0)))
-            x = _apply_conv(self.conv, x)
+            x = self.conv(x)
             return _fir(x, _fir_taps(k, 4.0), ((p - 2 + 1) // 2 + 1, (p - 2) // 2 + 1))
         x = _fir(x, _fir_taps(k, 1.0), ((p + 2 + 1) // 2, (p + 2) // 2))
-        return _apply_conv(self.conv, x)
+        return self.conv(x)
 
     def official(self):
         if self.conv is None:
@@ -360,7 +320,7 @@ class Combine(eqx.Module):
     """The official `Combine`: a 1x1 conv of the input pyramid, summed with or
     concatenated to the features."""
 
-    conv: eqx.nn.Conv2d
+    conv: ChannelsLastConv2d
     method: str = eqx.field(static=True)
 
     def __init__(self, cin, cout, method, *, key):
@@ -368,7 +328,7 @@ class Combine(eqx.Module):
         self.method = method
 
     def __call__(self, x, y):
-        h = _apply_conv(self.conv, x)
+        h = self.conv(x)
         return h + y if self.method == "sum" else jnp.concatenate([h, y], axis=-1)
 
     def official(self):
@@ -517,11 +477,11 @@ class NCSNpp(eqx.Module):
     config: NCSNppConfig = eqx.field(static=True)
     fourier: GaussianFourierFeatures | None
     temb: tuple[eqx.nn.Linear, eqx.nn.Linear] | None
-    conv_in: eqx.nn.Conv2d
+    conv_in: ChannelsLastConv2d
     down: tuple
     mid: tuple[ResBlock, AttnBlock, ResBlock]
     up: tuple
-    out: tuple[eqx.nn.GroupNorm, eqx.nn.Conv2d] | None
+    out: tuple[eqx.nn.GroupNorm, ChannelsLastConv2d] | None
 
     def __init__(self, *, key: PRNGKeyArray, **config):
         cfg = config.pop("config", None) or NCSNppConfig(**config)
@@ -592,7 +552,7 @@ class NCSNpp(eqx.Module):
 
         # Down path
         pyramid = x if cfg.progressive_input != "none" else None
-        hs = [_apply_conv(self.conv_in, x)]
+        hs = [self.conv_in(x)]
         for blocks, resample, pyramid_layer in self.down:
             for res, attn in blocks:
                 h = res(hs[-1], temb, next(keys))
@@ -637,13 +597,13 @@ class NCSNpp(eqx.Module):
                         if cfg.fir
                         else _naive_upsample(pyramid)
                     )
-                    pyramid = pyramid + _apply_conv(conv, act(_apply_norm(norm, h)))
+                    pyramid = pyramid + conv(act(_apply_norm(norm, h)))
                 else:
-                    pyramid = _apply_conv(conv, act(_apply_norm(norm, h)))
+                    pyramid = conv(act(_apply_norm(norm, h)))
             elif cfg.progressive == "residual":
                 if level == 0:
                     norm, conv = pyramid_layers
-                    pyramid = _apply_conv(conv, act(_apply_norm(norm, h)))
+                    pyramid = conv(act(_apply_norm(norm, h)))
                 else:
                     (up,) = pyramid_layers
                     pyramid = up(pyramid)
@@ -661,7 +621,7 @@ class NCSNpp(eqx.Module):
             h = pyramid
         else:
             norm, conv = self.out
-            h = _apply_conv(conv, act(_apply_norm(norm, h)))
+            h = conv(act(_apply_norm(norm, h)))
         h = einops.rearrange(h, "h w c -> c h w")
         if cfg.scale_by_sigma:
             h = h / label

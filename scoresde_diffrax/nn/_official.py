@@ -18,6 +18,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import ScalarLike
 from .._sde import AbstractSDE, SubVPSDE, VESDE, VPSDE
+from ._conv import ChannelsLastConv2d
 from ._ncsnpp import (
     GaussianFourierFeatures,
     NCSNpp,
@@ -163,7 +164,7 @@ def _named(prefix: str, module) -> list[tuple[str, Any]]:
         return [(prefix + "W", module.W)]
     if isinstance(module, NIN):
         return [(prefix + "W", module.W), (prefix + "b", module.b)]
-    if isinstance(module, (eqx.nn.Linear, eqx.nn.Conv2d, eqx.nn.GroupNorm)):
+    if isinstance(module, (eqx.nn.Linear, ChannelsLastConv2d, eqx.nn.GroupNorm)):
         return [(prefix + "weight", module.weight), (prefix + "bias", module.bias)]
     out = []
     for sub, child in module.official():
@@ -171,32 +172,52 @@ def _named(prefix: str, module) -> list[tuple[str, Any]]:
     return out
 
 
-def official_parameters(net: NCSNpp) -> list[tuple[str, Any]]:
-    """`(name, array)` for every parameter of `net` under its official state-dict name
-    (`all_modules.{i}.{layer}.{weight|bias|W|b}`, without the `module.` prefix), in
-    the official order (that of `model.parameters()`)."""
+def _official_leaves(net: NCSNpp) -> list[tuple[str, Any]]:
+    """`(name, leaf)` for every parameter of `net` (the leaves themselves, in the
+    network's layouts) under its official name, in the official order."""
     out = []
     for i, module in enumerate(net.official_modules()):
         out.extend(_named(f"all_modules.{i}.", module))
     return out
 
 
-def _official_shape(name: str, leaf) -> tuple[int, ...]:
+# The only 4-D parameters are convolution weights: (kh, kw, in, out) here, (out, in,
+# kh, kw) in the official state dict.
+_TO_OFFICIAL = (3, 2, 0, 1)
+_FROM_OFFICIAL = (2, 3, 1, 0)
+
+
+def _official_shape(leaf) -> tuple[int, ...]:
     shape = tuple(leaf.shape)
-    # equinox stores a Conv2d bias as (C, 1, 1); the official one is (C,)
-    if name.endswith(".bias") and len(shape) == 3:
-        return shape[:1]
-    return shape
+    return tuple(shape[i] for i in _TO_OFFICIAL) if len(shape) == 4 else shape
+
+
+def official_parameters(net: NCSNpp) -> list[tuple[str, Any]]:
+    """`(name, array)` for every parameter of `net` under its official state-dict name
+    (`all_modules.{i}.{layer}.{weight|bias|W|b}`, without the `module.` prefix) and in
+    its official layout (convolution weights `(out, in, kh, kw)`), in the official
+    order (that of `model.parameters()`); `net` may be abstract
+    (`eqx.filter_eval_shape`)."""
+    return [(n, _to_official(a)) for n, a in _official_leaves(net)]
+
+
+def _to_official(a):
+    if len(a.shape) != 4:
+        return a
+    if isinstance(a, jax.ShapeDtypeStruct):  # an abstract network's
+        return jax.ShapeDtypeStruct(_official_shape(a), a.dtype)
+    return jnp.transpose(a, _TO_OFFICIAL)
 
 
 def official_state_dict_shapes(net: NCSNpp) -> dict[str, tuple[int, ...]]:
     """The official state dict's parameter names and shapes for `net` (the buffer
-    `sigmas` of the official model is not a parameter and is left out)."""
-    return {n: _official_shape(n, a) for n, a in official_parameters(net)}
+    `sigmas` of the official model is not a parameter and is left out); `net` may be
+    abstract (`eqx.filter_eval_shape`)."""
+    return {n: _official_shape(a) for n, a in _official_leaves(net)}
 
 
 def _with_weights(net: NCSNpp, state: dict, path: str) -> NCSNpp:
-    named = official_parameters(net)
+    named = _official_leaves(net)
     arrays = []
     for name, leaf in named:
         if name not in state:
@@ -205,14 +226,16 @@ def _with_weights(net: NCSNpp, state: dict, path: str) -> NCSNpp:
                 f"configuration does not match the checkpoint)."
             )
         value = np.asarray(state[name])
-        want = _official_shape(name, leaf)
+        want = _official_shape(leaf)
         if tuple(value.shape) != want:
             raise CheckpointError(
                 f"{path}: tensor {name!r} has shape {tuple(value.shape)} in the "
                 f"checkpoint but {want} in the configuration (the configuration "
                 f"does not match the checkpoint)."
             )
-        arrays.append(jnp.asarray(value.reshape(leaf.shape), leaf.dtype))
+        if value.ndim == 4:
+            value = value.transpose(_FROM_OFFICIAL)
+        arrays.append(jnp.asarray(value, leaf.dtype))
     known = {n for n, _ in named} | {"sigmas"}
     extra = [k for k in state if k not in known]
     if extra:
@@ -353,7 +376,7 @@ def _load(ckpt, cfg: NCSNppConfig, path: str, ema: bool) -> NCSNpp:
         raise CheckpointError(f"{path}: not an official checkpoint (no model state).")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     net = eqx.filter_eval_shape(NCSNpp, config=cfg, key=jax.random.key(0))
-    names = [n for n, _ in official_parameters(net)]
+    names = [n for n, _ in _official_leaves(net)]
     if ema and "model" in ckpt:
         shadow = (ckpt.get("ema") or {}).get("shadow_params")
         if not isinstance(shadow, list):
