@@ -59,6 +59,32 @@ def _relative_change(f, x):
     return float(jnp.linalg.norm(y1 - y0) / jnp.linalg.norm(y0))
 
 
+@pytest.mark.parametrize(
+    "kernel, stride, padding", [(3, 1, 1), (1, 1, 0), (3, 2, ((0, 1), (0, 1)))]
+)
+def test_channels_last_conv_is_the_equinox_conv(kernel, stride, padding):
+    # The same sums as eqx.nn.Conv2d on the channels-first image, by lax.conv and as
+    # shifted slices (loop_friendly), with the weight stored (kh, kw, in, out).
+    conv = eqx.nn.Conv2d(3, 5, kernel, stride=stride, padding=padding, key=jr.key(0))
+    fast = sd.nn.ChannelsLastConv2d.from_conv2d(conv)
+    assert fast.weight.shape == (kernel, kernel, 3, 5) and not fast.shifted
+    x = jr.normal(jr.key(1), (3, 8, 8))
+    want = np.asarray(conv(x)).transpose(1, 2, 0)
+    hwc = jnp.transpose(x, (1, 2, 0))
+    for m in (fast, sd.nn.loop_friendly(fast)):
+        np.testing.assert_allclose(m(hwc), want, rtol=1e-5, atol=1e-5)
+    assert sd.nn.loop_friendly(fast).shifted
+
+
+def test_channels_last_conv_refuses_what_it_cannot_compute():
+    reflect = eqx.nn.Conv2d(3, 5, 3, padding=1, padding_mode="REFLECT", key=jr.key(0))
+    with pytest.raises(ValueError, match="padding_mode='REFLECT'"):
+        sd.nn.ChannelsLastConv2d.from_conv2d(reflect)
+    dilated = eqx.nn.Conv2d(3, 5, 3, dilation=2, key=jr.key(0))
+    with pytest.raises(ValueError, match="dilation=\\(2, 2\\)"):
+        sd.nn.ChannelsLastConv2d.from_conv2d(dilated)
+
+
 def test_outputs_depend_on_time():
     # The time enters each residual block as one shift per channel, which a GroupNorm
     # over one channel cancels. Measured at initialisation (small residual branches):

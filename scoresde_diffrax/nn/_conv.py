@@ -4,7 +4,7 @@ import einops
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, PyTree
 
 
 class ShiftConv2d(eqx.Module):
@@ -47,7 +47,7 @@ class ChannelsLastConv2d(eqx.Module):
     `(sh, sw)`; `padding` `((top, bottom), (left, right))`, zeros; `shifted`: compute
     it as shifted slices and one matrix product instead of `lax.conv` (what
     [`loop_friendly`][] sets: faster inside a diffrax loop on XLA:CPU). Build one
-    from `eqx.nn.Conv2d` arguments with [`ChannelsLastConv2d.init`][].
+    from an `eqx.nn.Conv2d` with [`ChannelsLastConv2d.from_conv2d`][].
     """
 
     weight: Float[Array, "kh kw c o"]
@@ -57,20 +57,25 @@ class ChannelsLastConv2d(eqx.Module):
     shifted: bool = eqx.field(static=True, default=False)
 
     @classmethod
-    def init(
-        cls, in_channels: int, out_channels: int, kernel_size: int, *,
-        stride: int = 1, padding=None, key: PRNGKeyArray,
-    ) -> "ChannelsLastConv2d":  # fmt: skip
-        """A convolution initialised as `eqx.nn.Conv2d` with the same arguments (the
-        same random weights, transposed); `padding` an int or per-axis pairs, by
-        default `kernel_size // 2` (the size-preserving padding of odd kernels)."""
-        pad = kernel_size // 2 if padding is None else padding
-        conv = eqx.nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=pad, key=key
-        )
+    def from_conv2d(cls, conv: eqx.nn.Conv2d) -> "ChannelsLastConv2d":
+        """The same convolution as `conv` (an `eqx.nn.Conv2d` with zero padding, one
+        group and no dilation), its weight transposed once.
+
+        **Raises:** `ValueError` naming `conv` for another padding mode, groups or
+        dilation."""
+        if (
+            conv.padding_mode != "ZEROS"
+            or conv.groups != 1
+            or tuple(conv.dilation) != (1, 1)
+        ):
+            raise ValueError(
+                "ChannelsLastConv2d.from_conv2d: `conv` must pad with zeros and have "
+                f"one group and no dilation, got padding_mode={conv.padding_mode!r}, "
+                f"groups={conv.groups}, dilation={tuple(conv.dilation)}."
+            )
         return cls(
             jnp.transpose(conv.weight, (2, 3, 1, 0)),
-            conv.bias.reshape(-1),
+            None if conv.bias is None else conv.bias.reshape(-1),
             tuple(int(s) for s in conv.stride),
             tuple(tuple(int(v) for v in p) for p in conv.padding),
         )

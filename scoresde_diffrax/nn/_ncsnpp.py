@@ -112,9 +112,11 @@ def _group_norm(channels: int) -> eqx.nn.GroupNorm:
 
 
 def _conv(cin, cout, kernel, *, key, stride=1, padding=None):
-    return ChannelsLastConv2d.init(
-        cin, cout, kernel, stride=stride, padding=padding, key=key
-    )
+    """A convolution initialised as `eqx.nn.Conv2d` (padding `kernel // 2` by
+    default), stored channels-last."""
+    pad = kernel // 2 if padding is None else padding
+    conv = eqx.nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, key=key)
+    return ChannelsLastConv2d.from_conv2d(conv)
 
 
 def _apply_norm(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]):
