@@ -217,7 +217,7 @@ def test_sde_solvers_with_levy_area_on_reversed_clock():
         jr.key(5),
         sde,
         mix.score(sde),
-        (4000, 2),
+        (2000, 2),
         solver=dfx.ShARK(),
         stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3),
     )
