@@ -36,6 +36,12 @@ class ShiftConv2d(eqx.Module):
         return out if self.bias is None else out + self.bias
 
 
+# A convolution weight between the (out, in, kh, kw) of Equinox and PyTorch and the
+# (kh, kw, in, out) of `ChannelsLastConv2d`.
+FROM_OIHW = (2, 3, 1, 0)
+TO_OIHW = (3, 2, 0, 1)
+
+
 class ChannelsLastConv2d(eqx.Module):
     """A 2-D convolution with zero padding of one channels-last image `(H, W, C)`, its
     weight stored `(kh, kw, in, out)`: the layout XLA's CPU convolution reads, so a
@@ -74,7 +80,7 @@ class ChannelsLastConv2d(eqx.Module):
                 f"groups={conv.groups}, dilation={tuple(conv.dilation)}."
             )
         return cls(
-            jnp.transpose(conv.weight, (2, 3, 1, 0)),
+            jnp.transpose(conv.weight, FROM_OIHW),
             None if conv.bias is None else conv.bias.reshape(-1),
             tuple(int(s) for s in conv.stride),
             tuple(tuple(int(v) for v in p) for p in conv.padding),

@@ -18,7 +18,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import ScalarLike
 from .._sde import AbstractSDE, SubVPSDE, VESDE, VPSDE
-from ._conv import ChannelsLastConv2d
+from ._conv import ChannelsLastConv2d, FROM_OIHW, TO_OIHW
 from ._ncsnpp import (
     GaussianFourierFeatures,
     NCSNpp,
@@ -181,15 +181,11 @@ def _official_leaves(net: NCSNpp) -> list[tuple[str, Any]]:
     return out
 
 
-# The only 4-D parameters are convolution weights: (kh, kw, in, out) here, (out, in,
-# kh, kw) in the official state dict.
-_TO_OFFICIAL = (3, 2, 0, 1)
-_FROM_OFFICIAL = (2, 3, 1, 0)
-
-
 def _official_shape(leaf) -> tuple[int, ...]:
+    # The only 4-D parameters are convolution weights: (kh, kw, in, out) here, (out,
+    # in, kh, kw) in the official state dict.
     shape = tuple(leaf.shape)
-    return tuple(shape[i] for i in _TO_OFFICIAL) if len(shape) == 4 else shape
+    return tuple(shape[i] for i in TO_OIHW) if len(shape) == 4 else shape
 
 
 def official_parameters(net: NCSNpp) -> list[tuple[str, Any]]:
@@ -206,7 +202,7 @@ def _to_official(a):
         return a
     if isinstance(a, jax.ShapeDtypeStruct):  # an abstract network's
         return jax.ShapeDtypeStruct(_official_shape(a), a.dtype)
-    return jnp.transpose(a, _TO_OFFICIAL)
+    return jnp.transpose(a, TO_OIHW)
 
 
 def official_state_dict_shapes(net: NCSNpp) -> dict[str, tuple[int, ...]]:
@@ -234,7 +230,7 @@ def _with_weights(net: NCSNpp, state: dict, path: str) -> NCSNpp:
                 f"does not match the checkpoint)."
             )
         if value.ndim == 4:
-            value = value.transpose(_FROM_OFFICIAL)
+            value = value.transpose(FROM_OIHW)
         arrays.append(jnp.asarray(value, leaf.dtype))
     known = {n for n, _ in named} | {"sigmas"}
     extra = [k for k in state if k not in known]
